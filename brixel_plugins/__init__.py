@@ -1,0 +1,2 @@
+"""brixel_plugins: frozen DINOv3 + feature upsamplers, with thin MMSeg / Detectron2 adapters."""
+from .version import __version__

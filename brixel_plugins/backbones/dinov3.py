@@ -1,0 +1,222 @@
+"""Frozen DINOv3 (timm's Eva implementation) that returns normalised intermediate maps.
+
+Every consumer in the project (upsamplers, distillation teacher, MMSeg/Detectron2 adapters)
+gets its DINOv3 features from :class:`FrozenDINOv3`.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .weights import (WeightFileError, describe_state_dict, is_meta_layout, meta_to_timm,
+                      read_state_dict, verify_hash_suffix)
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    timm_name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    ffn: str  # "mlp" or "swiglu"
+    hash_suffix: Optional[str] = None  # of Meta's official lvd1689m file
+
+
+# Meta's names. The *_qkvb timm variants keep the q/v biases Meta's files carry (the 7B has none).
+ARCHS: Dict[str, ArchInfo] = {
+    "vits16": ArchInfo("vit_small_patch16_dinov3_qkvb", 384, 12, 6, "mlp", "08c60483"),
+    "vits16plus": ArchInfo("vit_small_plus_patch16_dinov3_qkvb", 384, 12, 6, "swiglu"),
+    "vitb16": ArchInfo("vit_base_patch16_dinov3_qkvb", 768, 12, 12, "mlp", "73cec8be"),
+    "vitl16": ArchInfo("vit_large_patch16_dinov3_qkvb", 1024, 24, 16, "mlp", "8aa4cbdd"),
+    "vith16plus": ArchInfo("vit_huge_plus_patch16_dinov3_qkvb", 1280, 32, 20, "swiglu", "7c1da9a5"),
+    "vit7b16": ArchInfo("vit_7b_patch16_dinov3", 4096, 40, 32, "swiglu"),
+}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What an upsampler needs to know about its backbone (and what weight files record)."""
+
+    arch: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int = PATCH_SIZE
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def last_layer(self) -> int:
+        return self.depth - 1
+
+
+def check_image_size(x: torch.Tensor, multiple: int = PATCH_SIZE) -> Tuple[int, int]:
+    """Validate an image batch (B, 3, H, W) with H, W multiples of ``multiple``; return the grid."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected an image batch of shape (B, 3, H, W), got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple or h == 0 or w == 0:
+        raise ValueError(
+            f"image size {h}x{w} is not a multiple of {multiple} on both sides; resize or pad to "
+            f"e.g. {max(multiple, round(h / multiple) * multiple)}x{max(multiple, round(w / multiple) * multiple)}"
+        )
+    return h // PATCH_SIZE, w // PATCH_SIZE
+
+
+def arch_info(arch: str) -> ArchInfo:
+    if arch not in ARCHS:
+        raise KeyError(f"unknown DINOv3 arch {arch!r}; choose one of {sorted(ARCHS)}")
+    return ARCHS[arch]
+
+
+class FrozenDINOv3(nn.Module):
+    """A frozen DINOv3 ViT/16 that returns normalised patch-token maps of chosen layers.
+
+    Args:
+        arch: Meta's name: ``vits16``, ``vits16plus``, ``vitb16``, ``vitl16``, ``vith16plus``, ``vit7b16``.
+        weights: Meta's official ``.pth`` or a timm-layout ``.pth``/``.safetensors``. ``None``
+            gives a random init (with a warning: the features are meaningless for real use).
+        device: where to build; ``"meta"`` builds without allocating memory (shape checks of 7B).
+        autocast: ``"bf16"`` runs the forward under bfloat16 autocast on CUDA (ignored on CPU).
+        **overrides: timm constructor overrides (``depth``, ``embed_dim``, ``num_heads``) for
+            tiny test models; a weight file must match the resulting shapes.
+
+    Shapes: ``layers(x (B,3,H,W), [i, ...]) -> {i: (B, D, H/16, W/16)}`` (float32).
+    """
+
+    def __init__(self, arch: str = "vits16", weights: Optional[Union[str, Path]] = None, *,
+                 device: Optional[Union[str, torch.device]] = None, autocast: Optional[str] = None,
+                 **overrides):
+        super().__init__()
+        import timm
+
+        info = arch_info(arch)
+        if autocast not in (None, "bf16"):
+            raise ValueError(f"autocast must be None or 'bf16', got {autocast!r}")
+        self.autocast = autocast
+        with torch.device(device or "cpu"):
+            self.model = timm.create_model(info.timm_name, pretrained=False, num_classes=0, **overrides)
+        m = self.model
+        self.spec = BackboneSpec(arch, m.embed_dim, len(m.blocks), m.blocks[0].attn.num_heads)
+        self.weights = str(weights) if weights is not None else None
+        if weights is not None:
+            self.load_weights(weights)
+        elif str(device) != "meta":
+            warnings.warn(
+                f"FrozenDINOv3({arch}): no weight file given, using a RANDOM init; its features are "
+                f"meaningless for real use. Pass weights=<path to Meta's {info.timm_name.split('_qkvb')[0]} "
+                f"file> (e.g. dinov3_{arch}_pretrain_lvd1689m-*.pth).", UserWarning, stacklevel=2)
+        self.model.requires_grad_(False)
+        super().train(False)
+
+    # -- identity ----------------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return self.spec.embed_dim
+
+    @property
+    def depth(self) -> int:
+        return self.spec.depth
+
+    @property
+    def patch_size(self) -> int:
+        return PATCH_SIZE
+
+    # -- weights -----------------------------------------------------------------------------
+    def load_weights(self, path: Union[str, Path]) -> None:
+        """Load Meta-layout or timm-layout weights; refuse files for another model clearly."""
+        path = Path(path)
+        verify_hash_suffix(path)
+        sd = read_state_dict(path)
+        seen = describe_state_dict(sd)
+        want = {"embed_dim": self.spec.embed_dim, "depth": self.spec.depth,
+                "ffn": "swiglu" if hasattr(self.model.blocks[0].mlp, "fc1_g") else "mlp"}
+        if any(seen[k] != v for k, v in want.items()):
+            match = [a for a, i in ARCHS.items()
+                     if (i.embed_dim, i.depth, i.ffn) == (seen["embed_dim"], seen["depth"], seen["ffn"])]
+            raise WeightFileError(
+                f"{path} does not fit {self.spec.arch}: the file looks like a {seen['layout']}-layout "
+                f"ViT with embed_dim={seen['embed_dim']}, depth={seen['depth']}, ffn={seen['ffn']}"
+                f"{' (' + '/'.join(match) + ')' if match else ''}; expected embed_dim={want['embed_dim']}, "
+                f"depth={want['depth']}, ffn={want['ffn']}.")
+        if is_meta_layout(sd):
+            sd = meta_to_timm(sd, self.model)
+        own = self.model.state_dict()
+        for k in list(own):
+            # timm-layout files of the bias-free variants: zero q/v biases are the same model.
+            if k.endswith(("attn.q_bias", "attn.v_bias")) and k not in sd:
+                sd[k] = torch.zeros_like(own[k])
+        missing, unexpected = self.model.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.startswith("rope")]  # RoPE tables are computed
+        if missing or unexpected:
+            raise WeightFileError(
+                f"{path} does not match {self.spec.arch}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+                f", unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        self.weights = str(path)
+        logger.info("loaded DINOv3 %s weights from %s (%s layout)", self.spec.arch, path, seen["layout"])
+
+    # -- frozen-ness -------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "FrozenDINOv3":
+        """Always stays in eval mode: a frozen backbone has no training behaviour."""
+        return super().train(False)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.half() keep parameters frozen
+        out = super()._apply(fn, *args, **kwargs)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return out
+
+    # -- features ----------------------------------------------------------------------------
+    def resolve_indices(self, indices: Optional[Iterable[int]]) -> Tuple[int, ...]:
+        """Map layer indices (negatives count from the end; ``None`` = last) to absolute ones."""
+        if indices is None:
+            return (self.depth - 1,)
+        out = []
+        for i in indices:
+            j = int(i) + self.depth if int(i) < 0 else int(i)
+            if not 0 <= j < self.depth:
+                raise IndexError(f"layer index {i} out of range for {self.spec.arch} (depth {self.depth})")
+            out.append(j)
+        return tuple(sorted(set(out)))
+
+    def forward(self, x: torch.Tensor, indices: Optional[Sequence[int]] = None,
+                return_cls: bool = False):
+        """Normalised patch-token maps of ``indices``: ``{i: (B, D, H/16, W/16)}``.
+
+        With ``return_cls`` also returns ``{i: (B, D)}`` CLS tokens: ``(maps, cls)``.
+        """
+        check_image_size(x)
+        take = self.resolve_indices(indices)
+        use_amp = self.autocast == "bf16" and x.device.type == "cuda"
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            outs = self.model.forward_intermediates(
+                x, indices=list(take), norm=True, output_fmt="NCHW", intermediates_only=True,
+                stop_early=True, return_prefix_tokens=return_cls)
+        if return_cls:
+            maps = {i: o[0].float() for i, o in zip(take, outs)}
+            cls = {i: o[1][:, 0].float() for i, o in zip(take, outs)}
+            return maps, cls
+        return {i: o.float() for i, o in zip(take, outs)}
+
+    layers = forward
+
+    def last_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's normalised map (B, D, H/16, W/16): the distillation target."""
+        return self.forward(x, [self.depth - 1])[self.depth - 1]
+
+    def extra_repr(self) -> str:
+        return f"arch={self.spec.arch}, embed_dim={self.embed_dim}, depth={self.depth}, weights={self.weights}"

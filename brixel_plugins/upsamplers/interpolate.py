@@ -1,0 +1,56 @@
+"""Baselines: fixed interpolation of the last layer, and DINOv3 run on an enlarged image."""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones.dinov3 import BackboneSpec
+from .base import Upsampler, register_upsampler
+
+
+@register_upsampler("bilinear")
+class BilinearUpsampler(Upsampler):
+    """Last-layer map resized by ``factor``: (B,D,h,w) -> (B,D,f*h,f*w). No parameters."""
+
+    def __init__(self, spec: BackboneSpec, factor: int = 4, mode: str = "bilinear"):
+        if mode not in ("bilinear", "bicubic", "nearest"):
+            raise ValueError(f"mode must be bilinear, bicubic or nearest, got {mode!r}")
+        super().__init__(spec, factor, (spec.depth - 1,), mode=mode)
+        self.mode = mode
+
+    def forward(self, image, layers, backbone=None):
+        x = layers[self.last_layer]
+        kw = {} if self.mode == "nearest" else {"align_corners": False}
+        return F.interpolate(x, scale_factor=self.factor, mode=self.mode, **kw)
+
+
+@register_upsampler("bicubic")
+class BicubicUpsampler(BilinearUpsampler):
+    """Bicubic resize of the last-layer map: (B,D,h,w) -> (B,D,f*h,f*w)."""
+
+    def __init__(self, spec: BackboneSpec, factor: int = 4):
+        super().__init__(spec, factor, mode="bicubic")
+        self.config.pop("mode")
+
+
+@register_upsampler("highres")
+class HighResBackbone(Upsampler):
+    """The expensive reference: DINOv3 on the image enlarged ``factor`` times (bicubic,
+    antialiased), last layer. (B,3,H,W) -> (B,D,f*H/16,f*W/16); cost grows ~f^4 in attention."""
+
+    needs_image = True
+    calls_backbone = True
+
+    def __init__(self, spec: BackboneSpec, factor: int = 4):
+        super().__init__(spec, factor, ())
+
+    def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
+                backbone: Optional[nn.Module] = None) -> torch.Tensor:
+        if backbone is None:
+            raise ValueError("highres needs the backbone: call it through DenseFeaturizer")
+        big = F.interpolate(image, scale_factor=self.factor, mode="bicubic", align_corners=False,
+                            antialias=True) if self.factor != 1 else image
+        return backbone.last_layer(big)
