@@ -61,7 +61,7 @@ def read_upsampler_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[s
     if raw.get("format") != FORMAT:
         raise WeightFileError(
             f"{path} is not a brixel_plugins upsampler file (format={raw.get('format')!r}); export one "
-            f"with tools/distill.py, or convert released weights with brixel_plugins.io.convert_release")
+            f"with tools/distill.py, or convert the authors' released weights with tools/convert_weights.py")
     meta = {"format": raw["format"], "method": raw["method"]}
     for key in ("config", "backbone", "extra"):
         meta[key] = json.loads(raw.get(key, "{}"))
@@ -94,3 +94,14 @@ def load_upsampler(path: PathLike, spec: BackboneSpec, method: Optional[str] = N
         raise WeightFileError(f"{path}: tensors do not fit the {meta['method']} upsampler it names: {e}") from e
     up.file_metadata = meta["extra"]
     return up.to(map_location)
+
+
+def convert_release(src: PathLike, dst: PathLike, method: str, spec: BackboneSpec, **config) -> Path:
+    """Convert the authors' released ``.pth`` of ``method`` (their key layout) for the backbone
+    ``spec`` into our upsampler file; ``config`` goes to the constructor (e.g. ``factor``)."""
+    from .backbones.weights import read_state_dict
+
+    src = Path(src)
+    up = build_upsampler({"type": method, **config}, spec)
+    up.load_release_state_dict(read_state_dict(src), source=str(src))
+    return save_upsampler(dst, up, extra={"converted_from": src.name, "source": "release"})

@@ -5,6 +5,7 @@ gets its DINOv3 features from :class:`FrozenDINOv3`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import asdict, dataclass
@@ -201,8 +202,10 @@ class FrozenDINOv3(nn.Module):
         """
         check_image_size(x)
         take = self.resolve_indices(indices)
-        use_amp = self.autocast == "bf16" and x.device.type == "cuda"
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        # Only ever *enable* autocast here: a disabled block would override the caller's own.
+        amp = (torch.autocast("cuda", dtype=torch.bfloat16)
+               if self.autocast == "bf16" and x.device.type == "cuda" else contextlib.nullcontext())
+        with torch.no_grad(), amp:
             outs = self.model.forward_intermediates(
                 x, indices=list(take), norm=True, output_fmt="NCHW", intermediates_only=True,
                 stop_early=True, return_prefix_tokens=return_cls)

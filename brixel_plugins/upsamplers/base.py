@@ -11,6 +11,8 @@ every consumer built on it) runs the backbone once and never cares which upsampl
 - ``layer_indices``: absolute backbone layers it reads (empty if it reads none).
 - ``needs_image``: whether it uses the (ImageNet-normalised) image as guidance.
 - ``calls_backbone``: whether it runs the frozen backbone itself (FeatSharp's tiles, ``highres``).
+- ``calibrated`` / ``calibrate(feats)`` / ``finish_calibration()``: statistics fitted from
+  backbone features before training (FeatSharp's PHI-S); trivially calibrated for the rest.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
+from ..backbones.weights import WeightFileError
 
 UPSAMPLERS: Dict[str, Type["Upsampler"]] = {}
 
@@ -88,6 +91,39 @@ class Upsampler(nn.Module):
         h, w = image_hw
         p = self.spec.patch_size
         return h // p * self.factor, w // p * self.factor
+
+    # -- data-fitted statistics (FeatSharp's PHI-S); a no-op for everything else ------------
+    @property
+    def calibrated(self) -> bool:
+        """False while statistics that must be fitted from data before use are missing."""
+        return True
+
+    def calibrate(self, feats: torch.Tensor) -> None:
+        """Accumulate statistics from backbone last-layer maps (B, D, h, w)."""
+
+    def finish_calibration(self) -> None:
+        """Fit from the accumulated statistics; afterwards ``calibrated`` is True."""
+
+    # -- the authors' released weights ------------------------------------------------------
+    def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+        """Map a released state dict to this module's keys, refusing one made for another
+        model with a clear :class:`WeightFileError`. Methods with released weights override this."""
+        raise WeightFileError(f"no released weight layout is known for {self.method!r} ({source})")
+
+    def load_release_state_dict(self, sd: Mapping[str, torch.Tensor], source: str = "state dict") -> "Upsampler":
+        """Load the authors' released weights strictly (``module.`` prefixes stripped, missing
+        BatchNorm counters filled: neither affects the computation)."""
+        sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+        sd = self.from_release_layout(sd, source)
+        for k, v in self.state_dict().items():
+            if k.endswith("num_batches_tracked") and k not in sd:
+                sd[k] = torch.zeros_like(v)
+        try:
+            self.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise WeightFileError(f"{source} does not fit {self.method} for {self.spec.arch} "
+                                  f"(D={self.embed_dim}): {e}") from e
+        return self
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
                 backbone: Optional[nn.Module] = None) -> torch.Tensor:  # pragma: no cover - abstract

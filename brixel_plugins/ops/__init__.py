@@ -1,0 +1,5 @@
+"""Pure-PyTorch operators shared by the upsamplers (no compiled extensions)."""
+from .deform_attn import MSDeformAttn, multi_scale_deformable_attn  # noqa: F401
+from .attention_downsampler import AttentionDownsampler  # noqa: F401
+from .local_attention import LocalAttention2d, local_attention  # noqa: F401
+from .phi_s import PhiS  # noqa: F401

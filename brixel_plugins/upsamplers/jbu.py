@@ -1,0 +1,210 @@
+"""FeatUp's joint bilateral upsampler (JBU, Fu et al. ICLR 2024) in pure PyTorch, any integer factor.
+
+A :class:`JBULayer` upsamples a feature map by an integer ``scale``: the source is resized
+bicubically to the guidance size, then every output pixel is a 7x7 weighted average of its
+neighbours with a per-pixel kernel = learned range kernel (from the guidance image) x spatial
+Gaussian, normalised, plus a small learned fixup. The kernel is shared across channels.
+
+:class:`JBUStack` chains one layer per prime factor of the total factor (FeatSharp's
+generalisation; 16 = 2*2*2*2 gives FeatUp's released 4-layer stack and its exact key layout
+``up1..up4``, ``fixup_proj.1``) and ends with ``x + 0.1 * conv1x1(dropout(x))``.
+
+Memory: the released code unfolds the (B, D, H, W) source to (B, D, 49, H, W) before the
+einsum, 49x the map (4.9 GB for D=384 at 256x256). Here the 49 neighbour maps are strided
+*views* of the padded source (no copy) and are accumulated with in-place ``addcmul_``; autograd
+saves only the padded source and the kernel. Peak memory is a few (B, D, H, W) maps; the
+result equals unfold + einsum (tested).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones.dinov3 import BackboneSpec
+from ..backbones.weights import WeightFileError
+from .base import Upsampler, register_upsampler
+
+__all__ = ["JBULayer", "JBUStack", "JBUUpsampler", "adaptive_filter", "prime_factors", "spatial_kernel"]
+
+
+def prime_factors(n: int) -> List[int]:
+    """Prime factors of ``n >= 2`` in ascending order, with multiplicity: 12 -> [2, 2, 3]."""
+    if int(n) != n or n < 2:
+        raise ValueError(f"factor must be an integer >= 2, got {n!r}")
+    n, out, p = int(n), [], 2
+    while p * p <= n:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    if n > 1:
+        out.append(n)
+    return out
+
+
+def pad2d(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Pad the last two dims by ``r``: reflect (as released) where the map is larger than ``r``,
+    replicate otherwise (reflect is undefined there; only 1- to 3-pixel maps hit this)."""
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    return F.pad(x, (r, r, r, r), mode=mode)
+
+
+def adaptive_filter(source: torch.Tensor, kernel: torch.Tensor, radius: int) -> torch.Tensor:
+    """Per-pixel filtering with a kernel shared across channels.
+
+    Args:
+        source: (B, D, H, W) map.
+        kernel: (B, k*k, H, W), k = 2*radius+1, neighbour index ``i*k + j`` = offset (i-r, j-r).
+    Returns:
+        (B, D, H, W): ``out[b,d,y,x] = sum_ij kernel[b,ik+j,y,x] * pad(source)[b,d,y+i,x+j]``
+        (reflect padding), i.e. unfold + einsum without materialising the unfold.
+    """
+    k = 2 * radius + 1
+    b, d, h, w = source.shape
+    if kernel.shape != (b, k * k, h, w):
+        raise ValueError(f"kernel {tuple(kernel.shape)} does not fit source {tuple(source.shape)} and k={k}")
+    padded = pad2d(source, radius)
+    out = None
+    for i in range(k):
+        for j in range(k):
+            nb = padded[:, :, i:i + h, j:j + w]  # view, no copy
+            wk = kernel[:, i * k + j:i * k + j + 1]
+            # in place: neither addcmul's backward nor anything else needs the running sum
+            out = nb * wk if out is None else out.addcmul_(nb, wk)
+    return out
+
+
+def spatial_kernel(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Gaussian exp(-(x^2+y^2) / (2 sigma^2)) on a linspace(-1, 1, k)^2 grid: (1, k*k, 1, 1), unnormalised."""
+    k = 2 * radius + 1
+    t = torch.linspace(-1.0, 1.0, k, device=sigma.device, dtype=sigma.dtype)
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    return torch.exp(-(xx.square() + yy.square()) / (2 * sigma.square())).reshape(1, k * k, 1, 1)
+
+
+class JBULayer(nn.Module):
+    """One learned-range joint bilateral upsampling step by an integer ``scale``.
+
+    ``forward(source (B,D,h,w), image (B,3,H,W)) -> (B, D, h*scale, w*scale)``; the guidance is
+    the image average-pooled to the output size. 6,233 parameters whatever ``dim`` is
+    (range projector 1,184; kernel fixup 5,047; temperature and sigma).
+
+    Released key layout: ``range_temp``, ``sigma_spatial``, ``range_proj.{0,3}``, ``fixup_proj.{0,3}``.
+    """
+
+    def __init__(self, dim: int, scale: int = 2, radius: int = 3, key_dim: int = 32,
+                 guidance_dim: int = 3, dropout: float = 0.1):
+        super().__init__()
+        if int(scale) != scale or scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        self.dim, self.scale, self.radius = int(dim), int(scale), int(radius)
+        k2 = (2 * radius + 1) ** 2
+        self.range_temp = nn.Parameter(torch.zeros(()))
+        self.sigma_spatial = nn.Parameter(torch.ones(()))
+        self.range_proj = nn.Sequential(
+            nn.Conv2d(guidance_dim, key_dim, 1), nn.GELU(), nn.Dropout2d(dropout), nn.Conv2d(key_dim, key_dim, 1))
+        self.fixup_proj = nn.Sequential(
+            nn.Conv2d(guidance_dim + k2, k2, 1), nn.GELU(), nn.Dropout2d(dropout), nn.Conv2d(k2, k2, 1))
+
+    def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
+        """guidance (B,3,H,W) -> softmax over the k*k neighbours of temperature * <key(centre), key(nb)>:
+        (B, k*k, H, W). Computed offset by offset so no (B, 32, k*k, H, W) tensor is built."""
+        r, k = self.radius, 2 * self.radius + 1
+        key = self.range_proj(guidance)
+        h, w = key.shape[-2:]
+        padded = pad2d(key, r)
+        logits = torch.stack([(key * padded[:, :, i:i + h, j:j + w]).sum(1)
+                              for i in range(k) for j in range(k)], dim=1)
+        temp = torch.exp(self.range_temp).clamp(1e-4, 1e4)
+        return torch.softmax(logits * temp, dim=1)
+
+    def kernel(self, guidance: torch.Tensor) -> torch.Tensor:
+        """The per-pixel filter (B, k*k, H, W) for guidance (B, 3, H, W)."""
+        combined = self.range_kernel(guidance) * spatial_kernel(self.sigma_spatial, self.radius)
+        combined = combined / combined.sum(1, keepdim=True).clamp_min(1e-7)
+        return combined + 0.1 * self.fixup_proj(torch.cat([combined, guidance], dim=1))
+
+    def forward(self, source: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        if source.shape[1] != self.dim:
+            raise ValueError(f"JBULayer built for {self.dim} channels, got a source {tuple(source.shape)}")
+        h, w = source.shape[-2] * self.scale, source.shape[-1] * self.scale
+        guidance = F.adaptive_avg_pool2d(image.to(source.dtype), (h, w))
+        up = F.interpolate(source, size=(h, w), mode="bicubic", align_corners=False)
+        return adaptive_filter(up, self.kernel(guidance), self.radius)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, scale={self.scale}, radius={self.radius}"
+
+
+class _JBUStackMixin:
+    """Builds ``up1..upN`` (one per prime factor, ascending) and the final ``fixup_proj`` on the
+    module itself, so both the stand-alone stack and the registered upsampler carry the released
+    key layout at top level."""
+
+    def _build_stack(self, dim: int, factor: int, final_dropout: float = 0.2) -> None:
+        self.primes = prime_factors(factor)
+        for n, p in enumerate(self.primes, 1):
+            self.add_module(f"up{n}", JBULayer(dim, p))
+        self.fixup_proj = nn.Sequential(nn.Dropout2d(final_dropout), nn.Conv2d(dim, dim, 1))
+
+    def _run_stack(self, source: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        x = source
+        for n in range(1, len(self.primes) + 1):
+            x = getattr(self, f"up{n}")(x, image)
+        return x + 0.1 * self.fixup_proj(x)
+
+
+class JBUStack(_JBUStackMixin, nn.Module):
+    """JBU by any integer ``factor >= 2``: ``(source (B,D,h,w), image (B,3,H,W)) -> (B,D,f*h,f*w)``.
+
+    One :class:`JBULayer` per prime factor, then ``x + 0.1 * fixup_proj(x)``. Factor 16 at
+    D=384 has 4 * 6,233 + 147,840 = 172,772 parameters, keys as released.
+    """
+
+    def __init__(self, dim: int, factor: int = 2):
+        super().__init__()
+        self.dim, self.factor = int(dim), int(factor)
+        self._build_stack(dim, factor)
+
+    def forward(self, source: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self._run_stack(source, image)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, factor={self.factor}, primes={self.primes}"
+
+
+@register_upsampler("jbu")
+class JBUUpsampler(_JBUStackMixin, Upsampler):
+    """FeatUp JBU on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16).
+
+    State-dict keys are the released ones (``up1..``, ``fixup_proj.1``), so a released 16x
+    checkpoint for the same width maps key for key.
+    """
+
+    needs_image = True
+
+    def __init__(self, spec: BackboneSpec, factor: int = 2):
+        super().__init__(spec, factor, (spec.depth - 1,))
+        self._build_stack(spec.embed_dim, self.factor)
+
+    def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
+                backbone: Optional[nn.Module] = None) -> torch.Tensor:
+        return self._run_stack(layers[self.last_layer], image)
+
+    def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+        """Released keys are ours (``up1..upN``, ``fixup_proj.1``), possibly under FeatUp's
+        ``upsampler.`` prefix; refuse a stack of another depth or width."""
+        sd = {(k[len("upsampler."):] if k.startswith("upsampler.") else k): v for k, v in sd.items()}
+        if "fixup_proj.1.weight" not in sd:
+            raise WeightFileError(f"{source} is not a JBU stack: no 'fixup_proj.1.weight' among {sorted(sd)[:6]}")
+        d_file = sd["fixup_proj.1.weight"].shape[0]
+        n_file = len({k.split(".")[0] for k in sd if k.startswith("up")})
+        n_own = len(prime_factors(self.factor))
+        if d_file != self.embed_dim or n_file != n_own:
+            raise WeightFileError(
+                f"{source} is a JBU stack of {n_file} layers for D={d_file}; this one (factor {self.factor}, "
+                f"{self.spec.arch}) has {n_own} layers for D={self.embed_dim}")
+        return sd

@@ -1,0 +1,271 @@
+"""BRIXEL upsampler: shapes, released key layout and parameter counts, weight files, gradients."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brixel_plugins.backbones import BackboneSpec, WeightFileError
+from brixel_plugins.featurizer import DenseFeaturizer
+from brixel_plugins.io import load_upsampler, save_upsampler
+from brixel_plugins.upsamplers import build_upsampler
+from brixel_plugins.io import convert_release
+from brixel_plugins.upsamplers.brixel import Brixel, default_taps, level_sizes
+
+SPECS = {
+    "vits16": BackboneSpec("vits16", 384, 12, 6),
+    "vitb16": BackboneSpec("vitb16", 768, 12, 12),
+    "vitl16": BackboneSpec("vitl16", 1024, 24, 16),
+    "vith16plus": BackboneSpec("vith16plus", 1280, 32, 20),
+}
+# METHODS.md "BRIXEL": adapter params S ~3.87M, B ~10.8M, L ~17.8M, H+ ~26.5M
+ADAPTER_PARAMS = {"vits16": 3.87e6, "vitb16": 10.8e6, "vitl16": 17.8e6, "vith16plus": 26.5e6}
+
+
+def make_model(spec, seed=0, **kw) -> Brixel:
+    torch.manual_seed(seed)
+    model = Brixel(spec, **kw)
+    # a trained-looking model: no zero-initialised parameter may hide a wiring mistake
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_spec):
+    return make_model(tiny_spec)
+
+
+@pytest.fixture(scope="module")
+def featurizer(tiny_backbone, model):
+    return DenseFeaturizer(tiny_backbone, model).eval()
+
+
+# -- construction ----------------------------------------------------------------------------
+def test_registered_and_declares_needs(tiny_spec):
+    up = build_upsampler(dict(type="brixel"), tiny_spec)
+    assert isinstance(up, Brixel) and up.method == "brixel"
+    assert up.factor == 4 and up.needs_image and not up.calls_backbone
+    assert up.layer_indices == (0, 1, 2, 3)  # depth 4: evenly spaced, ending at the last layer
+    with pytest.raises(ValueError, match="exactly 4"):
+        build_upsampler(dict(type="brixel", factor=2), tiny_spec)
+    with pytest.raises(ValueError, match="divisible by 32"):
+        Brixel(BackboneSpec("vits16", 48, 4, 2))
+
+
+def test_default_taps():
+    assert default_taps(SPECS["vits16"]) == (3, 6, 9, 11)
+    assert default_taps(BackboneSpec("vits16plus", 384, 12, 6)) == (3, 6, 9, 11)
+    assert default_taps(SPECS["vitb16"]) == (3, 6, 9, 11)
+    assert default_taps(SPECS["vitl16"]) == (6, 12, 18, 23)
+    assert default_taps(SPECS["vith16plus"]) == (8, 16, 24, 31)
+    assert default_taps(BackboneSpec("vit7b16", 4096, 40, 32)) == (9, 19, 29, 39)
+    assert default_taps(BackboneSpec("vitl16", 64, 8, 2)) == (1, 3, 5, 7)  # non-standard depth
+
+
+def test_level_sizes_rounding():
+    assert level_sizes(16, 16) == [(64, 64), (32, 32), (16, 16), (8, 8)]
+    assert level_sizes(3, 5) == [(12, 20), (6, 10), (3, 5), (1, 2)]
+    assert level_sizes(1, 1) == [(4, 4), (2, 2), (1, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("arch", list(SPECS))
+def test_parameter_counts_match_methods(arch):
+    with torch.device("meta"):
+        m = Brixel(SPECS[arch])
+    adapter = sum(p.numel() for p in m.adapter.parameters())
+    head = sum(p.numel() for p in m.head.parameters())
+    assert abs(adapter / ADAPTER_PARAMS[arch] - 1) < 0.01, (arch, adapter)
+    d = SPECS[arch].embed_dim
+    assert head == 129 * d + 36736  # width-64 head: 1x1 in/out convs + a D-independent trunk
+    if arch == "vits16":
+        assert round(head / 1e6, 2) == 0.09
+    if arch == "vith16plus":
+        assert round(head / 1e6, 1) == 0.2
+
+
+def released_prefixes(n_interactions=4):
+    """Module prefixes of the released checkpoints, as listed in METHODS.md."""
+    ext = ["query_norm", "feat_norm", "attn.sampling_offsets", "attn.attention_weights",
+           "attn.value_proj", "attn.output_proj", "ffn.fc1", "ffn.dwconv.dwconv", "ffn.fc2", "ffn_norm"]
+    out = ["adapter.level_embed"]
+    out += [f"adapter.spm.{n}" for n in ("stem", "conv2", "conv3", "conv4", "fc1", "fc2", "fc3", "fc4")]
+    for i in range(n_interactions):
+        out += [f"adapter.interactions.{i}.extractor.{e}" for e in ext]
+    out += [f"adapter.interactions.{n_interactions - 1}.extra_extractors.{j}.{e}" for j in (0, 1) for e in ext]
+    out += ["adapter.up", "adapter.guide_proj.0"] + [f"adapter.norm{k}" for k in range(1, 5)]
+    out += ["head.align_in", "head.mix", "head.head_norm.ln", "head.out_conv"]
+    out += [f"head.trunk.{i}.block.{j}" for i in range(3) for j in ("0.ln", "1", "3", "5")]
+    return out
+
+
+def test_state_dict_keys_follow_released_layout():
+    with torch.device("meta"):
+        m = Brixel(SPECS["vits16"])
+    sd = m.state_dict()
+    prefixes = released_prefixes()
+    stray = [k for k in sd if not any(k == p or k.startswith(p + ".") for p in prefixes)]
+    assert stray == []
+    empty = [p for p in prefixes if not any(k == p or k.startswith(p + ".") for k in sd)]
+    assert empty == []
+    assert not any(k.startswith(("adapter.backbone", "backbone")) for k in sd)
+    # a few exact shapes that pin down the implicit modules (ViT-S, D=384)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    assert shapes["adapter.level_embed"] == (3, 384)
+    assert shapes["adapter.interactions.0.extractor.attn.sampling_offsets.weight"] == (16 * 4 * 2, 384)
+    assert shapes["adapter.interactions.0.extractor.attn.value_proj.weight"] == (192, 384)
+    assert shapes["adapter.interactions.0.extractor.ffn.dwconv.dwconv.weight"] == (96, 1, 3, 3)
+    assert shapes["adapter.up.expand.weight"] == (4 * 384, 384, 1, 1)
+    assert shapes["adapter.guide_proj.0.weight"] == (48, 384, 1, 1)
+    assert shapes["head.mix.weight"] == (64, 16, 3, 3)
+    assert "adapter.spm.stem.1.num_batches_tracked" in shapes  # BN buffers travel with the weights
+    assert sum(k.endswith("extractor.query_norm.weight") or ".extra_extractors." in k and k.endswith("query_norm.weight")
+               for k in sd) == 6
+
+
+# -- forward -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch,hw", [(1, (64, 96)), (2, (48, 80)), (3, (16, 16)), (2, (32, 16))])
+def test_output_shapes(featurizer, batch, hw):
+    x = torch.randn(batch, 3, *hw)
+    with torch.no_grad():
+        y = featurizer(x)
+    assert y.shape == (batch, 64, hw[0] // 4, hw[1] // 4)
+    assert torch.isfinite(y).all()
+    assert featurizer.upsampler.output_size(hw) == tuple(y.shape[-2:])
+
+
+def test_photo_forward_batch_consistent(featurizer, photo):
+    with torch.no_grad():
+        one = featurizer(photo)
+        two = featurizer(torch.cat([photo, photo.flip(-1)]))
+    torch.testing.assert_close(two[:1], one, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(two[1:], one)
+
+
+def test_residual_base_quirk(tiny_backbone, tiny_spec, photo):
+    """With the head's output conv zeroed, BRIXEL returns exactly its residual base: the last
+    tapped layer shrunk to half the grid, then enlarged to 4x."""
+    m = make_model(tiny_spec)
+    with torch.no_grad():
+        m.head.out_conv.weight.zero_()
+        m.head.out_conv.bias.zero_()
+        layers = tiny_backbone.layers(photo, m.layer_indices)
+        y = m(photo, layers)
+    last = layers[3]  # (1, 64, 4, 6)
+    want = F.interpolate(F.interpolate(last, size=(2, 3), mode="bilinear", align_corners=False),
+                         size=(16, 24), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    direct = Brixel(tiny_spec, residual_base="direct").base(last)
+    torch.testing.assert_close(direct, F.interpolate(last, size=(16, 24), mode="bilinear", align_corners=False))
+    assert not torch.allclose(direct, want)
+
+
+def test_skip_dead_levels_gives_the_same_output(tiny_backbone, tiny_spec, model):
+    fast = Brixel(tiny_spec, skip_dead_levels=True).eval()
+    fast.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        layers = tiny_backbone.layers(x, model.layer_indices)
+        torch.testing.assert_close(fast(x, layers), model(x, layers), rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_in_eval_and_drop_path_in_train(tiny_backbone, tiny_spec, photo):
+    m = make_model(tiny_spec)
+    layers = tiny_backbone.layers(photo, m.layer_indices)
+    with torch.no_grad():
+        a, b = m(photo, layers), m(photo, layers)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    m.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        c = m(torch.cat([photo] * 4), {i: v.repeat(4, 1, 1, 1) for i, v in layers.items()})
+    assert not torch.allclose(c, a.expand_as(c))  # drop-path 0.3 on 6 extractors x 4 samples
+
+
+def test_bf16_autocast_forward(featurizer, photo):
+    with torch.no_grad():
+        ref = featurizer(photo)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = featurizer(photo)
+    assert out.shape == ref.shape and torch.isfinite(out.float()).all()
+    assert (out.float() - ref).norm() / ref.norm() < 0.05
+
+
+def test_gradients_reach_upsampler_only(tiny_backbone, tiny_spec, photo):
+    m = make_model(tiny_spec).train()
+    f = DenseFeaturizer(tiny_backbone, m)
+    f.train()
+    loss = f(torch.cat([photo, photo.flip(-1)])).square().mean()
+    loss.backward()
+    assert all(p.grad is None for p in tiny_backbone.parameters())
+    assert not any(p.requires_grad for p in tiny_backbone.parameters())
+    no_grad = {n for n, p in m.named_parameters() if p.grad is None}
+    # the release-only modules are never run
+    unused = {n for n, _ in m.named_parameters()
+              if n.startswith(("adapter.up.", "adapter.guide_proj.", "adapter.norm2.", "adapter.norm3.", "adapter.norm4."))}
+    assert no_grad == unused
+    for name in ("adapter.spm.stem.0.weight", "adapter.spm.fc2.weight", "adapter.level_embed",
+                 "adapter.interactions.0.extractor.attn.sampling_offsets.weight",
+                 "adapter.interactions.3.extra_extractors.1.ffn.fc2.weight", "adapter.norm1.weight",
+                 "head.trunk.2.block.5.weight", "head.out_conv.bias"):
+        assert dict(m.named_parameters())[name].grad.abs().sum() > 0, name
+    m.zero_grad()
+
+
+# -- weight files ------------------------------------------------------------------------------
+def test_save_load_round_trip_and_refusal(tmp_path, tiny_backbone, tiny_spec, model, photo):
+    path = save_upsampler(tmp_path / "brixel.safetensors", model, extra={"note": "test"})
+    loaded = load_upsampler(path, tiny_spec, method="brixel").eval()
+    assert isinstance(loaded, Brixel) and loaded.layer_indices == model.layer_indices
+    layers = tiny_backbone.layers(photo, model.layer_indices)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(photo, layers), model(photo, layers), rtol=0, atol=0)
+    other = dataclasses.replace(tiny_spec, embed_dim=96)
+    with pytest.raises(WeightFileError, match="embed_dim=64"):
+        load_upsampler(path, other)
+    with pytest.raises(WeightFileError, match="'lift'"):
+        load_upsampler(path, tiny_spec, method="lift")
+
+
+def fake_release_file(path, model, extra_keys=True):
+    sd = dict(model.state_dict())
+    if extra_keys:  # the release keeps the frozen backbone under adapter.backbone.*
+        sd["adapter.backbone.blocks.0.attn.qkv.weight"] = torch.randn(3 * 64, 64)
+        sd["adapter.backbone.norm.weight"] = torch.ones(64)
+        sd["backbone.cls_token"] = torch.zeros(1, 1, 64)
+    torch.save(sd, path)
+    return path
+
+
+def test_release_checkpoint_round_trip(tmp_path, tiny_backbone, tiny_spec, model, photo):
+    src = fake_release_file(tmp_path / "brixel_release.pth", model)
+    layers = tiny_backbone.layers(photo, model.layer_indices)
+    with torch.no_grad():
+        want = model(photo, layers)
+    # in memory, strict
+    fresh = Brixel(tiny_spec).load_release_state_dict(torch.load(src, weights_only=True)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(photo, layers), want, rtol=0, atol=0)
+    # converted to our format, then loaded through the featurizer
+    dst = convert_release(src, tmp_path / "brixel_tiny.safetensors", "brixel", tiny_spec)
+    f = DenseFeaturizer.build(tiny_backbone, dst).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(f(photo), want, rtol=0, atol=0)
+    assert f.upsampler.file_metadata["converted_from"] == "brixel_release.pth"
+
+
+def test_release_checkpoint_refusals(tmp_path, tiny_spec, model):
+    wide = make_model(dataclasses.replace(tiny_spec, embed_dim=96))
+    src = fake_release_file(tmp_path / "wide.pth", wide)
+    with pytest.raises(WeightFileError, match="D=96"):
+        convert_release(src, tmp_path / "out.safetensors", "brixel", tiny_spec)
+    assert not (tmp_path / "out.safetensors").exists()
+    sd = dict(model.state_dict())
+    sd.pop("adapter.guide_proj.0.bias")
+    with pytest.raises(WeightFileError, match="guide_proj"):
+        Brixel(tiny_spec).load_release_state_dict(sd)
+    with pytest.raises(WeightFileError, match="not a BRIXEL checkpoint"):
+        Brixel(tiny_spec).load_release_state_dict({"head.mix.weight": torch.zeros(64, 16, 3, 3)})

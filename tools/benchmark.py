@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Cost of a dense DINOv3 feature map: high-resolution backbone vs low resolution + upsampler.
+
+Prints a Markdown table for ``--target`` (tokens per side), writes ``benchmark.csv`` (every
+size of the sweep) and ``benchmark_sweep.png`` to ``--out-dir``. See
+``brixel_plugins/benchmark.py`` for what is counted and how (FLOP convention: 2 per multiply-add).
+
+Examples:
+    python tools/benchmark.py --arch vits16 --weights dinov3_vits16_pretrain_lvd1689m-08c60483.pth
+    python tools/benchmark.py --device cuda --dtype bf16 --runs 50 --sizes 16,32,48,64
+    python tools/benchmark.py --methods bilinear,lift --target 8 --sizes 4,8 \\
+        --backbone-overrides depth=4,embed_dim=64,num_heads=2 --runs 1 --warmup 0 --out-dir /tmp/b
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
+
+from brixel_plugins.benchmark import (DEFAULT_METHODS, BenchConfig, markdown_table, parse_kv,  # noqa: E402
+                                      parse_methods, plot_sweep, run_benchmark, write_csv)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--arch", default="vits16", help="DINOv3 arch (vits16, vitb16, vitl16, vith16plus, ...)")
+    p.add_argument("--weights", default=None, help="DINOv3 weight file (default: random init; timing is the same)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated registry names, with options as name:key=value:key=value, or "
+                        "upsampler .safetensors files; 'highres' is always added as the reference")
+    p.add_argument("--factor", type=int, default=4,
+                   help="upsampling factor; the low-resolution input is target/factor*16 px (default 4: 256 px "
+                        "for 64x64)")
+    p.add_argument("--target", type=int, default=64, help="output tokens per side of the table's rows")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated targets for the sweep (CSV + plot), e.g. 16,32,48,64")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs (the first one counts FLOPs)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per row")
+    p.add_argument("--isolate", action="store_true",
+                   help="measure every row in a fresh process (honest CPU peak memory; slower)")
+    p.add_argument("--backbone-overrides", default="",
+                   help="timm overrides for tiny test models, e.g. depth=4,embed_dim=64,num_heads=2")
+    p.add_argument("--out-dir", default="work_dirs/benchmark")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="drop methods that are not registered (with a note) instead of failing")
+    args = p.parse_args(argv)
+
+    methods = parse_methods(args.methods)
+    if args.skip_missing:
+        from brixel_plugins.upsamplers import list_upsamplers
+
+        missing = [m.name for m in methods if m.path is None and m.name not in list_upsamplers()]
+        if missing:
+            print(f"skipping unregistered methods {missing}; registered: {', '.join(list_upsamplers())}",
+                  file=sys.stderr)
+        methods = [m for m in methods if m.path is not None or m.name not in missing]
+    sizes = sorted({args.target, *(int(s) for s in args.sizes.split(",") if s.strip())} if args.sizes
+                   else {args.target})
+    cfg = BenchConfig(arch=args.arch, weights=args.weights, backbone_overrides=parse_kv(args.backbone_overrides),
+                      factor=args.factor, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                      warmup=args.warmup, runs=args.runs)
+    if args.weights is None:
+        print("note: random-init DINOv3 (no --weights): fine for cost, not for features", file=sys.stderr)
+    try:
+        rows = run_benchmark(methods, cfg, sizes, isolate=args.isolate, log=lambda s: print(s, file=sys.stderr))
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+    out = Path(args.out_dir)
+    csv_path = write_csv(rows, out / "benchmark.csv")
+    table = markdown_table([r for r in rows if r["target"] == args.target])
+    (out / "benchmark.md").write_text(table + "\n")
+    print(f"DINOv3 {rows[0]['arch']}, {args.target}x{args.target} tokens, {cfg.device}, {cfg.dtype}, "
+          f"batch {cfg.batch_size}, {cfg.runs} runs after {cfg.warmup} warm-ups\n")
+    print(table)
+    print(f"\nGFLOPs count a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2); peak memory: {rows[0]['mem_method']}")
+    print(f"csv: {csv_path}")
+    if len(sizes) > 1:
+        print(f"plot: {plot_sweep(rows, out / 'benchmark_sweep.png')}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

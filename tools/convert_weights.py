@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""Convert an upsampler released by its authors (their ``.pth`` key layout) into a
+brixel_plugins weight file that MMSeg / Detectron2 configs and ``DenseFeaturizer`` load.
+
+    python tools/convert_weights.py brixel brixel_vits16.pth work_dirs/brixel_vits16.safetensors --arch vits16
+    python tools/convert_weights.py lift lift_dino_s16.pth lift_vits16_x4.safetensors --arch vits16 --factor 4
+    python tools/convert_weights.py jbu featup_jbu.pth jbu_vits16_x16.safetensors --arch vits16 --factor 16
+"""
+import argparse
+import sys
+
+from brixel_plugins.backbones import ARCHS, FrozenDINOv3, WeightFileError
+from brixel_plugins.io import convert_release
+from brixel_plugins.upsamplers import list_upsamplers
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("method", choices=list_upsamplers())
+    ap.add_argument("src", help="the authors' released .pth")
+    ap.add_argument("dst", help="output .safetensors")
+    ap.add_argument("--arch", required=True, choices=sorted(ARCHS), help="DINOv3 backbone the weights were made for")
+    ap.add_argument("--factor", type=int, default=None, help="upsampling factor (LiFT: 2/4/8 recursion; JBU: stack)")
+    args = ap.parse_args(argv)
+    spec = FrozenDINOv3(args.arch, device="meta").spec  # shapes only, no weights needed
+    cfg = {} if args.factor is None else {"factor": args.factor}
+    try:
+        out = convert_release(args.src, args.dst, args.method, spec, **cfg)
+    except WeightFileError as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

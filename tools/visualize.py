@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""PCA pictures: DINOv3 low-res vs high-res vs upsamplers, coloured by the high-res map's PCA.
+
+Writes one PNG grid (a row per image, labelled columns) and prints its path.
+
+Examples:
+    python tools/visualize.py --weights dinov3_vits16_pretrain_lvd1689m-08c60483.pth \\
+        --methods bilinear,lift,work_dirs/brixel_vits16.safetensors
+    python tools/visualize.py my_photo.jpg coffee --size 256 --hr-size 1024 --out pca.png
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
+
+from brixel_plugins.benchmark import parse_kv  # noqa: E402
+from brixel_plugins.visualize import SKIMAGE_PHOTOS, visualize  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("images", nargs="*", default=list(SKIMAGE_PHOTOS),
+                   help=f"image files or scikit-image photo names (default: {' '.join(SKIMAGE_PHOTOS)})")
+    p.add_argument("--arch", default="vits16")
+    p.add_argument("--weights", default=None, help="DINOv3 weight file (without it the features are random)")
+    p.add_argument("--methods", default="bilinear,lift",
+                   help="comma-separated upsampler names (name:key=value allowed) or .safetensors files")
+    p.add_argument("--size", type=int, default=256, help="low-resolution input (px) for DINOv3 and upsamplers")
+    p.add_argument("--hr-size", type=int, default=1024, help="high-resolution input (px) of the PCA reference")
+    p.add_argument("--cell", type=int, default=256, help="pixels per grid cell")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backbone-overrides", default="", help="timm overrides for tiny test models")
+    p.add_argument("--out", default="work_dirs/visualize/pca.png")
+    args = p.parse_args(argv)
+
+    from brixel_plugins.backbones import FrozenDINOv3
+
+    with warnings.catch_warnings():
+        if args.weights is None:
+            warnings.simplefilter("ignore", UserWarning)
+            print("note: random-init DINOv3 (no --weights): the pictures show no real features", file=sys.stderr)
+        backbone = FrozenDINOv3(args.arch, args.weights, **parse_kv(args.backbone_overrides))
+    try:
+        path = visualize(args.images, backbone, [m for m in args.methods.split(",") if m.strip()], args.out,
+                         size=args.size, hr_size=args.hr_size, cell=args.cell, device=args.device)
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
