@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) tools/demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	BRIXEL_REQUIRE_STACK=1 $(PY) -m pytest tests $(PYTEST_ARGS)
 
 clean-env:
 	rm -rf $(VENV)

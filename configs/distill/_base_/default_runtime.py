@@ -1,0 +1,36 @@
+# Shared runtime for tools/distill.py (mmengine Runner). Everything here is overridable with
+# --cfg-options, e.g. default_hooks.checkpoint.interval=500.
+default_scope = 'brixel_plugins'
+custom_imports = dict(imports=['brixel_plugins.distill'], allow_failed_imports=False)
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    dist_cfg=dict(backend='nccl'),  # tools/distill.py switches to gloo without CUDA
+)
+randomness = dict(seed=0)  # fixed: the data order and per-step RNG derive from it (exact resume)
+
+log_processor = dict(by_epoch=False, window_size=20)
+log_level = 'INFO'
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=20),  # progress, ETA, losses, lr
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(
+        type='CheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=3, save_last=True,
+        save_best='distill/loss', rule='less',  # full best checkpoint, by validation loss
+        backend_args=dict(backend='atomic_local')),  # temp file + fsync + rename
+)
+# upsampler-only safetensors: best_upsampler.safetensors and upsampler.safetensors (last)
+custom_hooks = [dict(type='ExportUpsamplerHook')]
+
+visualizer = dict(type='Visualizer',
+                  vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
+
+# used only when launched distributed; find_unused: BRIXEL keeps release modules it never runs
+model_wrapper_cfg = dict(type='brixel_plugins.DistillDDP', find_unused_parameters=True)
+
+val_cfg = dict(type='ValLoop')
+val_evaluator = dict(type='DistillMetric')
+load_from = None
+resume = False

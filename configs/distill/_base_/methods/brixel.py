@@ -1,0 +1,23 @@
+# BRIXEL release recipe: teacher DINOv3 at 1024 px, student at 256 px (4x bicubic antialiased
+# downsample) + adapter/head; L1 + 1.0 edge + 0.1 spectral; Adam, no weight decay, lr 1e-4 for the
+# first epoch then 1e-3; batch 16; 3 epochs; bf16 autocast on CUDA; best checkpoint by val loss.
+# Backbone weights: --weights FILE (or model.backbone.weights=FILE); none = random init (warned).
+_base_ = ['../default_runtime.py', '../datasets/folder.py']
+
+model = dict(
+    type='DistillModel',
+    backbone=dict(arch='vits16', weights=None, autocast='bf16'),
+    upsampler=dict(type='brixel'),
+    # shift_spectrum=False: the release's unshifted spectral term
+    objective=dict(type='brixel', lambda_edge=1.0, lambda_spectral=0.1, shift_spectrum=True),
+    teacher_size=1024,
+    student_size=256)
+
+train_dataloader = dict(batch_size=16, dataset=dict(size=1024))
+val_dataloader = dict(dataset=dict(size=1024))
+
+optim_wrapper = dict(type='OptimWrapper', constructor='DistillOptimWrapperConstructor',
+                     optimizer=dict(type='Adam', lr=1e-3, weight_decay=0.0))
+# 0.1 x 1e-3 = 1e-4 during the first epoch, then 1e-3 (stepped per iteration)
+param_scheduler = [dict(type='ConstantLR', factor=0.1, by_epoch=True, begin=0, end=1, convert_to_iter_based=True)]
+train_cfg = dict(type='DistillLoop', max_epochs=3, val_interval=1000)

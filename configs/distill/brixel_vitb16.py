@@ -1,0 +1,3 @@
+# BRIXEL for DINOv3 vitb16: python tools/distill.py configs/distill/brixel_vitb16.py --data-root DIR --weights FILE
+_base_ = ['./_base_/methods/brixel.py']
+model = dict(backbone=dict(arch='vitb16'))

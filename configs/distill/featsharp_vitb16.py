@@ -1,0 +1,3 @@
+# FeatSharp (2x) for DINOv3 vitb16: multi-view consistency, NAdam 5e-4, 3000 steps
+_base_ = ['./_base_/methods/multiview.py']
+model = dict(backbone=dict(arch='vitb16'))

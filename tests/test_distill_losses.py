@@ -1,0 +1,175 @@
+"""Distillation losses, metrics and data on hand-built inputs with known answers."""
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from brixel_plugins.distill import losses as L
+from brixel_plugins.distill.data import ImageFolderDataset, ResumableSampler, skimage_photo_files, split_files
+from brixel_plugins.distill.metrics import cosine_similarity, fidelity, map_metrics, relative_l1
+
+
+def smooth_maps(b=2, d=16, h=16, w=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, d, h // 4, w // 4, generator=g)
+    return torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def checkerboard(h, w):
+    return ((torch.arange(h)[:, None] + torch.arange(w)[None]) % 2 * 2 - 1).float()
+
+
+def test_identical_inputs_give_zero_for_every_term():
+    t = smooth_maps()
+    for shift in (True, False):
+        out = L.BrixelLoss(shift_spectrum=shift)(t, t.clone())
+        assert set(out) == {"loss_l1", "loss_edge", "loss_spectral"}
+        assert all(float(v) == 0.0 for v in out.values()), out
+    assert float(L.cosine_distance(t, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(L.lift_loss([t, t], [t, t])) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_l1_known_value_and_constant_offset_is_invisible_to_edge_and_spectral():
+    t = smooth_maps()
+    out = L.BrixelLoss()(t + 0.25, t)
+    assert float(out["loss_l1"]) == pytest.approx(0.25, abs=1e-6)
+    assert float(out["loss_edge"]) < 1e-9  # Sobel of a constant shift is zero
+    assert float(out["loss_spectral"]) < 1e-5  # a constant lives at DC, not in the high bins
+
+
+def test_pure_high_frequency_pattern_moves_only_the_spectral_term():
+    # broadband target: float32 FFT round-off must stay small against every bin's magnitude
+    t = smooth_maps() + 0.1 * torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    p = t + 0.5 * checkerboard(16, 16)
+    shifted = L.BrixelLoss(shift_spectrum=True)(p, t)
+    # Sobel's [-1, 0, 1] sees the same value two pixels apart: a checkerboard has no gradient
+    assert float(shifted["loss_edge"]) < 1e-9
+    assert float(shifted["loss_spectral"]) > 1e-3
+    # the release's unshifted spectrum puts Nyquist at the centre (radius 0): its "high" bins miss it
+    unshifted = L.BrixelLoss(shift_spectrum=False)(p, t)
+    assert float(unshifted["loss_spectral"]) < 1e-5
+    assert float(shifted["loss_spectral"]) > 100 * float(unshifted["loss_spectral"])
+
+
+def test_radial_profile_places_nyquist_in_the_last_bin_only_when_shifted():
+    x = checkerboard(16, 16).expand(1, 3, 16, 16)
+    prof = L.radial_profile(x, bins=8, shift=True)[0]
+    assert int(prof.argmax()) == 7
+    prof = L.radial_profile(x, bins=8, shift=False)[0]
+    assert int(prof.argmax()) == 0
+
+
+def test_edge_term_sees_an_edge_and_lambdas_scale():
+    t = torch.zeros(1, 8, 12, 12)
+    t[:, :, :, 6:] = 1.0
+    t = t + 0.01 * smooth_maps(1, 8, 12, 12)
+    p = torch.zeros_like(t) + 0.5  # flat: loses the edge
+    e = float(L.edge_loss(p, t))
+    assert e > 0.1
+    out = L.BrixelLoss(lambda_edge=2.0, lambda_spectral=0.0)(p, t)
+    assert float(out["loss_edge"]) == pytest.approx(2 * e, rel=1e-5)
+    assert "loss_spectral" not in out
+
+
+def test_cosine_distance_known_values():
+    a = torch.zeros(1, 2, 1, 1)
+    a[:, 0] = 1
+    b = torch.zeros(1, 2, 1, 1)
+    b[:, 1] = 1
+    assert float(L.cosine_distance(a, b)) == pytest.approx(1.0)
+    assert float(L.cosine_distance(a, -a)) == pytest.approx(2.0)
+    assert float(L.cosine_distance(a, 3 * a)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_homography_identity_and_warp_flip():
+    ident = torch.eye(3)[None]
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert torch.allclose(L.warp(x, ident), x, atol=1e-5)
+    flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))[None]
+    assert torch.allclose(L.warp(x, flip), x.flip(-1), atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    h = L.random_homographies(3, generator=g)
+    assert h.shape == (3, 3, 3) and torch.isfinite(h).all()
+
+
+def test_metrics_known_values():
+    y = smooth_maps(1, 8, 8, 8)
+    assert cosine_similarity(y, y) == pytest.approx(1.0, abs=1e-6)
+    assert relative_l1(2 * y, y) == pytest.approx(1.0, rel=1e-6)
+    # predicting the per-channel mean is fidelity 1 by definition
+    assert fidelity(y.mean(dim=(-2, -1), keepdim=True).expand_as(y), y) == pytest.approx(1.0, rel=1e-5)
+    assert fidelity(y + 0.01 * torch.randn_like(y), y) > 10
+    assert set(map_metrics(y, y)) == {"cosine", "rel_l1", "fidelity"}
+
+
+# -- data ----------------------------------------------------------------------------------------
+@pytest.fixture()
+def folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(rng.integers(0, 255, (90, 60, 3), dtype=np.uint8)).save(tmp_path / "a" / "tall.jpg")
+    Image.fromarray(rng.integers(0, 255, (50, 120, 4), dtype=np.uint8)).save(tmp_path / "a" / "b" / "wide.webp")
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "a" / "grey.tif")
+    (tmp_path / "a" / "b" / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "notes.txt").write_text("ignored")
+    return tmp_path
+
+
+def test_folder_is_recursive_and_unreadable_files_are_skipped(folder, caplog):
+    ds = ImageFolderDataset(str(folder), size=32)
+    assert len(ds) == 5  # 4 images + the broken one; txt ignored
+    outs = [ds[i] for i in range(len(ds))]
+    assert all(o["image"].shape == (3, 32, 32) and o["image"].dtype == torch.uint8 for o in outs)
+    assert any(p.endswith("broken.png") for p in ds.bad)
+    broken = [i for i, p in enumerate(ds.files) if p.endswith("broken.png")][0]
+    assert outs[broken]["index"] != broken  # replaced by the next readable image
+
+
+def test_small_image_is_padded_then_cover_resized(folder):
+    ds = ImageFolderDataset(str(folder), size=64, list_file=None)
+    i = [k for k, p in enumerate(ds.files) if p.endswith("small.png")][0]
+    img = ds[i]["image"]
+    # 20x30 < 64: padded to a 30x30 square (black rows top and bottom), then resized to 64
+    assert img[:, :8].float().mean() < 2 and img[:, -8:].float().mean() < 2
+    assert img[:, 28:36].float().mean() > 60
+
+
+def test_list_file_and_split(folder, tmp_path):
+    lst = tmp_path / "list.txt"
+    lst.write_text("small.png\n# comment\na/tall.jpg\n")
+    ds = ImageFolderDataset(str(folder), size=16, list_file=str(lst))
+    assert [p.split("/")[-1] for p in ds.files] == ["small.png", "tall.jpg"]
+    train = ImageFolderDataset(str(folder), size=16, split="train", num_val=2)
+    val = ImageFolderDataset(str(folder), size=16, split="val", num_val=2)
+    assert len(val) == 2 and len(train) == 3 and not set(train.files) & set(val.files)
+    assert split_files(train.files + val.files, 2) == (train.files, val.files)
+
+
+def test_random_crops_are_a_function_of_seed_epoch_index(folder):
+    ds = ImageFolderDataset(str(folder), size=16, crop="random", seed=3)
+    a, b = ds[(0, 1)]["image"], ds[(0, 1)]["image"]
+    assert torch.equal(a, b)
+    assert any(not torch.equal(ds[(0, 1)]["image"], ds[(e, 1)]["image"]) for e in range(1, 6))
+
+
+def test_sampler_skip_matches_the_tail_of_a_full_pass(folder):
+    ds = ImageFolderDataset(str(folder), size=16)
+    s = ResumableSampler(ds, seed=5)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2)
+    s.skip(3)
+    assert list(s) == full[3:]
+    assert all(e == 2 for e, _ in full) and sorted(i for _, i in full) == list(range(len(ds)))
+
+
+def test_bundled_skimage_photos_exist():
+    files = skimage_photo_files()
+    assert len(files) >= 8
+    ds = ImageFolderDataset(source="skimage", size=32, split="val", num_val=3)
+    assert len(ds) == 3 and ds[0]["image"].shape == (3, 32, 32)

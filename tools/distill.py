@@ -1,0 +1,100 @@
+"""Distil an upsampler on a frozen DINOv3 (mmengine Runner); writes upsampler-only safetensors.
+
+    python tools/distill.py configs/distill/brixel_vits16.py --data-root DIR [--weights FILE]
+        [--work-dir DIR] [--resume] [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
+    torchrun --nproc-per-node N tools/distill.py CONFIG --launcher pytorch ...
+
+Outputs in the work dir: checkpoints (``iter_*.pth``, ``best_val_loss_*.pth``, written
+atomically), ``best_upsampler.safetensors`` / ``upsampler.safetensors`` (what MMSeg and Detectron2
+configs load), ``val_metrics.json``, logs and TensorBoard scalars under the timestamped folder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+# run as a script: make the checkout importable without installing (a `tools` package from
+# detectron2 would shadow ours for `import tools`, so nothing here is imported as tools.*)
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+
+    p = argparse.ArgumentParser(description="Self-distillation of a feature upsampler on frozen DINOv3")
+    p.add_argument("config", help="e.g. configs/distill/brixel_vits16.py")
+    p.add_argument("--work-dir", help="where checkpoints, logs and exported weights go "
+                                      "(default: work_dirs/<config name>)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from the latest checkpoint in the work dir (or from the given file)")
+    p.add_argument("--data-root", help="folder of training images (sets train and val dataset roots)")
+    p.add_argument("--val-root", help="separate folder of validation images")
+    p.add_argument("--weights", help="DINOv3 weight file (sets model.backbone.weights); default: "
+                                     "$DINOV3_WEIGHTS, else the config's value (random init if None)")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="bf16 autocast via mmengine's AmpOptimWrapper; auto = on with CUDA")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
+                   help="override config entries, e.g. train_cfg.max_iters=100")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    p.add_argument("--local-rank", "--local_rank", type=int, default=0)
+    args = p.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+def build_config(args):
+    import torch
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
+        "work_dirs", osp.splitext(osp.basename(args.config))[0])
+    if args.data_root:
+        cfg.train_dataloader.dataset.root = args.data_root
+        cfg.val_dataloader.dataset.root = args.data_root
+    if args.val_root:
+        cfg.train_dataloader.dataset.val_root = args.val_root
+        cfg.val_dataloader.dataset.val_root = args.val_root
+    weights = args.weights or os.environ.get("DINOV3_WEIGHTS")
+    if weights:
+        cfg.model.backbone.weights = weights
+    if args.resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        cfg.resume, cfg.load_from = True, args.resume
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        # gloo for CPU process groups; no pinned memory without a GPU
+        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "gloo"
+    amp = args.amp == "bf16" or (args.amp == "auto" and cuda)
+    if amp:
+        if not cuda:
+            raise SystemExit("--amp bf16 needs CUDA (mmengine's AmpOptimWrapper); use --amp off on CPU")
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.dtype = "bfloat16"
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_config(args)
+    import torch
+
+    from brixel_plugins.distill.runner import DistillRunner
+
+    if args.launcher == "pytorch" and not torch.cuda.is_available() and not torch.distributed.is_initialized():
+        # mmengine's init_dist always calls torch.cuda.set_device; on CPU we start the gloo group
+        # ourselves (from torchrun's env://) and the Runner uses it as it is
+        torch.distributed.init_process_group(backend="gloo")
+    runner = DistillRunner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == "__main__":
+    main()
