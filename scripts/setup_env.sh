@@ -60,12 +60,16 @@ if [ "${BRIXEL_SKIP_D2:-0}" != 1 ]; then
     whl=$(ls "$CACHE"/sal_detectron2-*-py3-none-any.whl 2>/dev/null | head -1 || true)
     if [ -z "$whl" ]; then
       log "fetching detectron2 ($D2_WHEEL_PKG, pure-Python parts work on 3.11)"
-      tmp=$(mktemp -d); "${PIP[@]}" download --no-deps -d "$tmp" "$D2_WHEEL_PKG"
+      # the wheel is tagged cp310-none-any: ask for 3.10 wheels explicitly, then retag it
+      tmp=$(mktemp -d); "${PIP[@]}" download --no-deps --only-binary=:all: --python-version 3.10 -d "$tmp" "$D2_WHEEL_PKG"
       src=$(ls "$tmp"/*.whl | head -1); base=$(basename "$src")
       cp "$src" "$CACHE/${base%%-cp310-none-any.whl}-py3-none-any.whl"; rm -rf "$tmp"
       whl=$(ls "$CACHE"/sal_detectron2-*-py3-none-any.whl | head -1)
     fi
     "${PIP[@]}" install --no-deps "$whl"; }
+  # pip will complain that sal-detectron2 wants numpy<2: its Python code runs with numpy 2,
+  # which opencv 5 (via mmengine) requires; tests/test_environment.py checks the pair works.
+  log "note: pip's 'sal-detectron2 requires numpy<2' message below is expected (see setup_env.sh)"
 fi
 
 extras=dev

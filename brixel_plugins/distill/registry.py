@@ -1,26 +1,36 @@
 """mmengine registries of our own scope, so configs say ``type='DistillModel'`` with
-``default_scope='brixel_plugins'`` (children of mmengine's roots: mmengine's own types still resolve)."""
-from mmengine.registry import DATA_SAMPLERS as MME_DATA_SAMPLERS
-from mmengine.registry import DATASETS as MME_DATASETS
-from mmengine.registry import HOOKS as MME_HOOKS
-from mmengine.registry import LOOPS as MME_LOOPS
-from mmengine.registry import METRICS as MME_METRICS
-from mmengine.registry import MODEL_WRAPPERS as MME_MODEL_WRAPPERS
-from mmengine.registry import MODELS as MME_MODELS
-from mmengine.registry import RUNNERS as MME_RUNNERS
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as MME_OPTIM_WRAPPER_CONSTRUCTORS
+``default_scope='brixel_plugins'``. Each is a child of mmengine's root registry of the same kind,
+so mmengine's own types (Adam, ConstantLR, CheckpointHook, ...) resolve through it; every kind the
+Runner builds has one, otherwise mmengine warns that the scope has no registry for it."""
+from mmengine import registry as mme
 from mmengine.registry import Registry
 
 SCOPE = "brixel_plugins"
 _LOC = ["brixel_plugins.distill"]
 
-MODELS = Registry("model", parent=MME_MODELS, scope=SCOPE, locations=_LOC)
-DATASETS = Registry("dataset", parent=MME_DATASETS, scope=SCOPE, locations=_LOC)
-DATA_SAMPLERS = Registry("data sampler", parent=MME_DATA_SAMPLERS, scope=SCOPE, locations=_LOC)
-METRICS = Registry("metric", parent=MME_METRICS, scope=SCOPE, locations=_LOC)
-HOOKS = Registry("hook", parent=MME_HOOKS, scope=SCOPE, locations=_LOC)
-LOOPS = Registry("loop", parent=MME_LOOPS, scope=SCOPE, locations=_LOC)
-MODEL_WRAPPERS = Registry("model_wrapper", parent=MME_MODEL_WRAPPERS, scope=SCOPE, locations=_LOC)
-RUNNERS = Registry("runner", parent=MME_RUNNERS, scope=SCOPE, locations=_LOC)
-OPTIM_WRAPPER_CONSTRUCTORS = Registry("optimizer wrapper constructor", parent=MME_OPTIM_WRAPPER_CONSTRUCTORS,
-                                      scope=SCOPE, locations=_LOC)
+
+def _child(parent: Registry) -> Registry:
+    return Registry(parent.name, parent=parent, scope=SCOPE, locations=_LOC)
+
+
+MODELS = _child(mme.MODELS)
+DATASETS = _child(mme.DATASETS)
+DATA_SAMPLERS = _child(mme.DATA_SAMPLERS)
+TRANSFORMS = _child(mme.TRANSFORMS)
+METRICS = _child(mme.METRICS)
+EVALUATOR = _child(mme.EVALUATOR)
+HOOKS = _child(mme.HOOKS)
+LOOPS = _child(mme.LOOPS)
+MODEL_WRAPPERS = _child(mme.MODEL_WRAPPERS)
+RUNNERS = _child(mme.RUNNERS)
+RUNNER_CONSTRUCTORS = _child(mme.RUNNER_CONSTRUCTORS)
+OPTIMIZERS = _child(mme.OPTIMIZERS)
+OPTIM_WRAPPERS = _child(mme.OPTIM_WRAPPERS)
+OPTIM_WRAPPER_CONSTRUCTORS = _child(mme.OPTIM_WRAPPER_CONSTRUCTORS)
+PARAM_SCHEDULERS = _child(mme.PARAM_SCHEDULERS)
+VISUALIZERS = _child(mme.VISUALIZERS)
+VISBACKENDS = _child(mme.VISBACKENDS)
+LOG_PROCESSORS = _child(mme.LOG_PROCESSORS)
+WEIGHT_INITIALIZERS = _child(mme.WEIGHT_INITIALIZERS)
+FUNCTIONS = _child(mme.FUNCTIONS)
+INFERENCERS = _child(mme.INFERENCERS)

@@ -21,11 +21,10 @@ from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel
 from mmengine.runner import Runner
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
 from mmengine.runner.base_loop import BaseLoop
 
 from ..utils import atomic_path
-from .registry import LOOPS, MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
+from .registry import LOOPS, MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS, RUNNERS
 
 
 # -- atomic checkpoint writes ---------------------------------------------------------------------
