@@ -65,8 +65,8 @@ Attention over 4101 tokens (1024 px) is 64 % of the high-resolution cost, so the
 not see fused ``scaled_dot_product_attention`` (module-hook counters such as ptflops / thop /
 DeepSpeed's profiler count nn.Linear and nn.Conv2d) and adds elementwise / norm ops: linear +
 conv only gives 177 vs 19 GFLOPs (9.3x), close to their 200 vs 25. That is our inference, not
-something the release states. Reproduce with ``--device meta`` (FLOPs only, seconds; the
-BRIXEL row was counted on CPU, its deformable attention does not run on the meta device).
+something the release states. Reproduce with ``--device meta`` (FLOPs only, seconds; FeatSharp
+must be counted on CPU: it fits PHI-S statistics from data before it runs).
 """
 from __future__ import annotations
 
@@ -87,6 +87,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import torch
 from torch import nn
+
+from .upsamplers import Upsampler
 
 DEFAULT_METHODS = ("bilinear", "jbu", "lift", "featsharp", "brixel")
 REFERENCE = "highres"
@@ -404,6 +406,9 @@ def measure_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone=None
     image = torch.randn(cfg.batch_size, 3, px, px, generator=gen).to(dev)  # content does not change cost
     if dev.type != "meta":
         prepare_upsampler(up, backbone, image)
+    elif type(up).calibrated is not Upsampler.calibrated:
+        raise ValueError(f"{method.label} fits statistics from data before it runs (PHI-S), which the meta "
+                         f"device cannot do: count its FLOPs with --device cpu")
 
     amp = (torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.dtype == "bf16" and dev.type in ("cpu", "cuda")
            else contextlib.nullcontext())
