@@ -16,7 +16,8 @@ CORE = [
     "pillow",
     "scikit-image>=0.22",  # its bundled photos are the demo data
     "mmengine>=0.10.7,<0.11",  # Runner for tools/distill.py; not imported by the core modules
-    "matplotlib",
+    "tensorboard",  # tools/distill.py's scalar logs
+    "matplotlib",  # tools/benchmark.py's plot
 ]
 EXTRAS = {
     "mmseg": [
@@ -29,9 +30,9 @@ EXTRAS = {
     # installs it (or keeps an existing install); these are what it imports but does not declare.
     "d2": [
         "fvcore", "iopath", "omegaconf>=2.1,<2.4", "hydra-core", "pycocotools", "yacs",
-        "termcolor", "tabulate", "cloudpickle", "shapely", "black", "tensorboard",
+        "termcolor", "tabulate", "cloudpickle", "shapely", "black",
     ],
-    "dev": ["pytest>=7", "pytest-timeout", "tensorboard"],
+    "dev": ["pytest>=7", "pytest-timeout", "ruff"],
 }
 
 setup(
