@@ -92,7 +92,7 @@ class RecordLosses(Hook):
         self.losses = {}
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        self.losses[runner.iter] = {k: float(v) for k, v in outputs.items()}
+        self.losses[runner.iter] = {k: float(v.detach()) for k, v in outputs.items()}
 
 
 class Crash(Exception):
