@@ -88,7 +88,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
-from .upsamplers import Upsampler
+from .upsamplers import Upsampler, build_upsampler, list_upsamplers
 
 DEFAULT_METHODS = ("bilinear", "jbu", "lift", "featsharp", "brixel")
 REFERENCE = "highres"
@@ -146,7 +146,6 @@ def parse_methods(text: str) -> List[MethodSpec]:
 
 def check_methods(methods: Sequence[MethodSpec]) -> None:
     """Fail before any timing if a method is not registered or a weight file is missing."""
-    from .upsamplers import list_upsamplers
 
     for m in methods:
         if m.path is not None:
@@ -164,7 +163,6 @@ def build_method(method: MethodSpec, spec, factor: int):
     used at its own factor; a weight file is used at the factor it was saved with.
     """
     from .io import load_upsampler
-    from .upsamplers import build_upsampler
 
     if method.path is not None:
         return load_upsampler(method.path, spec)

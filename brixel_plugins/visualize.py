@@ -12,9 +12,9 @@ from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenDINOv3
+from .backbones import FrozenDINOv3
+from .images import load_rgb, normalise, resize, to_tensor
 from .viz import pca_row, save_grid
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea")
@@ -24,9 +24,7 @@ def load_image(src: Union[str, Path]) -> Tuple[str, np.ndarray]:
     """A file path, or the name of a photo bundled with scikit-image -> (name, uint8 (H, W, 3))."""
     path = Path(src)
     if path.is_file():
-        from PIL import Image
-
-        return path.stem, np.asarray(Image.open(path).convert("RGB"))
+        return path.stem, np.asarray(load_rgb(str(path)))
     from skimage import data
 
     loader = getattr(data, str(src), None)
@@ -49,9 +47,8 @@ def square_input(img: np.ndarray, size: int) -> torch.Tensor:
     h, w = img.shape[:2]
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
-    t = torch.from_numpy(np.ascontiguousarray(img[top:top + s, left:left + s])).permute(2, 0, 1).float()[None] / 255
-    t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    return (t - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    t = to_tensor(img[top:top + s, left:left + s]).float() / 255
+    return normalise(resize(t, size).clamp(0, 1))
 
 
 def build_upsamplers(methods: Sequence[str], spec, factor: int) -> List[Tuple[str, torch.nn.Module]]:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .images import denormalise
+
 
 class PCABasis:
     """Top-3 right singular vectors of centred tokens; colour range from the reference's 1-99 %."""
@@ -39,16 +41,6 @@ class PCABasis:
         if size is not None:
             img = F.interpolate(img, size=size, mode="nearest")
         return (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-
-
-def denormalise(image: torch.Tensor) -> np.ndarray:
-    """ImageNet-normalised (3, H, W) -> uint8 (H, W, 3)."""
-    from .backbones import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    x = (image.detach().cpu().float() * std + mean).clamp(0, 1)
-    return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def save_grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str], path: Union[str, Path],

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from brixel_plugins.backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenDINOv3
+from brixel_plugins import images
+from brixel_plugins.backbones import FrozenDINOv3
 
 # A real DINOv3 (timm Eva, RoPE, 4 registers, LayerScale) at a size 2 CPU cores run in ms.
 # embed_dim 64 keeps BRIXEL's 16 heads x 4 points and GroupNorm(32) valid.
@@ -33,11 +34,7 @@ def tiny_spec(tiny_backbone):
 
 def normalise(img: np.ndarray, size) -> torch.Tensor:
     """uint8 HxWx3 -> ImageNet-normalised (1,3,h,w) at ``size`` (h, w)."""
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()[None] / 255.0
-    t = torch.nn.functional.interpolate(t, size=size, mode="bicubic", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (t.clamp(0, 1) - mean) / std
+    return images.normalise(images.resize(images.to_tensor(img).float() / 255.0, size).clamp(0, 1))
 
 
 @pytest.fixture(scope="session")

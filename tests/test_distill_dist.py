@@ -24,7 +24,8 @@ TINY_OPTS = [
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from brixel_plugins.distill.data import load_rgb, skimage_photo_files
+    from brixel_plugins.distill.data import skimage_photo_files
+    from brixel_plugins.images import load_rgb
 
     root = tmp_path_factory.mktemp("imgs")
     for i, f in enumerate(skimage_photo_files()[:8]):

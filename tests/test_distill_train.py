@@ -33,7 +33,8 @@ METHODS = {
 def photos(tmp_path_factory):
     """8 small real photos (scikit-image) in nested folders, plus one unreadable file."""
 
-    from brixel_plugins.distill.data import load_rgb, skimage_photo_files
+    from brixel_plugins.distill.data import skimage_photo_files
+    from brixel_plugins.images import load_rgb
 
     root = tmp_path_factory.mktemp("photos")
     for i, f in enumerate(skimage_photo_files()[:8]):

@@ -96,13 +96,13 @@ def main():
     print(f"Training: {iters} iterations in {elapsed:.0f} s (incl. validation) = {iters / elapsed:.3f} it/s")
 
     # picture: input, DINOv3 at 256, DINOv3 at 1024, BRIXEL at 256, one row per held-out photo
-    from brixel_plugins.distill.model import normalise_uint8, resize
+    from brixel_plugins.images import normalise, resize
     from brixel_plugins.viz import pca_row, save_grid
 
     rows = []
     val_set = runner.val_dataloader.dataset
     for i in range(len(val_set)):
-        img = normalise_uint8(val_set[i]["image"][None])
+        img = normalise(val_set[i]["image"][None])
         with torch.no_grad():
             x256 = resize(img, 256)
             low = model.backbone.last_layer(x256)[0]

@@ -17,6 +17,7 @@ from mmengine.dist import get_dist_info, sync_random_seed
 from mmengine.logging import print_log
 from torch.utils.data import Dataset, Sampler
 
+from ..images import load_rgb
 from .registry import DATA_SAMPLERS, DATASETS
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
@@ -73,18 +74,6 @@ def cover_crop_box(w: int, h: int, size: int) -> Tuple[int, int, int]:
     """The release's fixed crop: (side, left, top) of the centred square that is resized to ``size``."""
     side = min(w, h)
     return side, (w - side) // 2, (h - side) // 2
-
-
-def load_rgb(path: str):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        return im.convert("RGB")
 
 
 def pad_to_square(im, size: int):

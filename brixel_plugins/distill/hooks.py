@@ -14,6 +14,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
+from ..images import normalise, resize
 from ..io import save_upsampler
 from ..utils import atomic_path
 from .metrics import format_table
@@ -101,7 +102,6 @@ class PhiSStatsHook(Hook):
         phi = getattr(model, "phi_s", None)
         if phi is None or bool(phi.fitted):
             return
-        from .model import normalise_uint8, resize
 
         dev = next(model.upsampler.parameters(), torch.zeros(0)).device
         phi.reset()
@@ -111,7 +111,7 @@ class PhiSStatsHook(Hook):
             for k, batch in enumerate(runner.train_dataloader):
                 if k >= self.num_batches:
                     break
-                img = resize(normalise_uint8(batch["image"].to(dev)), model.student_size)
+                img = resize(normalise(batch["image"].to(dev)), model.student_size)
                 phi.update(model.backbone.last_layer(img))
         count, s1, s2 = phi.statistics()
         n = torch.tensor(float(count), dtype=torch.float64, device=s1.device)

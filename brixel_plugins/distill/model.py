@@ -21,28 +21,15 @@ import torch.nn.functional as F
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
-from ..backbones.dinov3 import IMAGENET_MEAN, IMAGENET_STD, FrozenDINOv3
+from ..backbones.dinov3 import FrozenDINOv3
 from ..featurizer import backbone_layers
+from ..images import normalise, resize
 from ..ops.attention_downsampler import AttentionDownsampler
 from ..ops.phi_s import PhiS
 from ..upsamplers import Upsampler, build_upsampler
 from . import losses as L
 from .metrics import map_metrics
 from .registry import MODELS
-
-
-def normalise_uint8(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (B,3,H,W) in 0..255 -> ImageNet-normalised float32."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
-
-
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bicubic, antialiased, as the release makes its student input."""
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
 
 
 def build_downsampler(cfg: Optional[dict], dim: int, factor: int) -> nn.Module:
@@ -182,7 +169,7 @@ class DistillModel(BaseModel):
 
     # -- mmengine entry point ----------------------------------------------------------------
     def forward(self, inputs: torch.Tensor, index=None, mode: str = "loss"):
-        img = normalise_uint8(inputs) if inputs.dtype == torch.uint8 else inputs
+        img = normalise(inputs) if inputs.dtype == torch.uint8 else inputs
         if mode == "loss":
             return getattr(self, f"_{self.kind}_losses")(img)
         if mode in ("predict", "tensor"):

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
+from ..images import resize
 from ..ops.local_attention import LocalAttention2d
 from ..ops.phi_s import PhiS
 from .base import Upsampler, register_upsampler
@@ -118,7 +119,7 @@ class FeatSharp(Upsampler):
         (index ((ty*u + tx)*B + b)."""
         b, c, h, w = image.shape
         u = self.factor
-        big = F.interpolate(image, size=(u * h, u * w), mode="bicubic", align_corners=False, antialias=True)
+        big = resize(image, (u * h, u * w))
         return big.view(b, c, u, h, u, w).permute(2, 4, 0, 1, 3, 5).reshape(u * u * b, c, h, w)
 
     def backbone_features(self, image: torch.Tensor, backbone: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
+from ..images import resize
 from .base import Upsampler, register_upsampler
 
 
@@ -51,6 +52,5 @@ class HighResBackbone(Upsampler):
                 backbone: Optional[nn.Module] = None) -> torch.Tensor:
         if backbone is None:
             raise ValueError("highres needs the backbone: call it through DenseFeaturizer")
-        big = F.interpolate(image, scale_factor=self.factor, mode="bicubic", align_corners=False,
-                            antialias=True) if self.factor != 1 else image
+        big = resize(image, [s * self.factor for s in image.shape[-2:]])
         return backbone.last_layer(big)

@@ -1,0 +1,56 @@
+"""Image plumbing every part shares: reading files, ImageNet normalisation, bicubic resizing.
+
+DINOv3 (and so every upsampler) takes ImageNet-normalised float images (B, 3, H, W).
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backbones.dinov3 import IMAGENET_MEAN, IMAGENET_STD
+
+
+def load_rgb(path: str):
+    """An image file as an RGB PIL image; transparency is composited on white."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, im)
+        return im.convert("RGB")
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> uint8 (1, 3, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) uint8 in 0..255, or float in 0..1 -> ImageNet-normalised float32."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalise(image: torch.Tensor) -> np.ndarray:
+    """ImageNet-normalised (3, H, W) -> uint8 (H, W, 3)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = (image.detach().cpu().float() * std + mean).clamp(0, 1)
+    return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def resize(x: torch.Tensor, size: Union[int, Sequence[int]]) -> torch.Tensor:
+    """Bicubic, antialiased (as the BRIXEL release makes its student input) to ``size`` (an int:
+    square). (B, C, H, W) -> (B, C, *size); a no-op at the same size."""
+    hw = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if tuple(x.shape[-2:]) == hw:
+        return x
+    return F.interpolate(x, size=hw, mode="bicubic", align_corners=False, antialias=True)
