@@ -26,3 +26,18 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def update_json(path: Union[str, Path], key: str, value) -> dict:
+    """Set ``key`` in the JSON object stored at ``path`` (created if missing), written atomically.
+
+    Several demos add their own section to one summary file; each rewrites only its key.
+    """
+    import json
+
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[key] = value
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    return data
