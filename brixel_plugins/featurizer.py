@@ -1,42 +1,96 @@
-"""DenseFeaturizer: frozen DINOv3 + an upsampler, image in, dense map out."""
+"""DenseFeaturizer: frozen DINOv3 + an upsampler, image in, dense map out.
+
+The image arrives at the resolution the user has; the backbone runs at a working resolution
+(the same one by default). Shapes, for a working image of H x W (multiples of 16) and factor f::
+
+    image (B,3,H',W') --resize--> working (B,3,H,W) --DINOv3--> {i: (B,D,H/16,W/16)}
+    upsampler(working, layers, backbone, image_hr=image) -> (B, D, f*H/16, f*W/16)
+
+See :mod:`brixel_plugins.upsamplers.base` for which upsampler reads which image.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .backbones.dinov3 import FrozenDINOv3, check_image_size
+from .backbones.dinov3 import PATCH_SIZE, FrozenDINOv3, check_image_size
+from .images import resize
 from .upsamplers import Upsampler, build_upsampler
 
+Size = Union[int, Sequence[int]]
 
-def backbone_layers(backbone: FrozenDINOv3, image: torch.Tensor,
-                    upsamplers: Sequence[Upsampler]) -> Dict[int, torch.Tensor]:
-    """One backbone pass for the union of the layers ``upsamplers`` read ({} if none read any)."""
-    wanted = sorted({i for u in upsamplers for i in u.layer_indices})
+
+def working_hw(hw: Sequence[int], size: Optional[Size] = None, scale: Optional[float] = None,
+               multiple: int = PATCH_SIZE) -> Tuple[int, int]:
+    """The backbone's working size for an image of size ``hw`` = (H', W').
+
+    - neither given: ``hw`` itself, which must then be a multiple of ``multiple`` on both sides;
+    - ``size``: exactly (h, w), or a square for an int (multiples of ``multiple``);
+    - ``scale``: each side times ``scale``, rounded to the nearest multiple (at least one patch).
+    """
+    if size is not None and scale is not None:
+        raise ValueError("give working_size or working_scale, not both")
+    if size is not None:
+        out = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+        if len(out) != 2 or any(s <= 0 or s % multiple for s in out):
+            raise ValueError(f"working_size must be positive multiples of {multiple}, got {size!r}")
+        return out
+    if scale is not None:
+        if not float(scale) > 0:
+            raise ValueError(f"working_scale must be > 0, got {scale!r}")
+        return tuple(max(multiple, int(round(s * float(scale) / multiple)) * multiple) for s in hw)
+    h, w = (int(s) for s in hw)
+    if h % multiple or w % multiple or h <= 0 or w <= 0:
+        raise ValueError(
+            f"image size {h}x{w} is not a multiple of {multiple} on both sides; resize or pad it, or set "
+            f"working_size / working_scale so the backbone runs at e.g. "
+            f"{max(multiple, round(h / multiple) * multiple)}x{max(multiple, round(w / multiple) * multiple)}")
+    return h, w
+
+
+def backbone_layers(backbone: FrozenDINOv3, image: torch.Tensor, upsamplers: Sequence[Upsampler],
+                    extra: Sequence[int] = ()) -> Dict[int, torch.Tensor]:
+    """One backbone pass for the union of the layers ``upsamplers`` read and ``extra`` ({} if none)."""
+    wanted = sorted({i for u in upsamplers for i in u.layer_indices} | set(backbone.resolve_indices(extra)
+                                                                          if extra else ()))
     return backbone.layers(image, wanted) if wanted else {}
 
 
 class DenseFeaturizer(nn.Module):
-    """``image (B,3,H,W) -> (B, D, H*f/16, W*f/16)``, H and W multiples of 16, ImageNet-normalised.
+    """``image (B,3,H',W') -> (B, D, f*H/16, f*W/16)`` where H x W is the working size.
 
-    The backbone runs once per image for all layers the upsampler reads; upsamplers that run
-    the backbone themselves (FeatSharp tiles, ``highres``) receive it. Only the upsampler's
+    Args:
+        backbone: the frozen DINOv3.
+        upsampler: any registered upsampler built for ``backbone.spec``.
+        working_size: run the backbone at exactly this size ((h, w), or an int for a square).
+        working_scale: or at the image's size times this (each side rounded to a multiple of 16).
+            With neither, the image itself is the working image and must be a multiple of 16.
+
+    The backbone runs once per image for all layers the upsampler reads (plus any asked for in
+    :meth:`features`); upsamplers that run the backbone themselves (FeatSharp tiles, ``highres``)
+    receive it, and all receive the user's image as ``image_hr``. Only the upsampler's
     parameters train.
     """
 
-    def __init__(self, backbone: FrozenDINOv3, upsampler: Upsampler):
+    def __init__(self, backbone: FrozenDINOv3, upsampler: Upsampler, working_size: Optional[Size] = None,
+                 working_scale: Optional[float] = None):
         super().__init__()
         if upsampler.spec != backbone.spec:
             raise ValueError(f"upsampler built for {upsampler.spec}, backbone is {backbone.spec}")
+        working_hw((PATCH_SIZE, PATCH_SIZE), working_size, working_scale)  # validate now, not at the first batch
         self.backbone = backbone
         self.upsampler = upsampler
+        self.working_size, self.working_scale = working_size, working_scale
 
     @classmethod
-    def build(cls, backbone: Union[FrozenDINOv3, Mapping], upsampler: Union[Mapping, str, Path]) -> "DenseFeaturizer":
+    def build(cls, backbone: Union[FrozenDINOv3, Mapping], upsampler: Union[Mapping, str, Path],
+              **working) -> "DenseFeaturizer":
         """From a backbone (or its kwargs, e.g. ``dict(arch='vits16', weights=...)``) and an
-        upsampler config dict (``dict(type='brixel')``) or an upsampler weight file."""
+        upsampler config dict (``dict(type='brixel')``) or an upsampler weight file; ``working``
+        takes ``working_size`` / ``working_scale``."""
         from .io import load_upsampler
 
         if not isinstance(backbone, FrozenDINOv3):
@@ -45,7 +99,7 @@ class DenseFeaturizer(nn.Module):
             up = load_upsampler(upsampler, backbone.spec)
         else:
             up = build_upsampler(upsampler, backbone.spec)
-        return cls(backbone, up)
+        return cls(backbone, up, **working)
 
     @property
     def factor(self) -> int:
@@ -57,12 +111,26 @@ class DenseFeaturizer(nn.Module):
 
     @property
     def output_stride(self) -> float:
+        """Stride of the dense map relative to the working image."""
         return self.upsampler.output_stride
+
+    def working_hw(self, image_hw: Sequence[int]) -> Tuple[int, int]:
+        return working_hw(image_hw, self.working_size, self.working_scale)
 
     def trainable_parameters(self):
         return (p for p in self.upsampler.parameters() if p.requires_grad)
 
+    def features(self, image: torch.Tensor, layer_indices: Sequence[int] = ()
+                 ) -> Tuple[torch.Tensor, Dict[int, torch.Tensor]]:
+        """``(dense (B,D,f*h,f*w), {i: (B,D,h,w)})`` for the upsampler's layers plus ``layer_indices``
+        (negative indices count from the end), from one backbone pass on the working image."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected an image batch of shape (B, 3, H, W), got {tuple(image.shape)}")
+        work = resize(image, self.working_hw(image.shape[-2:]))
+        check_image_size(work)
+        layers = backbone_layers(self.backbone, work, [self.upsampler], layer_indices)
+        dense = self.upsampler(work, layers, self.backbone, image_hr=image)
+        return dense, layers
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        check_image_size(image)
-        layers = backbone_layers(self.backbone, image, [self.upsampler])
-        return self.upsampler(image, layers, self.backbone)
+        return self.features(image)[0]

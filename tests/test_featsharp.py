@@ -91,7 +91,7 @@ def test_one_backbone_call_with_all_tiles(tiny_spec, factor, batch):
 def test_stitch_places_tiles(tiny_backbone, tiny_spec):
     fs = build_upsampler(dict(type="featsharp", factor=2), tiny_spec)
     img = torch.randn(2, 3, 32, 48)
-    tiles = fs.tiles(img)
+    tiles = fs.tiles(img, tuple(img.shape[-2:]))
     maps = tiny_backbone.last_layer(tiles)
     grid = fs.stitch(maps, 2)
     assert grid.shape == (2, tiny_spec.embed_dim, 4, 6)

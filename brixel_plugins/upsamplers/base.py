@@ -1,15 +1,32 @@
 """The one interface every upsampler implements, and the registry that builds them by name.
 
-An upsampler turns low-resolution DINOv3 maps into a denser map of the same channels:
+An upsampler turns low-resolution DINOv3 maps into a denser map of the same channels::
 
-    forward(image (B,3,H,W), layers {i: (B,D,H/16,W/16)}, backbone=None) -> (B, D, H*f/16, W*f/16)
+    forward(image, layers, backbone=None, image_hr=None) -> (B, D, f*H/16, f*W/16)
 
-It declares what it needs, so that :class:`~brixel_plugins.featurizer.DenseFeaturizer` (and
-every consumer built on it) runs the backbone once and never cares which upsampler it holds:
+      image     (B, 3, H, W)    ImageNet-normalised: the image the backbone saw, at the working
+                                resolution (H, W multiples of 16; h, w = H/16, W/16)
+      layers    {i: (B, D, h, w)}  the backbone's normalised maps of ``image`` for the layers
+                                the upsampler declares in ``layer_indices``
+      backbone  FrozenDINOv3     for methods that run it themselves (FeatSharp's tiles, ``highres``)
+      image_hr  (B, 3, H', W') or None
+                                the same picture at the resolution the user has (any size, usually
+                                H' >= H, W' >= W); None means ``image``.
+
+The high-resolution contract: a user's image is often larger than the backbone's working
+resolution (a 1024 px photo, DINOv3 run at 512). The backbone sees the working image; methods
+whose point is real pixels read them from ``image_hr`` (``uses_image_hr = True``): JBU's guidance,
+FeatSharp's u x u tiles, ``highres``. Methods trained against a fixed input resolution (BRIXEL's
+spatial prior, LiFT's image branch) keep reading ``image``, so they see what they were trained
+on. The output grid is always ``factor`` x the token grid of ``image``, whatever ``image_hr`` is.
+
+Each upsampler declares what it needs, so that :class:`~brixel_plugins.featurizer.DenseFeaturizer`
+(and every consumer built on it) runs the backbone once and never cares which upsampler it holds:
 
 - ``factor``: integer upsampling factor f of the token grid (output stride 16 / f).
 - ``layer_indices``: absolute backbone layers it reads (empty if it reads none).
-- ``needs_image``: whether it uses the (ImageNet-normalised) image as guidance.
+- ``needs_image``: whether it uses the (ImageNet-normalised) image at all.
+- ``uses_image_hr``: whether its pixels come from ``image_hr`` when one is given.
 - ``calls_backbone``: whether it runs the frozen backbone itself (FeatSharp's tiles, ``highres``).
 - ``calibrated`` / ``calibrate(feats)`` / ``finish_calibration()``: statistics fitted from
   backbone features before training (FeatSharp's PHI-S); trivially calibrated for the rest.
@@ -61,6 +78,7 @@ class Upsampler(nn.Module):
 
     method: ClassVar[str] = ""
     needs_image: ClassVar[bool] = False
+    uses_image_hr: ClassVar[bool] = False
     calls_backbone: ClassVar[bool] = False
 
     def __init__(self, spec: BackboneSpec, factor: int, layer_indices: Tuple[int, ...] = (), **config):
@@ -125,8 +143,14 @@ class Upsampler(nn.Module):
                                   f"(D={self.embed_dim}): {e}") from e
         return self
 
+    def pixels(self, image: torch.Tensor, image_hr: Optional[torch.Tensor]) -> torch.Tensor:
+        """The image this method takes its pixels from: ``image_hr`` if it uses one and one is
+        given, else the working ``image``."""
+        return image_hr if (self.uses_image_hr and image_hr is not None) else image
+
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
-                backbone: Optional[nn.Module] = None) -> torch.Tensor:  # pragma: no cover - abstract
+                backbone: Optional[nn.Module] = None,
+                image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def extra_repr(self) -> str:

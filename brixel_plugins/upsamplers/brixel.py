@@ -401,7 +401,7 @@ class Brixel(Upsampler):
         return F.interpolate(last, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
-                backbone: Optional[nn.Module] = None) -> torch.Tensor:
+                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
         missing = [i for i in self.taps if i not in layers]
         if missing:
             raise KeyError(f"BRIXEL needs backbone layers {list(self.taps)}; missing {missing}")

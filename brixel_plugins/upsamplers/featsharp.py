@@ -92,6 +92,7 @@ class FeatSharp(Upsampler):
     """
 
     needs_image = True
+    uses_image_hr = True  # the tiles are cut from the real pixels
     calls_backbone = True
 
     def __init__(self, spec: BackboneSpec, factor: int = 2, window: int = 7, num_heads: Optional[int] = None,
@@ -114,18 +115,21 @@ class FeatSharp(Upsampler):
         self.block = FusionBlock(2 * dim, num_heads, int(window), float(mlp_ratio), bool(rel_pos_bias))
 
     # -- pieces (also used by the distillation tool) -----------------------------------------
-    def tiles(self, image: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) -> (u*u*B, 3, H, W): the image at (uH, uW) cut into tiles, tile-major
-        (index ((ty*u + tx)*B + b)."""
-        b, c, h, w = image.shape
+    def tiles(self, pixels: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        """(B,3,H',W') -> (u*u*B, 3, H, W): the picture resized to (uH, uW) and cut into tiles of
+        the working size ``hw`` = (H, W), tile-major (index ((ty*u + tx)*B + b))."""
+        b, c = pixels.shape[:2]
+        h, w = hw
         u = self.factor
-        big = resize(image, (u * h, u * w))
+        big = resize(pixels, (u * h, u * w))
         return big.view(b, c, u, h, u, w).permute(2, 4, 0, 1, 3, 5).reshape(u * u * b, c, h, w)
 
-    def backbone_features(self, image: torch.Tensor, backbone: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One backbone call on cat[image, tiles] -> raw (low-res (B,C,h,w), tile maps (u*u*B,C,h,w))."""
+    def backbone_features(self, image: torch.Tensor, backbone: nn.Module,
+                          image_hr: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One backbone call on cat[image, tiles of image_hr] -> raw (low-res (B,C,h,w), tile maps (u*u*B,C,h,w))."""
         b = image.shape[0]
-        feats = backbone.last_layer(torch.cat([image, self.tiles(image)], dim=0))
+        tiles = self.tiles(self.pixels(image, image_hr), tuple(image.shape[-2:]))
+        feats = backbone.last_layer(torch.cat([image, tiles], dim=0))
         return feats[:b], feats[b:]
 
     def debiased(self, feats: torch.Tensor) -> torch.Tensor:
@@ -159,7 +163,7 @@ class FeatSharp(Upsampler):
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor] = None,
-                backbone: Optional[nn.Module] = None) -> torch.Tensor:
+                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
         if backbone is None:
             raise ValueError("featsharp runs the backbone on its tiles: pass backbone= (DenseFeaturizer does)")
         if not self.calibrated:
@@ -168,11 +172,11 @@ class FeatSharp(Upsampler):
                 "a few batches of images, then finish_calibration() (the distillation tool does this), or load a "
                 "trained FeatSharp weight file")
         b, c = image.shape[0], self.embed_dim
-        lo, tile_maps = self.backbone_features(image, backbone)
+        lo, tile_maps = self.backbone_features(image, backbone, image_hr)
         feats = self.phi_s(self.debiased(torch.cat([lo, tile_maps], dim=0)))
         lo, tile_maps = feats[:b], feats[b:]
         tile_maps = tile_maps + self.tile_pos.to(feats.dtype).repeat_interleave(b, dim=0)[:, :, None, None]
-        hi = self.jbu(lo, image)
+        hi = self.jbu(lo, self.pixels(image, image_hr))
         x = torch.cat([hi, self.stitch(tile_maps, b)], dim=1).permute(0, 2, 3, 1)
         x = self.block(x)[..., :c].permute(0, 3, 1, 2)
         return self.phi_s.inverse(x.contiguous())

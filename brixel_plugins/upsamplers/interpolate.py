@@ -22,7 +22,7 @@ class BilinearUpsampler(Upsampler):
         super().__init__(spec, factor, (spec.depth - 1,), mode=mode)
         self.mode = mode
 
-    def forward(self, image, layers, backbone=None):
+    def forward(self, image, layers, backbone=None, image_hr=None):
         x = layers[self.last_layer]
         kw = {} if self.mode == "nearest" else {"align_corners": False}
         return F.interpolate(x, scale_factor=self.factor, mode=self.mode, **kw)
@@ -39,18 +39,20 @@ class BicubicUpsampler(BilinearUpsampler):
 
 @register_upsampler("highres")
 class HighResBackbone(Upsampler):
-    """The expensive reference: DINOv3 on the image enlarged ``factor`` times (bicubic,
-    antialiased), last layer. (B,3,H,W) -> (B,D,f*H/16,f*W/16); cost grows ~f^4 in attention."""
+    """The expensive reference: DINOv3 on the picture at ``factor`` x the working size (``image_hr``
+    resized there, bicubic antialiased; without one, ``image`` enlarged), last layer.
+    (B,3,H,W) -> (B,D,f*H/16,f*W/16); cost grows ~f^4 in attention."""
 
     needs_image = True
+    uses_image_hr = True  # the real pixels when the user has them, not an enlargement
     calls_backbone = True
 
     def __init__(self, spec: BackboneSpec, factor: int = 4):
         super().__init__(spec, factor, ())
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
-                backbone: Optional[nn.Module] = None) -> torch.Tensor:
+                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
         if backbone is None:
             raise ValueError("highres needs the backbone: call it through DenseFeaturizer")
-        big = resize(image, [s * self.factor for s in image.shape[-2:]])
+        big = resize(self.pixels(image, image_hr), [s * self.factor for s in image.shape[-2:]])
         return backbone.last_layer(big)

@@ -185,14 +185,15 @@ class JBUUpsampler(_JBUStackMixin, Upsampler):
     """
 
     needs_image = True
+    uses_image_hr = True  # guidance is average-pooled per level from the real pixels
 
     def __init__(self, spec: BackboneSpec, factor: int = 2):
         super().__init__(spec, factor, (spec.depth - 1,))
         self._build_stack(spec.embed_dim, self.factor)
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
-                backbone: Optional[nn.Module] = None) -> torch.Tensor:
-        return self._run_stack(layers[self.last_layer], image)
+                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._run_stack(layers[self.last_layer], self.pixels(image, image_hr))
 
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
         """Released keys are ours (``up1..upN``, ``fixup_proj.1``), possibly under FeatUp's

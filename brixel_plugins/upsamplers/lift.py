@@ -104,7 +104,7 @@ class LiFT(Upsampler):
         return self.outc(self.up1(torch.cat([feats, imgs_2], dim=1), imgs_1))
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
-                backbone: Optional[nn.Module] = None) -> torch.Tensor:
+                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = layers[self.last_layer]
         h, w = image.shape[-2:]
         for k in range(self.steps):
