@@ -202,7 +202,7 @@ def test_kill_and_resume_continues_exactly(method, photos, tmp_path):
 
 
 def test_checkpoint_loader_refuses_foreign_globals(tmp_path):
-    from brixel_plugins.distill.runner import trusted_checkpoint_globals
+    from brixel_plugins.engine import trusted_checkpoint_globals
 
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "x": Path("/etc")}, path)  # a pathlib object: not something we allow

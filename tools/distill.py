@@ -87,13 +87,17 @@ def main(argv=None):
     import torch
 
     from brixel_plugins.distill.runner import DistillRunner
+    from brixel_plugins.engine import CheckpointError, NonFiniteError
 
     if args.launcher == "pytorch" and not torch.cuda.is_available() and not torch.distributed.is_initialized():
         # mmengine's init_dist always calls torch.cuda.set_device; on CPU we start the gloo group
         # ourselves (from torchrun's env://) and the Runner uses it as it is
         torch.distributed.init_process_group(backend="gloo")
     runner = DistillRunner.from_cfg(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except (NonFiniteError, CheckpointError) as e:  # already explained: no traceback, exit status 1
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

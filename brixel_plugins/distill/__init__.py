@@ -9,9 +9,9 @@ from .hooks import ExportUpsamplerHook, PhiSStatsHook
 from .losses import BrixelLoss, cosine_distance, edge_loss, lift_loss, spectral_loss
 from .metrics import DistillMetric, fidelity, format_table, map_metrics
 from .model import DistillDataPreprocessor, DistillModel
-from .runner import DistillDDP, DistillLoop, DistillRunner, trusted_checkpoint_globals
+from .runner import DistillDDP, DistillLoop, DistillRunner
 
 __all__ = ["ImageFolderDataset", "ResumableSampler", "ExportUpsamplerHook", "PhiSStatsHook", "BrixelLoss",
            "cosine_distance", "edge_loss", "lift_loss", "spectral_loss", "DistillMetric", "fidelity",
            "format_table", "map_metrics", "DistillDataPreprocessor", "DistillModel", "DistillDDP",
-           "DistillLoop", "DistillRunner", "trusted_checkpoint_globals"]
+           "DistillLoop", "DistillRunner"]

@@ -1,5 +1,5 @@
-"""mmengine pieces for exact, crash-safe distillation: the loop, atomic checkpoint files, a
-checkpoint loader that works under torch's ``weights_only`` default, and CPU-capable DDP.
+"""mmengine pieces for exact distillation: the runner, the loop, and CPU-capable DDP (checkpoint
+safety, trusted loading and non-finite checks come from :mod:`brixel_plugins.engine`).
 
 Exact resume: the data a step sees is a pure function of (seed, epoch, index) (see data.py),
 the loop fast-forwards the sampler without decoding skipped images, and the global torch RNG is
@@ -9,95 +9,23 @@ Model, optimizer, scheduler and BN statistics come from mmengine's own checkpoin
 """
 from __future__ import annotations
 
-import importlib
-import os
-from contextlib import contextmanager
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, Optional
 
 import torch
 from mmengine.dist import get_rank
-from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel
-from mmengine.runner import Runner
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.runner.base_loop import BaseLoop
 
-from ..utils import atomic_path
+from ..engine import SafeRunner
 from .registry import LOOPS, MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS, RUNNERS
 
 
-# -- atomic checkpoint writes ---------------------------------------------------------------------
-class AtomicLocalBackend(LocalBackend):
-    """Local files written to a temporary name, fsynced and renamed: a kill mid-write leaves the
-    previous checkpoint (and ``last_checkpoint`` pointer) intact."""
-
-    def put(self, obj: bytes, filepath) -> None:
-        with atomic_path(filepath) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(obj)
-
-    def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
-        self.put(obj.encode(encoding), filepath)
-
-
-register_backend("atomic_local", AtomicLocalBackend, force=True)
-
-
-# -- loading mmengine checkpoints under torch.load(weights_only=True) -----------------------------
-# mmengine 0.10.7 calls torch.load without weights_only; torch >= 2.6 then refuses its own
-# checkpoints (message-hub HistoryBuffers, numpy arrays/scalars/dtypes). Rather than turning the
-# safe unpickler off, we allow exactly these globals, and refuse a file naming anything else.
-_TRUSTED_PREFIXES = ("numpy.dtypes.",)
-_TRUSTED = (
-    "mmengine.logging.history_buffer.HistoryBuffer",
-    "numpy.dtype", "numpy.ndarray",
-    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
-    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
-    # HistoryBuffer pickles its statistics methods as getattr(HistoryBuffer, 'min'); torch's
-    # unpickler still refuses to *call* anything that is not allow-listed, so getattr can only
-    # fetch attributes of the objects above.
-    "builtins.getattr",
-)
-
-
-def _resolve(name: str):
-    mod, _, attr = name.rpartition(".")
-    return getattr(importlib.import_module(mod), attr)
-
-
-def checkpoint_globals(path: str) -> List[str]:
-    """Names of the non-tensor globals a torch checkpoint file would unpickle."""
-    return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-
-
-@contextmanager
-def trusted_checkpoint_globals(path: Optional[str]) -> Iterator[None]:
-    """Allow the globals mmengine's checkpoints need while ``path`` is loaded, or refuse it."""
-    names = checkpoint_globals(path) if path and os.path.isfile(path) else []
-    bad = [n for n in names if n not in _TRUSTED and not n.startswith(_TRUSTED_PREFIXES)]
-    if bad:
-        raise RuntimeError(
-            f"{path} would unpickle objects outside what mmengine checkpoints hold: {bad}. "
-            f"Refusing to load it with weights_only=False; if you trust the file, load it yourself.")
-    allowed = [_resolve(n) for n in names]
-    if "numpy.dtype" in names:
-        # numpy.dtype('f8') rebuilds as an instance of numpy.dtypes.Float64DType, which the
-        # unpickler checks too although the file never names it: allow numpy's dtype classes
-        import numpy.dtypes
-
-        allowed += [v for v in vars(numpy.dtypes).values() if isinstance(v, type) and issubclass(v, numpy.dtype)]
-    with torch.serialization.safe_globals(allowed):
-        yield
-
-
 @RUNNERS.register_module()
-class DistillRunner(Runner):
-    """mmengine's Runner, with checkpoint loading that keeps torch's safe unpickler."""
-
-    def load_checkpoint(self, filename: str, map_location: Union[str, torch.device] = "cpu", *args, **kwargs):
-        with trusted_checkpoint_globals(filename):
-            return super().load_checkpoint(filename, map_location, *args, **kwargs)
+class DistillRunner(SafeRunner):
+    """The engine's SafeRunner (trusted checkpoint loading, resume that falls back to the newest
+    loadable checkpoint) in this package's scope."""
 
 
 # -- the training loop ----------------------------------------------------------------------------

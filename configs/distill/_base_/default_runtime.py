@@ -10,16 +10,20 @@ env_cfg = dict(
 )
 randomness = dict(seed=0)  # fixed: the data order and per-step RNG derive from it (exact resume)
 
-log_processor = dict(by_epoch=False, window_size=20)
+# validation metrics logged as measured (mmengine's default smooths every key containing 'loss')
+log_processor = dict(type='UnsmoothedValLogProcessor', by_epoch=False, window_size=20)
 log_level = 'INFO'
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=20),  # progress, ETA, losses, lr
     param_scheduler=dict(type='ParamSchedulerHook'),
+    # new checkpoint first, then the last_checkpoint pointer, then deletions; never NaN weights
     checkpoint=dict(
-        type='CheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=3, save_last=True,
+        type='SafeCheckpointHook', by_epoch=False, interval=1000, max_keep_ckpts=3, save_last=True,
         save_best='distill/loss', rule='less',  # full best checkpoint, by validation loss
         backend_args=dict(backend='atomic_local')),  # temp file + fsync + rename
+    # a NaN/Inf loss stops the run (non-zero exit) before anything of that iteration is written
+    non_finite=dict(type='NonFiniteLossHook', max_skipped_steps=0),
 )
 # upsampler-only safetensors: best_upsampler.safetensors and upsampler.safetensors (last)
 custom_hooks = [dict(type='ExportUpsamplerHook')]
