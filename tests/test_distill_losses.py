@@ -21,36 +21,38 @@ def checkerboard(h, w):
     return ((torch.arange(h)[:, None] + torch.arange(w)[None]) % 2 * 2 - 1).float()
 
 
+def edge(pred, target, relative=False):
+    basis, mean = L.pca_basis(target)
+    return L.edge_loss(pred, target, basis, mean, relative=relative)
+
+
 def test_identical_inputs_give_zero_for_every_term():
     t = smooth_maps()
+    assert float(L.l1_loss(t, t.clone())) == 0.0
+    assert float(edge(t, t.clone())) == 0.0
     for shift in (True, False):
-        out = L.BrixelLoss(shift_spectrum=shift)(t, t.clone())
-        assert set(out) == {"loss_l1", "loss_edge", "loss_spectral"}
-        assert all(float(v) == 0.0 for v in out.values()), out
+        assert float(L.spectral_loss(t, t.clone(), shift=shift)) == 0.0
     assert float(L.cosine_distance(t, t)) == pytest.approx(0.0, abs=1e-6)
-    assert float(L.lift_loss([t, t], [t, t])) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_l1_known_value_and_constant_offset_is_invisible_to_edge_and_spectral():
     t = smooth_maps()
-    out = L.BrixelLoss()(t + 0.25, t)
-    assert float(out["loss_l1"]) == pytest.approx(0.25, abs=1e-6)
-    assert float(out["loss_edge"]) < 1e-9  # Sobel of a constant shift is zero
-    assert float(out["loss_spectral"]) < 1e-5  # a constant lives at DC, not in the high bins
+    assert float(L.l1_loss(t + 0.25, t)) == pytest.approx(0.25, abs=1e-6)
+    assert float(edge(t + 0.25, t)) < 1e-9  # Sobel of a constant shift is zero
+    assert float(L.spectral_loss(t + 0.25, t)) < 1e-5  # a constant lives at DC, not in the high bins
 
 
 def test_pure_high_frequency_pattern_moves_only_the_spectral_term():
     # broadband target: float32 FFT round-off must stay small against every bin's magnitude
     t = smooth_maps() + 0.1 * torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(1))
     p = t + 0.5 * checkerboard(16, 16)
-    shifted = L.BrixelLoss(shift_spectrum=True)(p, t)
     # Sobel's [-1, 0, 1] sees the same value two pixels apart: a checkerboard has no gradient
-    assert float(shifted["loss_edge"]) < 1e-9
-    assert float(shifted["loss_spectral"]) > 1e-3
+    assert float(edge(p, t)) < 1e-9
+    shifted = float(L.spectral_loss(p, t, shift=True))
+    assert shifted > 1e-3
     # the release's unshifted spectrum puts Nyquist at the centre (radius 0): its "high" bins miss it
-    unshifted = L.BrixelLoss(shift_spectrum=False)(p, t)
-    assert float(unshifted["loss_spectral"]) < 1e-5
-    assert float(shifted["loss_spectral"]) > 100 * float(unshifted["loss_spectral"])
+    unshifted = float(L.spectral_loss(p, t, shift=False))
+    assert shifted > 100 * unshifted
 
 
 def test_radial_profile_places_nyquist_in_the_last_bin_only_when_shifted():
@@ -61,16 +63,18 @@ def test_radial_profile_places_nyquist_in_the_last_bin_only_when_shifted():
     assert int(prof.argmax()) == 0
 
 
-def test_edge_term_sees_an_edge_and_lambdas_scale():
+def test_edge_term_sees_an_edge_and_its_relative_form_is_one_for_a_flat_prediction():
     t = torch.zeros(1, 8, 12, 12)
     t[:, :, :, 6:] = 1.0
     t = t + 0.01 * smooth_maps(1, 8, 12, 12)
     p = torch.zeros_like(t) + 0.5  # flat: loses the edge
-    e = float(L.edge_loss(p, t))
-    assert e > 0.1
-    out = L.BrixelLoss(lambda_edge=2.0, lambda_spectral=0.0)(p, t)
-    assert float(out["loss_edge"]) == pytest.approx(2 * e, rel=1e-5)
-    assert "loss_spectral" not in out
+    assert float(edge(p, t)) > 0.1
+    assert float(edge(p, t, relative=True)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_spectral_bins_start_at_the_floor_of_min_radius_times_bins():
+    assert L.first_high_bin(24, 0.3) == 7  # int(7.2), as released
+    assert L.first_high_bin(10, 0.35) == 3
 
 
 def test_cosine_distance_known_values():

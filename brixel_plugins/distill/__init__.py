@@ -3,15 +3,15 @@
 Importing this package registers everything configs name under ``default_scope='brixel_plugins'``.
 """
 from . import registry  # noqa: F401  (first: the registries)
-from . import data, hooks, losses, metrics, model, runner  # noqa: F401
+from . import data, hooks, losses, metrics, model, objectives, runner  # noqa: F401
 from .data import ImageFolderDataset, ResumableSampler
 from .hooks import ExportUpsamplerHook, PhiSStatsHook
-from .losses import BrixelLoss, cosine_distance, edge_loss, lift_loss, spectral_loss
+from .objectives import BrixelObjective, DistillObjective, LiftObjective, MultiViewObjective
 from .metrics import DistillMetric, fidelity, format_table, map_metrics
 from .model import DistillDataPreprocessor, DistillModel
 from .runner import DistillDDP, DistillLoop, DistillRunner
 
-__all__ = ["ImageFolderDataset", "ResumableSampler", "ExportUpsamplerHook", "PhiSStatsHook", "BrixelLoss",
-           "cosine_distance", "edge_loss", "lift_loss", "spectral_loss", "DistillMetric", "fidelity",
+__all__ = ["ImageFolderDataset", "ResumableSampler", "ExportUpsamplerHook", "PhiSStatsHook", "DistillObjective",
+           "BrixelObjective", "LiftObjective", "MultiViewObjective", "DistillMetric", "fidelity",
            "format_table", "map_metrics", "DistillDataPreprocessor", "DistillModel", "DistillDDP",
            "DistillLoop", "DistillRunner"]

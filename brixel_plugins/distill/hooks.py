@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import torch
-from mmengine.dist import all_reduce, is_main_process
+from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -36,7 +36,7 @@ def export_metadata(runner, model, metrics: Optional[Dict[str, float]], kind: st
         "teacher_resolution": model.student_size * model.upsampler.factor,
         "train_images": len(ds),
         "iterations": runner.iter,
-        "objective": model.kind,
+        "objective": model.objective_cfg,
         "checkpoint": kind,
         "val_metrics": metrics or {},
     }
@@ -87,10 +87,11 @@ class ExportUpsamplerHook(Hook):
 
 @HOOKS.register_module()
 class PhiSStatsHook(Hook):
-    """Before training (multi-view objective): stream the backbone's features of ``num_batches``
-    training batches at the student resolution, fit PHI-S (float64 mean/covariance, summed over
-    ranks) and store it in the model (and the upsampler, if it holds a PHI-S of its own).
-    Skipped when the checkpoint being resumed already holds fitted statistics."""
+    """Before training: stream the backbone's last-layer maps of ``num_batches`` training
+    batches at the student resolution into every module of ``model.calibration_targets()``
+    (the upsampler and the objective, those with statistics still to fit, e.g. PHI-S), then
+    ``finish_calibration()`` on each (statistics summed over ranks there). Skipped when nothing
+    needs it, e.g. when the checkpoint being resumed already holds fitted statistics."""
 
     priority = "HIGH"
 
@@ -99,25 +100,24 @@ class PhiSStatsHook(Hook):
 
     def before_train(self, runner) -> None:
         model = unwrap(runner.model)
-        phi = getattr(model, "phi_s", None)
-        if phi is None or bool(phi.fitted):
+        targets = model.calibration_targets()
+        if not targets:
             return
 
         dev = next(model.upsampler.parameters(), torch.zeros(0)).device
-        phi.reset()
         sampler = runner.train_dataloader.sampler
         sampler.set_epoch(10 ** 6)  # a pass of its own: the training epochs' order is untouched
+        count = 0
         with torch.no_grad():
             for k, batch in enumerate(runner.train_dataloader):
                 if k >= self.num_batches:
                     break
-                img = resize(normalise(batch["image"].to(dev)), model.student_size)
-                phi.update(model.backbone.last_layer(img))
-        count, s1, s2 = phi.statistics()
-        n = torch.tensor(float(count), dtype=torch.float64, device=s1.device)
-        for t in (n, s1, s2):
-            all_reduce(t)  # sums over ranks, so every rank fits the same transform
-        phi.set_statistics(int(n.item()), s1, s2)
-        phi.fit()
-        phi.reset()
-        print_log(f"PHI-S fitted on {int(n.item())} feature vectors", logger="current", level=logging.INFO)
+                feats = model.features(resize(normalise(batch["image"].to(dev)), model.student_size))
+                count += feats.shape[0] * feats.shape[-2] * feats.shape[-1]
+                for t in targets:
+                    t.calibrate(feats)
+        for t in targets:
+            t.finish_calibration()
+        names = ", ".join(type(t).__name__ for t in targets)
+        print_log(f"calibrated {names} on {count} feature vectors (this rank)", logger="current",
+                  level=logging.INFO)

@@ -1,16 +1,16 @@
-"""Distillation objectives: BRIXEL (L1 + edge + spectral), LiFT (cosine), multi-view MSE pieces.
+"""Loss terms the distillation objectives (:mod:`brixel_plugins.distill.objectives`) are built from.
 
-All losses take ``pred`` and ``target`` maps of shape (B, D, H, W) and return scalars. They run in
-float32 whatever the autocast context, as the release computes its edge term in fp32.
+Every term takes ``pred`` and ``target`` maps of shape (B, D, H, W) and returns a scalar, in
+float32 whatever the autocast context (the BRIXEL release computes its edge term in fp32).
+Targets never receive gradients: each term detaches what it derives from the target.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
@@ -19,6 +19,8 @@ def _fp32(*xs: torch.Tensor):
     return tuple(x.float() for x in xs)
 
 
+# -- BRIXEL: L1, edge, spectral ------------------------------------------------------------------
+
 def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean |pred - target|."""
     pred, target = _fp32(pred, target)
@@ -26,11 +28,10 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def pca_basis(target: torch.Tensor, k: int = 8, stride: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` principal directions (D, k) and mean (D,) of the batch's target tokens.
+    """Top-``k`` principal directions (D, k) and mean (D,) of every ``stride``-th target token.
 
-    Every ``stride``-th token, as in the release. The release uses a randomised low-rank PCA
-    (q=24) to approximate this subspace; the exact eigendecomposition of the D x D covariance
-    is as cheap for D <= 1280, and deterministic, which exact resume needs.
+    Exact (eigendecomposition of the D x D covariance: as cheap as a low-rank approximation for
+    D <= 1280) and deterministic. The edge term depends only on the spanned subspace.
     """
     d = target.shape[1]
     tokens = target.detach().float().permute(0, 2, 3, 1).reshape(-1, d)[::stride]
@@ -41,6 +42,20 @@ def pca_basis(target: torch.Tensor, k: int = 8, stride: int = 3) -> Tuple[torch.
     return vecs[:, -k:].flip(1).float(), mean
 
 
+def release_pca_basis(target: torch.Tensor, k: int = 8, oversample: int = 16,
+                      niter: int = 2) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The release's PCA: a random third of the target tokens (shuffled, then every 3rd),
+    randomised low-rank PCA with q = k + ``oversample`` and ``niter`` power iterations, top ``k``.
+    Uses the global torch RNG (re-seeded per training step, so runs stay reproducible)."""
+    d = target.shape[1]
+    tokens = target.detach().float().permute(0, 2, 3, 1).reshape(-1, d)
+    tokens = tokens[torch.randperm(tokens.shape[0], device=tokens.device)][::3]
+    mean = tokens.mean(0)
+    q = min(k + oversample, *tokens.shape)
+    _, _, v = torch.pca_lowrank(tokens, q=q, center=True, niter=niter)
+    return v[:, :k], mean
+
+
 def sobel(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Depthwise Sobel gradients without padding: (B, C, H, W) -> 2 x (B, C, H-2, W-2)."""
     c = x.shape[1]
@@ -49,17 +64,27 @@ def sobel(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return F.conv2d(x, kx, groups=c), F.conv2d(x, ky, groups=c)
 
 
-def edge_loss(pred: torch.Tensor, target: torch.Tensor, k: int = 8, stride: int = 3) -> torch.Tensor:
-    """MSE of Sobel gradients of pred and target, both projected on the target's top-k PCA."""
+def project(x: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """(B, D, H, W) -> (B, k, H, W): coordinates of ``x - mean`` in the (D, k) basis."""
+    return torch.einsum("bdhw,dk->bkhw", x - mean.view(1, -1, 1, 1), basis)
+
+
+def edge_loss(pred: torch.Tensor, target: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor,
+              relative: bool = False) -> torch.Tensor:
+    """MSE(gx) + MSE(gy) of the Sobel gradients of pred and target projected on ``basis``.
+
+    ``relative``: divided by the target's own projected-gradient energy mean(tgx^2) + mean(tgy^2)
+    (detached), so the term is 0 for a perfect prediction and 1 for a flat one, whatever the
+    features' scale.
+    """
     pred, target = _fp32(pred, target)
-    basis, mean = pca_basis(target, k, stride)
-
-    def project(x):
-        return torch.einsum("bdhw,dk->bkhw", x - mean.view(1, -1, 1, 1), basis)
-
-    pgx, pgy = sobel(project(pred))
-    tgx, tgy = sobel(project(target))
-    return F.mse_loss(pgx, tgx) + F.mse_loss(pgy, tgy)
+    pgx, pgy = sobel(project(pred, basis, mean))
+    tgx, tgy = sobel(project(target.detach(), basis, mean))
+    err = F.mse_loss(pgx, tgx) + F.mse_loss(pgy, tgy)
+    if not relative:
+        return err
+    energy = tgx.square().mean() + tgy.square().mean()
+    return err / energy.clamp_min(1e-12)
 
 
 def radial_profile(x: torch.Tensor, bins: int = 24, shift: bool = True) -> torch.Tensor:
@@ -85,53 +110,33 @@ def radial_profile(x: torch.Tensor, bins: int = 24, shift: bool = True) -> torch
     return sums / counts
 
 
+def first_high_bin(bins: int, min_radius: float) -> int:
+    """Index of the first kept bin: int(min_radius * bins), floored as in the release (7 of 24)."""
+    return int(min_radius * bins)
+
+
 def spectral_loss(pred: torch.Tensor, target: torch.Tensor, bins: int = 24, min_radius: float = 0.3,
-                  shift: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """MSE of log radial spectra over the bins at >= ``min_radius`` of the largest radius."""
+                  shift: bool = True, eps: float = 1e-8, relative_eps: bool = False) -> torch.Tensor:
+    """MSE of log radial spectra over the bins from :func:`first_high_bin` on: a log ratio, so
+    multiplying both maps by a constant leaves it unchanged up to ``eps`` (exactly, with
+    ``relative_eps``: eps times the target profile's mean)."""
     pp = radial_profile(pred, bins, shift)
     pt = radial_profile(target.detach(), bins, shift)
-    first = int(math.ceil(min_radius * bins))
+    first = first_high_bin(bins, min_radius)
+    if relative_eps:
+        eps = eps * pt.mean().clamp_min(1e-30)
     return F.mse_loss(torch.log(pp[:, first:] + eps), torch.log(pt[:, first:] + eps))
 
 
-class BrixelLoss(nn.Module):
-    """L1 + lambda_edge * edge + lambda_spectral * spectral (release lambdas 1.0 and 0.1).
-
-    ``shift_spectrum=False`` reproduces the release's unshifted spectral term.
-    Returns the weighted terms by name; their sum is the loss.
-    """
-
-    def __init__(self, lambda_edge: float = 1.0, lambda_spectral: float = 0.1, pca_k: int = 8,
-                 pca_stride: int = 3, spectral_bins: int = 24, spectral_min_radius: float = 0.3,
-                 shift_spectrum: bool = True):
-        super().__init__()
-        self.lambda_edge = lambda_edge
-        self.lambda_spectral = lambda_spectral
-        self.pca_k, self.pca_stride = pca_k, pca_stride
-        self.bins, self.min_radius, self.shift = spectral_bins, spectral_min_radius, shift_spectrum
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = {"loss_l1": l1_loss(pred, target)}
-        if self.lambda_edge:
-            out["loss_edge"] = self.lambda_edge * edge_loss(pred, target, self.pca_k, self.pca_stride)
-        if self.lambda_spectral:
-            out["loss_spectral"] = self.lambda_spectral * spectral_loss(
-                pred, target, self.bins, self.min_radius, self.shift)
-        return out
-
+# -- LiFT ----------------------------------------------------------------------------------------
 
 def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean over pixels of 1 - cos(pred, target) along channels."""
     pred, target = _fp32(pred, target)
-    return (1 - F.cosine_similarity(pred, target, dim=1, eps=1e-8)).mean()
+    return (1 - F.cosine_similarity(pred, target.detach(), dim=1, eps=1e-8)).mean()
 
 
-def lift_loss(preds, targets) -> torch.Tensor:
-    """LiFT's multi-scale objective: the sum of cosine distances over the scale pairs."""
-    return sum(cosine_distance(p, t) for p, t in zip(preds, targets))
-
-
-# -- multi-view consistency (FeatUp / FeatSharp) ---------------------------------------------
+# -- multi-view consistency (FeatUp / FeatSharp) -------------------------------------------------
 
 def random_homographies(n: int, max_zoom: float = 1.8, max_shift: float = 1.0, max_rotate_deg: float = 10.0,
                         max_perspective: float = 0.1, flip: bool = True,
@@ -172,6 +177,7 @@ def warp(x: torch.Tensor, hmat: torch.Tensor, mode: str = "bilinear") -> torch.T
     return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=False)
 
 
-def multiview_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean (pred - target)^2 in float32."""
     pred, target = _fp32(pred, target)
-    return F.mse_loss(pred, target)
+    return F.mse_loss(pred, target.detach())

@@ -30,6 +30,10 @@ Each upsampler declares what it needs, so that :class:`~brixel_plugins.featurize
 - ``calls_backbone``: whether it runs the frozen backbone itself (FeatSharp's tiles, ``highres``).
 - ``calibrated`` / ``calibrate(feats)`` / ``finish_calibration()``: statistics fitted from
   backbone features before training (FeatSharp's PHI-S); trivially calibrated for the rest.
+- ``zero_start`` (learned methods, a constructor option saved with the weights):
+  :meth:`Upsampler.from_interpolation` makes the untrained output exactly bilinear interpolation.
+- ``target_transform(feats)``: the teacher's features in the space the output is trained in
+  (identity except for methods that learn a correction of the teacher).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ import copy
 from typing import Callable, ClassVar, Dict, Mapping, Optional, Tuple, Type
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
@@ -92,6 +97,10 @@ class Upsampler(nn.Module):
         if bad:
             raise ValueError(f"{type(self).__name__}: layers {bad} do not exist in a depth-{spec.depth} backbone")
         self.config = dict(factor=self.factor, **config)
+        # a start that cannot be worse than interpolation (see from_interpolation)
+        self.zero_start = bool(config.get("zero_start", False))
+        if self.zero_start:
+            self.detail_scale = nn.Parameter(torch.zeros(spec.embed_dim))
 
     @property
     def embed_dim(self) -> int:
@@ -121,6 +130,29 @@ class Upsampler(nn.Module):
 
     def finish_calibration(self) -> None:
         """Fit from the accumulated statistics; afterwards ``calibrated`` is True."""
+
+    # -- training hooks ----------------------------------------------------------------------
+    def from_interpolation(self, out: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The zero start (``zero_start=True``, the default of new trainings; off for the authors'
+        weights): ``base + detail_scale * (out - base)`` with ``base`` the bilinear enlargement of
+        the last-layer map ``last`` (B, D, h, w) to ``out``'s grid and ``detail_scale`` a learned
+        per-channel scale initialised to 0. At step 0 the output IS bilinear interpolation, and
+        training adds the method's detail from there. Learned methods end ``forward`` with
+        ``return self.from_interpolation(out, last)``; without ``zero_start`` it returns ``out``."""
+        if not self.zero_start:
+            return out
+        base = F.interpolate(last, size=out.shape[-2:], mode="bilinear", align_corners=False).to(out.dtype)
+        return base + self.detail_scale.to(out.dtype).view(1, -1, 1, 1) * (out - base)
+
+    def target_transform(self, feats: torch.Tensor) -> torch.Tensor:
+        """The teacher's features (N, D, h, w) mapped into the space this upsampler's output is
+        trained to match; identity by default. Distillation objectives apply it to every teacher
+        map they use as a target (``DistillModel.target``). A method that learns a correction of
+        the teacher overrides it, e.g. FeatSharp's de-bias buffer: its target is the backbone's
+        features plus the learned buffer (resized to the grid of ``feats``), so the upsampler is
+        trained against the same de-biased space its own low-res and tile inputs live in.
+        Must be differentiable in its own parameters (they train through it) and keep the shape."""
+        return feats
 
     # -- the authors' released weights ------------------------------------------------------
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:

@@ -355,12 +355,15 @@ class Brixel(Upsampler):
         drop_path: drop-path rate on the extractors' FFN branch (training only).
         residual_base: ``"release"`` (last tap -> half grid -> 4x, default) or ``"direct"`` (-> 4x).
         skip_dead_levels: skip the c3/c4 queries that cannot affect the output (same result, faster).
+        zero_start: start from bilinear interpolation of the last tapped layer
+            (:meth:`Upsampler.from_interpolation`; the authors' files need the default False).
     """
 
     needs_image = True
 
     def __init__(self, spec: BackboneSpec, factor: int = 4, layer_indices: Optional[Sequence[int]] = None,
-                 drop_path: float = 0.3, residual_base: str = "release", skip_dead_levels: bool = False):
+                 drop_path: float = 0.3, residual_base: str = "release", skip_dead_levels: bool = False,
+                 zero_start: bool = False):
         if factor != 4:
             raise ValueError(f"BRIXEL upsamples by exactly 4 (its head and c1 level are built for it), got factor={factor}")
         if spec.embed_dim % 32:
@@ -372,7 +375,7 @@ class Brixel(Upsampler):
         if len(taps) != 4:
             raise ValueError(f"BRIXEL taps exactly 4 layers, got {list(taps)}")
         super().__init__(spec, factor, taps, drop_path=float(drop_path), residual_base=residual_base,
-                         skip_dead_levels=bool(skip_dead_levels))
+                         skip_dead_levels=bool(skip_dead_levels), zero_start=bool(zero_start))
         self.config["layer_indices"] = list(taps)  # saved, so a file rebuilds with the same taps
         self.taps = taps
         self.residual_base = residual_base
@@ -412,7 +415,7 @@ class Brixel(Upsampler):
             raise ValueError(f"image {tuple(image.shape[-2:])} does not match the {h}x{w} token grid "
                              f"(expected {(h * p, w * p)})")
         f1 = self.adapter(image, taps)
-        return self.head(f1) + self.base(taps[-1])
+        return self.from_interpolation(self.head(f1) + self.base(taps[-1]), taps[-1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -181,19 +181,21 @@ class JBUUpsampler(_JBUStackMixin, Upsampler):
     """FeatUp JBU on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16).
 
     State-dict keys are the released ones (``up1..``, ``fixup_proj.1``), so a released 16x
-    checkpoint for the same width maps key for key.
+    checkpoint for the same width maps key for key. ``zero_start=True`` (new trainings) starts
+    from bilinear interpolation (:meth:`Upsampler.from_interpolation`, one extra ``detail_scale``).
     """
 
     needs_image = True
     uses_image_hr = True  # guidance is average-pooled per level from the real pixels
 
-    def __init__(self, spec: BackboneSpec, factor: int = 2):
-        super().__init__(spec, factor, (spec.depth - 1,))
+    def __init__(self, spec: BackboneSpec, factor: int = 2, zero_start: bool = False):
+        super().__init__(spec, factor, (spec.depth - 1,), zero_start=bool(zero_start))
         self._build_stack(spec.embed_dim, self.factor)
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
                 backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self._run_stack(layers[self.last_layer], self.pixels(image, image_hr))
+        last = layers[self.last_layer]
+        return self.from_interpolation(self._run_stack(last, self.pixels(image, image_hr)), last)
 
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
         """Released keys are ours (``up1..upN``, ``fixup_proj.1``), possibly under FeatUp's

@@ -69,16 +69,18 @@ class LiFT(Upsampler):
     Args:
         spec: the backbone it upsamples (C = ``spec.embed_dim``, must be even).
         factor: 2, 4 or 8 (2 ** number of recursive applications of the one 2x module).
+        zero_start: start from bilinear interpolation (:meth:`Upsampler.from_interpolation`;
+            adds a per-channel ``detail_scale``, so the authors' files need the default False).
 
     Parameters: 1,187,280 at C=384 (ViT-S), 4,417,296 at C=768 (ViT-B), independent of factor.
     """
 
     needs_image = True
 
-    def __init__(self, spec: BackboneSpec, factor: int = 2):
+    def __init__(self, spec: BackboneSpec, factor: int = 2, zero_start: bool = False):
         if factor not in (2, 4, 8):
             raise ValueError(f"LiFT: factor must be 2, 4 or 8 (the 2x module applied 1-3 times), got {factor!r}")
-        super().__init__(spec, factor, (spec.depth - 1,))
+        super().__init__(spec, factor, (spec.depth - 1,), zero_start=bool(zero_start))
         c = spec.embed_dim
         if c % 2:
             raise ValueError(f"LiFT needs an even feature dim, got {c}")
@@ -105,14 +107,14 @@ class LiFT(Upsampler):
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
                 backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = layers[self.last_layer]
+        x = last = layers[self.last_layer]
         h, w = image.shape[-2:]
         for k in range(self.steps):
             # Step k: features at 2^k x the token grid need the image at 2^k x its size.
             img = image if k == 0 else F.interpolate(image, size=(h << k, w << k), mode="bicubic",
                                                      align_corners=False)
             x = self.step(x, img)
-        return x
+        return self.from_interpolation(x, last)
 
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
         """Released keys are ours; refuse a file made for another feature dim."""

@@ -1,15 +1,18 @@
-# BRIXEL release recipe: teacher DINOv3 at 1024 px, student at 256 px (4x bicubic antialiased
+# BRIXEL recipe: teacher DINOv3 at 1024 px, student at 256 px (4x bicubic antialiased
 # downsample) + adapter/head; L1 + 1.0 edge + 0.1 spectral; Adam, no weight decay, lr 1e-4 for the
 # first epoch then 1e-3; batch 16; 3 epochs; bf16 autocast on CUDA; best checkpoint by val loss.
+# Departures from the release (both one switch away): the objective's terms are scale-free
+# (objective=dict(type='BrixelObjective', release=True) is the authors' exact formula) and the
+# upsampler starts from bilinear interpolation (upsampler=dict(type='brixel', zero_start=False):
+# the release's random start).
 # Backbone weights: --weights FILE (or model.backbone.weights=FILE); none = random init (warned).
 _base_ = ['../default_runtime.py', '../datasets/folder.py']
 
 model = dict(
     type='DistillModel',
     backbone=dict(arch='vits16', weights=None, autocast='bf16'),
-    upsampler=dict(type='brixel'),
-    # shift_spectrum=False: the release's unshifted spectral term
-    objective=dict(type='brixel', lambda_edge=1.0, lambda_spectral=0.1, shift_spectrum=True),
+    upsampler=dict(type='brixel', zero_start=True),
+    objective=dict(type='BrixelObjective', lambda_edge=1.0, lambda_spectral=0.1),
     teacher_size=1024,
     student_size=256)
 

@@ -5,8 +5,8 @@ _base_ = ['../default_runtime.py', '../datasets/folder.py']
 model = dict(
     type='DistillModel',
     backbone=dict(arch='vits16', weights=None, autocast='bf16'),
-    upsampler=dict(type='lift', factor=2),
-    objective=dict(type='lift', scales=2),
+    upsampler=dict(type='lift', factor=2, zero_start=True),  # zero_start=False: the release's random start
+    objective=dict(type='LiftObjective', scales=2),
     teacher_size=448,
     student_size=224)
 

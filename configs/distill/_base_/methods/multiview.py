@@ -9,9 +9,10 @@ model = dict(
     type='DistillModel',
     backbone=dict(arch='vits16', weights=None, autocast='bf16'),
     upsampler=dict(type='featsharp', factor=2),
-    objective=dict(type='multiview', num_jitters=5, phi_s=True,
-                   downsampler=dict(kernel_size=None, dropout=0.1),
-                   jitter=dict(max_zoom=1.8, max_rotate_deg=10.0, max_perspective=0.1, flip=True)),
+    objective=dict(type='MultiViewObjective', num_jitters=5, phi_s=True,
+                   downsampler=dict(type='AttentionDownsampler', kernel_size=None, dropout=0.1),
+                   jitter=dict(type='HomographyJitter', max_zoom=1.8, max_rotate_deg=10.0,
+                               max_perspective=0.1, flip=True)),
     teacher_size=512,
     student_size=256)
 
