@@ -2,45 +2,41 @@
 
 ``Brixel.forward(image (B,3,H,W), layers {i: (B,D,h,w)}) -> (B,D,4h,4w)`` with ``h, w = H/16, W/16``.
 
-Data flow (release behaviour, the default; see METHODS.md "BRIXEL"):
+Data flow (the authors' released model; docs/methods.md describes the method):
 
-1. Spatial prior module (conv stem on the ImageNet-normalised image) -> c1..c4, each resized
-   bilinearly to exactly 4x, 2x, 1x and 0.5x the token grid.
-2. Queries = concat(c2, c3, c4) tokens + ``level_embed``. Interaction k (k = 0..3) refines them
-   with an extractor (LayerNorm -> deformable cross-attention into tapped layer k's tokens, then a
+1. Spatial prior module (conv stem on the ImageNet-normalised image) -> c1 at stride 4 and c2 at
+   stride 8, projected to D and resized bilinearly to exactly 4x and 2x the token grid.
+2. Queries = c2's tokens + ``level_embed``. Interaction k (k = 0..3) refines them with an
+   extractor (LayerNorm -> deformable cross-attention into tapped layer k's tokens, then a
    ConvFFN with drop-path); interaction 3 has two extra extractors on the same layer.
 3. ``f1 = norm1(c1 + bilinear_2x(c2))`` -> conv head -> ``+ base``, where base is the last tapped
    layer shrunk bilinearly to half the grid and enlarged to 4x (a blurring quirk kept for weight
-   compatibility).
+   compatibility; ``residual_base="direct"`` enlarges straight to 4x).
 
-Rounding rule for odd token grids (any H, W multiple of 16 works, 16x16 and rectangular included):
-c1 = (4h, 4w), c2 = (2h, 2w), c3 = (h, w), c4 = (max(1, h // 2), max(1, w // 2)); the residual base
-uses the same half size. Floor division matches the release for every grid it supports
-(h, w >= 2); the clamp to 1 is ours, for a one-token side (the release fails there).
+What the release computes but we do not: it also builds query levels c3 and c4 (``spm.conv3``,
+``spm.conv4``, ``spm.fc3``, ``spm.fc4`` and two more rows of ``level_embed``), a pixel-shuffle
+``up``, ``guide_proj`` and ``norm2..4``. None of them reaches the output: ``up``, ``guide_proj`` and
+``norm2..4`` are never called, and c3/c4 queries cannot influence c2's, because every operation
+on the queries works per token except the depthwise conv of the FFN, which is applied per level.
+The release-layout loader checks that those keys are there (with the shapes the release gives
+them) and drops them, as timm's ``checkpoint_filter_fn`` does: same output, 47% fewer
+parameters, no unused parameter under DDP.
 
-Release vs paper: the paper describes the method as a trainable adapter plus conv head on the
-frozen student; the details below (and the key names) follow the authors' released code so that
-their checkpoints load with ``strict=True``. Release-only artefacts kept for that reason:
-``up`` (pixel-shuffle 2x), ``guide_proj`` and ``norm2..4`` are built and saved but never run,
-and the residual base goes through half resolution. ``residual_base="direct"`` enlarges the last
-tapped layer straight to 4x instead (cheap option; released weights were trained with "release").
+Odd token grids: any H, W multiple of 16 works (16x16 and rectangular included); the residual
+base's half grid is ``(max(1, h // 2), max(1, w // 2))`` (floor, as the release; the clamp to 1
+is ours, for a one-token side where the release fails).
 
-Parameter count (how the implicit shapes were fixed; ViT-Adapter widths, conv base width 64):
-    SPM            1,035,584 + 708 D     (stem 3->64->64->64, conv2..4 64->128->256->256, BN
-                                          affine; fc1..fc4 1x1 {64,128,256,256} -> D with bias)
-    level_embed    3 D
+Parameter count (conv base width 64, ViT-Adapter widths):
+    SPM            149,824 + 194 D       (stem 3->64->64->64 and conv2 64->128 with BN affine;
+                                          fc1, fc2 1x1 {64, 128} -> D with bias)
+    level_embed    D
     extractor x6   1.5 D^2 + 203.25 D + 192  (2 LN + offsets D->128 + weights D->64 + value
                                           D->D/2 + output D/2->D + FFN D->D/4, dw3x3, D/4->D + LN)
-    up             5 D^2 + 15 D          (1x1 D->4D, pixel-shuffle, dw3x3 D, 1x1 D->D)
-    norm1..4       8 D                   (GroupNorm(32, D))
-    guide_proj     48 D + 48             (1x1 D->48, ReLU)
-    adapter total  14 D^2 + 2001.5 D + 1,036,784
-                   S 3.870M, B 10.831M, L 17.766M, H+ 26.536M (METHODS.md: 3.87/10.8/17.8/26.5M)
-    head (w=64)    129 D + 36,736        S 0.086M ... H+ 0.202M (METHODS.md: ~0.09M ... 0.2M)
-The counts pin ``up`` down: a bare ConvTranspose2d(D, D, 2, 2) or a pixel-shuffle without the
-dw3x3 + 1x1 ``post`` convs (4 D^2 + ...) misses S by -4%. They cannot pin ``guide_proj``'s width
-(48 D is 0.5% of S); 48 outputs, the widths of ``up.post`` and the channel-LayerNorm eps 1e-6 were
-checked against the authors' public code so that the tensor shapes of their checkpoints match.
+    norm1          2 D                   (GroupNorm(32, D))
+    adapter total  9 D^2 + 1416.5 D + 150,976    S 2.022M, B 6.547M, L 11.039M, H+ 16.710M
+    head (w=64)    129 D + 36,736               S 0.086M, B 0.136M, L 0.169M, H+ 0.202M
+The release as built (3.870M + 0.086M for S) adds 5 D^2 + 585 D + 885,808 of the modules above;
+those counts, which the authors quote, are what fixed the shapes of the implicit modules.
 """
 from __future__ import annotations
 
@@ -55,7 +51,7 @@ from torch import nn
 from ..backbones.dinov3 import ARCHS, BackboneSpec
 from ..backbones.weights import WeightFileError
 from ..ops.deform_attn import MSDeformAttn
-from .base import Upsampler, register_upsampler
+from .base import Upsampler, register_upsampler, zero_init
 
 # Tapped layers of the released models (0-based block indices).
 RELEASE_TAPS: Dict[str, Tuple[int, ...]] = {
@@ -83,11 +79,6 @@ def default_taps(spec: BackboneSpec) -> Tuple[int, ...]:
     return tuple(max(0, int(round(k * spec.depth / 4)) - 1) for k in range(1, 5))
 
 
-def level_sizes(h: int, w: int) -> List[Tuple[int, int]]:
-    """Sizes of c1..c4 for an ``h x w`` token grid (see the module docstring for the rule)."""
-    return [(4 * h, 4 * w), (2 * h, 2 * w), (h, w), (max(1, h // 2), max(1, w // 2))]
-
-
 def reference_points(shapes: Sequence[Tuple[int, int]], device: torch.device) -> torch.Tensor:
     """Pixel centres of each level, normalised ``(x, y)`` in (0, 1): ``(1, sum H*W, 1, 2)``."""
     refs = []
@@ -99,57 +90,49 @@ def reference_points(shapes: Sequence[Tuple[int, int]], device: torch.device) ->
     return torch.cat(refs, 0)[None, :, None, :]
 
 
-def _to_tokens(x: torch.Tensor) -> torch.Tensor:
+def to_tokens(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H*W, C)."""
     return x.flatten(2).transpose(1, 2)
 
 
-def _to_map(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+def to_map(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     """(B, H*W, C) -> (B, C, H, W)."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
+
+
+def resize_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W) to ``size``; the identity when the size already fits."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------------------------
 # adapter parts
 # --------------------------------------------------------------------------------------------
-def _conv_bn_relu(cin: int, cout: int, stride: int) -> List[nn.Module]:
+def conv_bn_relu(cin: int, cout: int, stride: int) -> List[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class SpatialPriorModule(nn.Module):
-    """Conv stem on the image: ``(B,3,H,W) -> [c1..c4]`` maps ``(B,D,*level_sizes)``.
+    """Conv stem on the image: ``(B,3,H,W) -> c1 (B,D,*sizes[0]), c2 (B,D,*sizes[1])``.
 
-    Strides 4/8/16/32 before the final resize. BatchNorm replaces the release's SyncBatchNorm
+    Strides 4 and 8 before the final resize. BatchNorm replaces the release's SyncBatchNorm
     (identical on one device; the state-dict keys are the same).
     """
 
     def __init__(self, dim: int, width: int = 64):
         super().__init__()
-        self.stem = nn.Sequential(*_conv_bn_relu(3, width, 2), *_conv_bn_relu(width, width, 1),
-                                  *_conv_bn_relu(width, width, 1), nn.MaxPool2d(3, 2, 1))
-        self.conv2 = nn.Sequential(*_conv_bn_relu(width, 2 * width, 2))
-        self.conv3 = nn.Sequential(*_conv_bn_relu(2 * width, 4 * width, 2))
-        self.conv4 = nn.Sequential(*_conv_bn_relu(4 * width, 4 * width, 2))
+        self.stem = nn.Sequential(*conv_bn_relu(3, width, 2), *conv_bn_relu(width, width, 1),
+                                  *conv_bn_relu(width, width, 1), nn.MaxPool2d(3, 2, 1))
+        self.conv2 = nn.Sequential(*conv_bn_relu(width, 2 * width, 2))
         self.fc1 = nn.Conv2d(width, dim, 1)
         self.fc2 = nn.Conv2d(2 * width, dim, 1)
-        self.fc3 = nn.Conv2d(4 * width, dim, 1)
-        self.fc4 = nn.Conv2d(4 * width, dim, 1)
 
-    def forward(self, image: torch.Tensor, sizes: Sequence[Tuple[int, int]], n_levels: int = 4) -> List[torch.Tensor]:
-        """The first ``n_levels`` of c1..c4, each resized to ``sizes[k]``."""
+    def forward(self, image: torch.Tensor, sizes: Sequence[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
         s1 = self.stem(image)
-        feats = [s1]
-        x = s1
-        for conv in (self.conv2, self.conv3, self.conv4)[: n_levels - 1]:
-            x = conv(x)
-            feats.append(x)
-        out = []
-        for k, (f, fc) in enumerate(zip(feats, (self.fc1, self.fc2, self.fc3, self.fc4))):
-            f = fc(f)
-            if tuple(f.shape[-2:]) != tuple(sizes[k]):  # a same-size bilinear resize is the identity
-                f = F.interpolate(f, size=sizes[k], mode="bilinear", align_corners=False)
-            out.append(f)
-        return out
+        s2 = self.conv2(s1)
+        return resize_to(self.fc1(s1), sizes[0]), resize_to(self.fc2(s2), sizes[1])
 
 
 class DWConv(nn.Module):
@@ -161,7 +144,7 @@ class DWConv(nn.Module):
 
     def forward(self, x: torch.Tensor, shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
         parts = x.split([h * w for h, w in shapes], dim=1)
-        return torch.cat([_to_tokens(self.dwconv(_to_map(p, hw))) for p, hw in zip(parts, shapes)], 1)
+        return torch.cat([to_tokens(self.dwconv(to_map(p, hw))) for p, hw in zip(parts, shapes)], 1)
 
 
 class ConvFFN(nn.Module):
@@ -220,68 +203,39 @@ class InteractionBlock(nn.Module):
         return q
 
 
-class PixelShuffleUp(nn.Module):
-    """Release-only ``up`` (never run in the forward pass; kept so checkpoints load strictly):
-    1x1 D->4D, pixel-shuffle 2x, depthwise 3x3, 1x1. ``(B,D,h,w) -> (B,D,2h,2w)``."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.expand = nn.Conv2d(dim, 4 * dim, 1)
-        self.shuffle = nn.PixelShuffle(2)
-        self.post = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.Conv2d(dim, dim, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.post(self.shuffle(self.expand(x)))
-
-
 class BrixelAdapter(nn.Module):
     """``(image (B,3,H,W), taps [4 x (B,D,h,w)]) -> f1 (B,D,4h,4w)``."""
 
-    def __init__(self, dim: int, n_taps: int = 4, drop_path: float = 0.3, skip_dead_levels: bool = False):
+    def __init__(self, dim: int, n_taps: int = 4, drop_path: float = 0.3):
         super().__init__()
-        self.skip_dead_levels = skip_dead_levels
-        self.level_embed = nn.Parameter(torch.zeros(3, dim))
+        self.level_embed = nn.Parameter(torch.zeros(dim))  # the release's row for c2 (see module doc)
         self.spm = SpatialPriorModule(dim)
         kw = dict(n_heads=16, n_points=4, ratio=0.5, ffn_ratio=0.25, drop_path=drop_path)
         self.interactions = nn.Sequential(*[
             InteractionBlock(dim, n_extra=2 if i == n_taps - 1 else 0, **kw) for i in range(n_taps)])
-        # release-only, never run (see module docstring)
-        self.up = PixelShuffleUp(dim)
         self.norm1 = nn.GroupNorm(32, dim)
-        self.norm2 = nn.GroupNorm(32, dim)
-        self.norm3 = nn.GroupNorm(32, dim)
-        self.norm4 = nn.GroupNorm(32, dim)
-        self.guide_proj = nn.Sequential(nn.Conv2d(dim, 48, 1), nn.ReLU(inplace=True))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for mod in (self.spm, self.interactions, self.up):
-            mod.apply(_init_weights)
+        for mod in (self.spm, self.interactions):
+            mod.apply(init_weights)
         for m in self.modules():  # after the generic Linear init, which would overwrite it
             if isinstance(m, MSDeformAttn):
                 m.reset_parameters()
         nn.init.normal_(self.level_embed)
 
     def forward(self, image: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
-        b, d, h, w = taps[0].shape
-        sizes = level_sizes(h, w)
-        # c3 and c4 never reach the output: every op on the queries is per token except the
-        # per-level depthwise conv, so c2's tokens evolve independently of them. skip_dead_levels
-        # drops them (same output, ~25% fewer query tokens); the default computes them like the release.
-        n_query_levels = 1 if self.skip_dead_levels else 3
-        c = self.spm(image, sizes, n_levels=1 + n_query_levels)
-        c1, queries = c[0], c[1:]
-        q_shapes = sizes[1:1 + n_query_levels]
-        q = torch.cat([_to_tokens(x) + self.level_embed[k] for k, x in enumerate(queries)], 1)
-        ref = reference_points(q_shapes, image.device)
+        h, w = taps[0].shape[-2:]
+        size1, size2 = (4 * h, 4 * w), (2 * h, 2 * w)
+        c1, c2 = self.spm(image, (size1, size2))
+        q = to_tokens(c2) + self.level_embed
+        ref = reference_points([size2], image.device)
         for block, tap in zip(self.interactions, taps):
-            q = block(q, ref, _to_tokens(tap), (h, w), q_shapes)
-        c2 = _to_map(q[:, : sizes[1][0] * sizes[1][1]], sizes[1])
-        c1 = c1 + F.interpolate(c2, size=sizes[0], mode="bilinear", align_corners=False)
-        return self.norm1(c1)
+            q = block(q, ref, to_tokens(tap), (h, w), [size2])
+        return self.norm1(c1 + resize_to(to_map(q, size2), size1))
 
 
-def _init_weights(m: nn.Module) -> None:
+def init_weights(m: nn.Module) -> None:
     """Init of the adapter (ViT-Adapter style): truncated-normal linears, He-normal (fan-out) convs."""
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
@@ -354,16 +308,16 @@ class Brixel(Upsampler):
         layer_indices: the 4 tapped layers; default :func:`default_taps`.
         drop_path: drop-path rate on the extractors' FFN branch (training only).
         residual_base: ``"release"`` (last tap -> half grid -> 4x, default) or ``"direct"`` (-> 4x).
-        skip_dead_levels: skip the c3/c4 queries that cannot affect the output (same result, faster).
-        zero_start: start from bilinear interpolation of the last tapped layer
-            (:meth:`Upsampler.from_interpolation`; the authors' files need the default False).
+        zero_start: the head's output is added to the direct bilinear 4x enlargement of the last
+            tapped layer (instead of the residual base) and ``head.out_conv`` starts at zero, so
+            the untrained module is bilinear interpolation (:meth:`Upsampler.from_interpolation`);
+            the authors' files need the default False.
     """
 
     needs_image = True
 
     def __init__(self, spec: BackboneSpec, factor: int = 4, layer_indices: Optional[Sequence[int]] = None,
-                 drop_path: float = 0.3, residual_base: str = "release", skip_dead_levels: bool = False,
-                 zero_start: bool = False):
+                 drop_path: float = 0.3, residual_base: str = "release", zero_start: bool = False):
         if factor != 4:
             raise ValueError(f"BRIXEL upsamples by exactly 4 (its head and c1 level are built for it), got factor={factor}")
         if spec.embed_dim % 32:
@@ -375,16 +329,19 @@ class Brixel(Upsampler):
         if len(taps) != 4:
             raise ValueError(f"BRIXEL taps exactly 4 layers, got {list(taps)}")
         super().__init__(spec, factor, taps, drop_path=float(drop_path), residual_base=residual_base,
-                         skip_dead_levels=bool(skip_dead_levels), zero_start=bool(zero_start))
+                         zero_start=bool(zero_start))
         self.config["layer_indices"] = list(taps)  # saved, so a file rebuilds with the same taps
         self.taps = taps
         self.residual_base = residual_base
-        self.adapter = BrixelAdapter(spec.embed_dim, len(taps), drop_path, skip_dead_levels)
+        self.adapter = BrixelAdapter(spec.embed_dim, len(taps), drop_path)
         self.head = ConvHead(spec.embed_dim, width=64)
+        if self.zero_start:
+            zero_init(self.head.out_conv)
 
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
-        """Released keys are ours; drop the frozen backbone the release saves alongside."""
-        sd = {k: v for k, v in sd.items() if not k.startswith(_DROP_PREFIXES)}
+        """The authors' keys minus their frozen backbone and the modules that never reach the
+        output (checked present with the release's shapes, then dropped)."""
+        sd = {k: v for k, v in sd.items() if not k.startswith(_BACKBONE_PREFIXES)}
         if "adapter.level_embed" not in sd:
             raise WeightFileError(f"{source} is not a BRIXEL checkpoint: no 'adapter.level_embed' among "
                                   f"{len(sd)} keys (first: {sorted(sd)[:5]})")
@@ -394,6 +351,17 @@ class Brixel(Upsampler):
                 f"{source} is a BRIXEL checkpoint with embed_dim D={d_file}, but the backbone "
                 f"({self.spec.arch}) has D={self.embed_dim}; use the checkpoint released for "
                 f"{'/'.join(a for a, i in ARCHS.items() if i.embed_dim == d_file) or 'another backbone'}")
+        unused = release_only_shapes(d_file)
+        bad = [] if tuple(sd["adapter.level_embed"].shape) == (3, d_file) else [
+            f"adapter.level_embed {tuple(sd['adapter.level_embed'].shape)} (release: {(3, d_file)})"]
+        bad += [f"{k} {tuple(sd[k].shape) if k in sd else 'missing'} (release: {shape})"
+               for k, shape in unused.items()
+               if tuple(sd.get(k, torch.empty(0)).shape) != shape and not k.endswith("num_batches_tracked")]
+        if bad:
+            raise WeightFileError(f"{source} is not in the released BRIXEL layout: {len(bad)} keys of the "
+                                  f"release's unused modules differ, e.g. {bad[:3]}")
+        sd = {k: v for k, v in sd.items() if k not in unused}
+        sd["adapter.level_embed"] = sd["adapter.level_embed"][0]  # the c2 row; c3 and c4 are gone
         return sd
 
     def base(self, last: torch.Tensor) -> torch.Tensor:
@@ -405,20 +373,58 @@ class Brixel(Upsampler):
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
                 backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
-        missing = [i for i in self.taps if i not in layers]
-        if missing:
-            raise KeyError(f"BRIXEL needs backbone layers {list(self.taps)}; missing {missing}")
-        taps = [layers[i] for i in self.taps]
-        h, w = taps[-1].shape[-2:]
-        p = self.spec.patch_size
-        if image.shape[-2:] != (h * p, w * p):
-            raise ValueError(f"image {tuple(image.shape[-2:])} does not match the {h}x{w} token grid "
-                             f"(expected {(h * p, w * p)})")
+        taps = check_taps(self, image, layers)
         f1 = self.adapter(image, taps)
-        return self.from_interpolation(self.head(f1) + self.base(taps[-1]), taps[-1])
+        if self.zero_start:  # the head adds detail to a direct bilinear base, starting at none
+            return self.from_interpolation(self.head(f1), taps[-1])
+        return self.head(f1) + self.base(taps[-1])
+
+
+def check_taps(up: Upsampler, image: torch.Tensor, layers: Mapping[int, torch.Tensor]) -> List[torch.Tensor]:
+    """The tapped layers of ``up`` from ``layers``, after checking they are all there and that
+    ``image`` (B,3,H,W) is the picture of their token grid."""
+    missing = [i for i in up.layer_indices if i not in layers]
+    if missing:
+        raise KeyError(f"{up.method} needs backbone layers {list(up.layer_indices)}; missing {missing}")
+    taps = [layers[i] for i in up.layer_indices]
+    h, w = taps[-1].shape[-2:]
+    p = up.spec.patch_size
+    if image.shape[-2:] != (h * p, w * p):
+        raise ValueError(f"image {tuple(image.shape[-2:])} does not match the {h}x{w} token grid "
+                         f"(expected {(h * p, w * p)})")
+    return taps
 
 
 # --------------------------------------------------------------------------------------------
 # released weights
 # --------------------------------------------------------------------------------------------
-_DROP_PREFIXES = ("adapter.backbone.", "backbone.")  # the release saves its frozen backbone too
+_BACKBONE_PREFIXES = ("adapter.backbone.", "backbone.")  # the release saves its frozen backbone too
+
+
+def release_only_shapes(dim: int) -> Dict[str, Tuple[int, ...]]:
+    """Keys (and shapes) of the released modules whose output is never used, for embed_dim ``dim``:
+    the c3/c4 query levels of the spatial prior, ``up`` (1x1 D->4D, pixel-shuffle, dw3x3, 1x1),
+    ``guide_proj`` (1x1 D->48) and ``norm2..4``."""
+    out: Dict[str, Tuple[int, ...]] = {}
+
+    def conv_bn(prefix: str, cin: int, cout: int) -> None:
+        out[f"{prefix}.0.weight"] = (cout, cin, 3, 3)
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{prefix}.1.{k}"] = (cout,)
+        out[f"{prefix}.1.num_batches_tracked"] = ()
+
+    def conv(prefix: str, cin: int, cout: int, k: int = 1, groups: int = 1) -> None:
+        out[f"{prefix}.weight"] = (cout, cin // groups, k, k)
+        out[f"{prefix}.bias"] = (cout,)
+
+    conv_bn("adapter.spm.conv3", 128, 256)
+    conv_bn("adapter.spm.conv4", 256, 256)
+    conv("adapter.spm.fc3", 256, dim)
+    conv("adapter.spm.fc4", 256, dim)
+    conv("adapter.up.expand", dim, 4 * dim)
+    conv("adapter.up.post.0", dim, dim, k=3, groups=dim)
+    conv("adapter.up.post.1", dim, dim)
+    conv("adapter.guide_proj.0", dim, 48)
+    for i in (2, 3, 4):
+        out[f"adapter.norm{i}.weight"] = out[f"adapter.norm{i}.bias"] = (dim,)
+    return out

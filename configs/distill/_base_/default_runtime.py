@@ -24,6 +24,8 @@ default_hooks = dict(
         backend_args=dict(backend='atomic_local')),  # temp file + fsync + rename
     # a NaN/Inf loss stops the run (non-zero exit) before anything of that iteration is written
     non_finite=dict(type='NonFiniteLossHook', max_skipped_steps=0),
+    # images that fail to decode: reported once at the end of the epoch, not counted in exports
+    skipped_images=dict(type='SkippedImagesHook'),
 )
 # upsampler-only safetensors: best_upsampler.safetensors and upsampler.safetensors (last)
 custom_hooks = [dict(type='ExportUpsamplerHook')]
@@ -31,8 +33,9 @@ custom_hooks = [dict(type='ExportUpsamplerHook')]
 visualizer = dict(type='Visualizer',
                   vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
 
-# used only when launched distributed; find_unused: BRIXEL keeps release modules it never runs
-model_wrapper_cfg = dict(type='brixel_plugins.DistillDDP', find_unused_parameters=True)
+# used only when launched distributed; every trainable parameter reaches the loss
+# (tests/test_trainable_parameters.py), so DDP needs no search for unused ones
+model_wrapper_cfg = dict(type='brixel_plugins.DistillDDP', find_unused_parameters=False)
 
 val_cfg = dict(type='ValLoop')
 val_evaluator = dict(type='DistillMetric')
