@@ -31,7 +31,8 @@ Each upsampler declares what it needs, so that :class:`~brixel_plugins.featurize
 - ``calibrated`` / ``calibrate(feats)`` / ``finish_calibration()``: statistics fitted from
   backbone features before training (FeatSharp's PHI-S); trivially calibrated for the rest.
 - ``zero_start`` (learned methods, a constructor option saved with the weights):
-  :meth:`Upsampler.from_interpolation` makes the untrained output exactly bilinear interpolation.
+  :meth:`Upsampler.from_interpolation` makes the untrained output exactly bilinear interpolation
+  (the method's last projection starts at zero).
 - ``target_transform(feats)``: the teacher's features in the space the output is trained in
   (identity except for methods that learn a correction of the teacher).
 """
@@ -67,6 +68,14 @@ def list_upsamplers() -> Tuple[str, ...]:
     return tuple(sorted(UPSAMPLERS))
 
 
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero a projection's weight and bias (the last layer of a zero-start detail branch)."""
+    nn.init.zeros_(module.weight)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+    return module
+
+
 def build_upsampler(cfg: Mapping, spec: BackboneSpec) -> "Upsampler":
     """Build from ``dict(type='brixel', **kwargs)`` for a backbone described by ``spec``."""
     cfg = dict(copy.deepcopy(cfg))
@@ -99,8 +108,6 @@ class Upsampler(nn.Module):
         self.config = dict(factor=self.factor, **config)
         # a start that cannot be worse than interpolation (see from_interpolation)
         self.zero_start = bool(config.get("zero_start", False))
-        if self.zero_start:
-            self.detail_scale = nn.Parameter(torch.zeros(spec.embed_dim))
 
     @property
     def embed_dim(self) -> int:
@@ -132,17 +139,21 @@ class Upsampler(nn.Module):
         """Fit from the accumulated statistics; afterwards ``calibrated`` is True."""
 
     # -- training hooks ----------------------------------------------------------------------
-    def from_interpolation(self, out: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """The zero start (``zero_start=True``, the default of new trainings; off for the authors'
-        weights): ``base + detail_scale * (out - base)`` with ``base`` the bilinear enlargement of
-        the last-layer map ``last`` (B, D, h, w) to ``out``'s grid and ``detail_scale`` a learned
-        per-channel scale initialised to 0. At step 0 the output IS bilinear interpolation, and
-        training adds the method's detail from there. Learned methods end ``forward`` with
-        ``return self.from_interpolation(out, last)``; without ``zero_start`` it returns ``out``."""
+    def interpolation_base(self, last: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Bilinear enlargement of the last-layer map ``last`` (B, D, h, w) to ``size``."""
+        return F.interpolate(last, size=size, mode="bilinear", align_corners=False)
+
+    def from_interpolation(self, detail: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The zero start (``zero_start=True``: the default of new trainings, off for the authors'
+        weights): ``interpolation_base(last) + detail``, where ``detail`` (B, D, f*h, f*w) ends in a
+        learned projection the method zero-initialises (:func:`zero_init`): LiFT's ``outc``,
+        BRIXEL's ``head.out_conv``, a per-channel scale of JBU's difference to the base. At step 0
+        the output IS bilinear interpolation; training adds detail from there, so the start
+        cannot be worse than interpolation. Without ``zero_start`` it returns ``detail`` as is
+        (the method's own output)."""
         if not self.zero_start:
-            return out
-        base = F.interpolate(last, size=out.shape[-2:], mode="bilinear", align_corners=False).to(out.dtype)
-        return base + self.detail_scale.to(out.dtype).view(1, -1, 1, 1) * (out - base)
+            return detail
+        return self.interpolation_base(last, detail.shape[-2:]).to(detail.dtype) + detail
 
     def target_transform(self, feats: torch.Tensor) -> torch.Tensor:
         """The teacher's features (N, D, h, w) mapped into the space this upsampler's output is
@@ -153,6 +164,12 @@ class Upsampler(nn.Module):
         trained against the same de-biased space its own low-res and tile inputs live in.
         Must be differentiable in its own parameters (they train through it) and keep the shape."""
         return feats
+
+    def for_export(self) -> "Upsampler":
+        """This upsampler as weight files hold it (``save_upsampler`` writes this): ``self``, or
+        for a method that trains in a reparametrised form (FeatSharp's spectral reparametrisation)
+        a copy with plain weights and the config that rebuilds it."""
+        return self
 
     # -- the authors' released weights ------------------------------------------------------
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:

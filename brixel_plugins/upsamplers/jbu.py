@@ -181,8 +181,9 @@ class JBUUpsampler(_JBUStackMixin, Upsampler):
     """FeatUp JBU on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16).
 
     State-dict keys are the released ones (``up1..``, ``fixup_proj.1``), so a released 16x
-    checkpoint for the same width maps key for key. ``zero_start=True`` (new trainings) starts
-    from bilinear interpolation (:meth:`Upsampler.from_interpolation`, one extra ``detail_scale``).
+    checkpoint for the same width maps key for key. ``zero_start=True`` (new trainings):
+    ``bilinear + detail_scale * (jbu - bilinear)`` with the per-channel ``detail_scale`` starting
+    at 0 (:meth:`Upsampler.from_interpolation`), so the untrained module is bilinear interpolation.
     """
 
     needs_image = True
@@ -191,11 +192,17 @@ class JBUUpsampler(_JBUStackMixin, Upsampler):
     def __init__(self, spec: BackboneSpec, factor: int = 2, zero_start: bool = False):
         super().__init__(spec, factor, (spec.depth - 1,), zero_start=bool(zero_start))
         self._build_stack(spec.embed_dim, self.factor)
+        if self.zero_start:
+            self.detail_scale = nn.Parameter(torch.zeros(spec.embed_dim))
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
                 backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
         last = layers[self.last_layer]
-        return self.from_interpolation(self._run_stack(last, self.pixels(image, image_hr)), last)
+        out = self._run_stack(last, self.pixels(image, image_hr))
+        if self.zero_start:  # detail = a per-channel share of what JBU changes, starting at none
+            out = self.detail_scale.to(out.dtype).view(1, -1, 1, 1) * (
+                out - self.interpolation_base(last, out.shape[-2:]).to(out.dtype))
+        return self.from_interpolation(out, last)
 
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
         """Released keys are ours (``up1..upN``, ``fixup_proj.1``), possibly under FeatUp's

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from .base import Upsampler, register_upsampler
+from .base import Upsampler, register_upsampler, zero_init
 
 IMAGE_WIDTH = 32  # channels of the image branch (fixed in the release)
 
@@ -69,8 +69,9 @@ class LiFT(Upsampler):
     Args:
         spec: the backbone it upsamples (C = ``spec.embed_dim``, must be even).
         factor: 2, 4 or 8 (2 ** number of recursive applications of the one 2x module).
-        zero_start: start from bilinear interpolation (:meth:`Upsampler.from_interpolation`;
-            adds a per-channel ``detail_scale``, so the authors' files need the default False).
+        zero_start: each 2x step adds its output to the bilinear 2x enlargement of its input
+            and ``outc`` starts at zero (:meth:`Upsampler.from_interpolation`): the untrained
+            module is bilinear interpolation. The authors' files need the default False.
 
     Parameters: 1,187,280 at C=384 (ViT-S), 4,417,296 at C=768 (ViT-B), independent of factor.
     """
@@ -94,6 +95,8 @@ class LiFT(Upsampler):
         self.image_convs_2 = nn.Sequential(*_conv_bn_relu(IMAGE_WIDTH, IMAGE_WIDTH, 2, True))
         self.up1 = _Up(c + IMAGE_WIDTH, c // 2)
         self.outc = nn.Conv2d(c // 2, c, kernel_size=1)
+        if self.zero_start:
+            zero_init(self.outc)
 
     def step(self, feats: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """One 2x application: feats (B,C,h,w), image (B,3,p*h,p*w) -> (B,C,2h,2w)."""
@@ -103,18 +106,18 @@ class LiFT(Upsampler):
             raise ValueError(f"LiFT: image {tuple(image.shape[-2:])} gives an image branch at "
                              f"{tuple(imgs_2.shape[-2:])}, features are {tuple(feats.shape[-2:])}; "
                              f"the image must be {self.spec.patch_size}x the feature grid")
-        return self.outc(self.up1(torch.cat([feats, imgs_2], dim=1), imgs_1))
+        return self.from_interpolation(self.outc(self.up1(torch.cat([feats, imgs_2], dim=1), imgs_1)), feats)
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
                 backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = last = layers[self.last_layer]
+        x = layers[self.last_layer]
         h, w = image.shape[-2:]
         for k in range(self.steps):
             # Step k: features at 2^k x the token grid need the image at 2^k x its size.
             img = image if k == 0 else F.interpolate(image, size=(h << k, w << k), mode="bicubic",
                                                      align_corners=False)
             x = self.step(x, img)
-        return self.from_interpolation(x, last)
+        return x
 
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
         """Released keys are ours; refuse a file made for another feature dim."""
