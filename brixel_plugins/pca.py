@@ -1,7 +1,8 @@
-"""PCA pictures of feature maps (as in BRIXEL's Figure 3) and labelled image grids.
+"""Feature maps as colours: a 3-component PCA fitted on one reference map, and labelled grids.
 
 The basis is fitted on one reference map (the high-resolution target), and every other map
 is projected onto the same three directions, so colours mean the same thing in every column.
+:func:`brixel_plugins.pca_figure.pca_figure` puts these pieces together for a set of upsamplers.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """PCA pictures: DINOv3 low-res vs high-res vs upsamplers, coloured by the high-res map's PCA.
 
-Writes one PNG grid (a row per image, labelled columns) and prints its path.
+Writes one PNG grid (a row per image, labelled columns) and prints its path: the command line of
+``brixel_plugins.pca_figure.compare_methods``.
 
 Examples:
     python tools/visualize.py --weights dinov3_vits16_pretrain_lvd1689m-08c60483.pth \\
@@ -13,12 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
-
-from brixel_plugins.benchmark import parse_kv  # noqa: E402
-from brixel_plugins.visualize import SKIMAGE_PHOTOS, visualize  # noqa: E402
+from brixel_plugins.benchmark import parse_kv
+from brixel_plugins.cli import positive_int, torch_device
+from brixel_plugins.pca_figure import SKIMAGE_PHOTOS, compare_methods
 
 
 def main(argv=None) -> int:
@@ -30,13 +29,21 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default=None, help="DINOv3 weight file (without it the features are random)")
     p.add_argument("--methods", default="bilinear,lift",
                    help="comma-separated upsampler names (name:key=value allowed) or .safetensors files")
-    p.add_argument("--size", type=int, default=256, help="low-resolution input (px) for DINOv3 and upsamplers")
-    p.add_argument("--hr-size", type=int, default=1024, help="high-resolution input (px) of the PCA reference")
-    p.add_argument("--cell", type=int, default=256, help="pixels per grid cell")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=positive_int, default=256,
+                   help="low-resolution input (px, a multiple of 16) for DINOv3 and upsamplers")
+    p.add_argument("--hr-size", type=positive_int, default=1024,
+                   help="high-resolution input (px, a multiple of 16, larger than --size) of the PCA reference")
+    p.add_argument("--cell", type=positive_int, default=256, help="pixels per grid cell")
+    p.add_argument("--device", type=torch_device, default="cpu")
     p.add_argument("--backbone-overrides", default="", help="timm overrides for tiny test models")
     p.add_argument("--out", default="work_dirs/visualize/pca.png")
     args = p.parse_args(argv)
+    for name, px in (("--size", args.size), ("--hr-size", args.hr_size)):
+        if px % 16:
+            p.error(f"argument {name}: {px} px is not a multiple of 16 (DINOv3's patch size), e.g. {max(16, px // 16 * 16)}")
+    if args.hr_size <= args.size:
+        p.error(f"--hr-size ({args.hr_size}) must be larger than --size ({args.size}): it is the high-resolution "
+                f"reference the upsampled low-resolution features are compared with")
 
     from brixel_plugins.backbones import FrozenDINOv3
 
@@ -46,8 +53,8 @@ def main(argv=None) -> int:
             print("note: random-init DINOv3 (no --weights): the pictures show no real features", file=sys.stderr)
         backbone = FrozenDINOv3(args.arch, args.weights, **parse_kv(args.backbone_overrides))
     try:
-        path = visualize(args.images, backbone, [m for m in args.methods.split(",") if m.strip()], args.out,
-                         size=args.size, hr_size=args.hr_size, cell=args.cell, device=args.device)
+        path = compare_methods(args.images, backbone, [m for m in args.methods.split(",") if m.strip()], args.out,
+                               size=args.size, hr_size=args.hr_size, cell=args.cell, device=args.device)
     except (KeyError, FileNotFoundError, ValueError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
