@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .backbones.dinov3 import PATCH_SIZE, FrozenDINOv3, check_image_size
+from .backbones.dinov3 import PATCH_SIZE, FrozenDINOv3, check_image_batch, check_image_size
 from .images import resize
 from .upsamplers import Upsampler, build_upsampler
 
@@ -124,8 +124,7 @@ class DenseFeaturizer(nn.Module):
                  ) -> Tuple[torch.Tensor, Dict[int, torch.Tensor]]:
         """``(dense (B,D,f*h,f*w), {i: (B,D,h,w)})`` for the upsampler's layers plus ``layer_indices``
         (negative indices count from the end), from one backbone pass on the working image."""
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"expected an image batch of shape (B, 3, H, W), got {tuple(image.shape)}")
+        check_image_batch(image)  # before resizing: a uint8 or empty batch gets a clear error
         work = resize(image, self.working_hw(image.shape[-2:]))
         check_image_size(work)
         layers = backbone_layers(self.backbone, work, [self.upsampler], layer_indices)

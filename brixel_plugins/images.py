@@ -13,13 +13,25 @@ import torch.nn.functional as F
 from .backbones.dinov3 import IMAGENET_MEAN, IMAGENET_STD
 
 
+# single-channel integer modes Pillow opens 16-bit files in (PNG, TIFF); "I" is how older Pillow
+# versions open a 16-bit PNG
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def load_rgb(path: str):
-    """An image file as an RGB PIL image; transparency is composited on white."""
+    """An image file as an 8-bit RGB PIL image; transparency is composited on white, 16-bit grey
+    images are scaled to 8 bits (Pillow's own conversion would clip them to white)."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("RGBA", "LA", "P"):
+        if im.mode in _SIXTEEN_BIT_MODES:
+            grey = np.asarray(im, dtype=np.float64) / 257.0  # 0..65535 -> 0..255
+            return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+        if im.mode == "F":
+            raise ValueError(f"{path} is a floating-point image (mode F) with no defined value range; "
+                             f"save it as an 8- or 16-bit image")
+        if im.mode in ("RGBA", "LA", "P", "PA"):
             im = im.convert("RGBA")
             bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
             im = Image.alpha_composite(bg, im)

@@ -17,6 +17,7 @@ import torch
 
 from .backbones.dinov3 import BackboneSpec
 from .backbones.weights import WeightFileError
+from .checks import first_non_finite
 from .upsamplers import Upsampler, build_upsampler
 from .utils import atomic_path
 from .version import __version__
@@ -30,7 +31,12 @@ def save_upsampler(path: PathLike, upsampler: Upsampler, extra: Optional[Dict[st
     from safetensors.torch import save_file
 
     path = Path(path)
+    upsampler = upsampler.for_export()  # e.g. spectral reparametrisation baked into plain weights
     tensors = {k: v.detach().cpu().contiguous() for k, v in upsampler.state_dict().items()}
+    bad = first_non_finite(tensors.items())
+    if bad:
+        raise ValueError(f"refusing to write {path}: the {upsampler.method} upsampler's {bad[0]} holds "
+                         f"{bad[1]} NaN/Inf values of {bad[2]} (did training diverge?)")
     meta = {
         "format": FORMAT,
         "method": upsampler.method,
@@ -62,9 +68,23 @@ def read_upsampler_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[s
         raise WeightFileError(
             f"{path} is not a brixel_plugins upsampler file (format={raw.get('format')!r}); export one "
             f"with tools/distill.py, or convert the authors' released weights with tools/convert_weights.py")
+    if not raw.get("method"):
+        raise WeightFileError(f"{path}: its metadata has no 'method' (the upsampler's registry name, e.g. "
+                              f"'brixel'); the file is damaged or was not written by save_upsampler")
     meta = {"format": raw["format"], "method": raw["method"]}
     for key in ("config", "backbone", "extra"):
-        meta[key] = json.loads(raw.get(key, "{}"))
+        try:
+            meta[key] = json.loads(raw.get(key, "{}"))
+        except json.JSONDecodeError as e:
+            raise WeightFileError(f"{path}: metadata entry {key!r} is not valid JSON ({e}); the file is "
+                                  f"damaged or was not written by save_upsampler") from e
+        if not isinstance(meta[key], dict):
+            raise WeightFileError(f"{path}: metadata entry {key!r} should be a JSON object, got "
+                                  f"{type(meta[key]).__name__}")
+    bad = first_non_finite(tensors.items())
+    if bad:
+        raise WeightFileError(f"{path}: tensor {bad[0]} holds {bad[1]} NaN/Inf values of {bad[2]}; "
+                              f"these weights come from a diverged run and cannot be used")
     return tensors, meta
 
 
@@ -87,7 +107,11 @@ def load_upsampler(path: PathLike, spec: BackboneSpec, method: Optional[str] = N
     """Rebuild an upsampler from its file for the backbone ``spec`` (checked), weights loaded strictly."""
     tensors, meta = read_upsampler_file(path)
     check_compatible(meta, spec, method, path)
-    up = build_upsampler({"type": meta["method"], **meta["config"]}, spec)
+    try:
+        up = build_upsampler({"type": meta["method"], **meta["config"]}, spec)
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightFileError(f"{path}: cannot rebuild the {meta['method']!r} upsampler its metadata describes "
+                              f"(config {meta['config']}): {e}") from e
     try:
         up.load_state_dict(tensors, strict=True)
     except RuntimeError as e:

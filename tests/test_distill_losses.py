@@ -124,14 +124,12 @@ def folder(tmp_path):
     return tmp_path
 
 
-def test_folder_is_recursive_and_unreadable_files_are_skipped(folder, caplog):
+def test_folder_is_recursive_and_unreadable_files_are_left_out(folder):
     ds = ImageFolderDataset(str(folder), size=32)
-    assert len(ds) == 5  # 4 images + the broken one; txt ignored
+    assert len(ds) == 4  # 4 images; the broken one is left out (not counted); txt ignored
     outs = [ds[i] for i in range(len(ds))]
     assert all(o["image"].shape == (3, 32, 32) and o["image"].dtype == torch.uint8 for o in outs)
-    assert any(p.endswith("broken.png") for p in ds.bad)
-    broken = [i for i, p in enumerate(ds.files) if p.endswith("broken.png")][0]
-    assert outs[broken]["index"] != broken  # replaced by the next readable image
+    assert list(ds.unreadable) == [str(folder / "a" / "b" / "broken.png")]
 
 
 def test_small_image_is_padded_then_cover_resized(folder):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
 
+from brixel_plugins.cli import non_negative_int, positive_int, positive_int_list, torch_device  # noqa: E402
 from brixel_plugins.benchmark import (DEFAULT_METHODS, BenchConfig, markdown_table, parse_kv,  # noqa: E402
                                       parse_methods, plot_sweep, run_benchmark, write_csv)
 
@@ -31,17 +32,18 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma-separated registry names, with options as name:key=value:key=value, or "
                         "upsampler .safetensors files; 'highres' is always added as the reference")
-    p.add_argument("--factor", type=int, default=4,
+    p.add_argument("--factor", type=positive_int, default=4,
                    help="upsampling factor; the low-resolution input is target/factor*16 px (default 4: 256 px "
                         "for 64x64)")
-    p.add_argument("--target", type=int, default=64, help="output tokens per side of the table's rows")
-    p.add_argument("--sizes", default=None,
+    p.add_argument("--target", type=positive_int, default=64, help="output tokens per side of the table's rows")
+    p.add_argument("--sizes", type=positive_int_list, default=None,
                    help="comma-separated targets for the sweep (CSV + plot), e.g. 16,32,48,64")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", type=torch_device, default="cuda" if _cuda() else "cpu",
+                   help="cpu, cuda, cuda:N, or meta (FLOPs only)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs (the first one counts FLOPs)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per row")
+    p.add_argument("--batch-size", type=positive_int, default=1)
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs (the first one counts FLOPs)")
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs per row")
     p.add_argument("--isolate", action="store_true",
                    help="measure every row in a fresh process (honest CPU peak memory; slower)")
     p.add_argument("--backbone-overrides", default="",
@@ -60,8 +62,7 @@ def main(argv=None) -> int:
             print(f"skipping unregistered methods {missing}; registered: {', '.join(list_upsamplers())}",
                   file=sys.stderr)
         methods = [m for m in methods if m.path is not None or m.name not in missing]
-    sizes = sorted({args.target, *(int(s) for s in args.sizes.split(",") if s.strip())} if args.sizes
-                   else {args.target})
+    sizes = sorted({args.target, *(args.sizes or [])})
     cfg = BenchConfig(arch=args.arch, weights=args.weights, backbone_overrides=parse_kv(args.backbone_overrides),
                       factor=args.factor, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                       warmup=args.warmup, runs=args.runs)

@@ -15,7 +15,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .weights import (WeightFileError, describe_state_dict, is_meta_layout, meta_to_timm,
+from .weights import (WeightFileError, check_shapes, describe_state_dict, is_meta_layout, meta_to_timm,
                       read_state_dict, verify_hash_suffix)
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,31 @@ class BackboneSpec:
         return self.depth - 1
 
 
-def check_image_size(x: torch.Tensor, multiple: int = PATCH_SIZE) -> Tuple[int, int]:
-    """Validate an image batch (B, 3, H, W) with H, W multiples of ``multiple``; return the grid."""
+def check_image_batch(x: torch.Tensor, dtype: Optional[torch.dtype] = None, finite: bool = False) -> None:
+    """Refuse what is not a non-empty (B, 3, H, W) floating-point image batch (of ``dtype`` if given;
+    with ``finite``, also one holding NaN/Inf: that costs one pass over the pixels)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"expected an image batch as a torch.Tensor (B, 3, H, W), got {type(x).__name__}")
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected an image batch of shape (B, 3, H, W), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"empty image batch (shape {tuple(x.shape)}): there is no image to compute features of")
+    if not x.is_floating_point():
+        raise ValueError(f"image batch has dtype {x.dtype}; expected ImageNet-normalised float images "
+                         f"(for uint8 pixels use brixel_plugins.images.normalise(x))")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"image batch has dtype {x.dtype}, but the backbone computes in {dtype}; convert it "
+                         f"with x.to({dtype}) (for mixed precision use torch.autocast, not half inputs)")
+    if finite and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"image batch holds {bad} NaN/Inf values (of {x.numel()}); its features would be NaN")
+
+
+def check_image_size(x: torch.Tensor, multiple: int = PATCH_SIZE, dtype: Optional[torch.dtype] = None,
+                     finite: bool = False) -> Tuple[int, int]:
+    """Validate an image batch (B, 3, H, W) (see :func:`check_image_batch`) with H, W multiples of
+    ``multiple``; return the token grid."""
+    check_image_batch(x, dtype, finite)
     h, w = x.shape[-2:]
     if h % multiple or w % multiple or h == 0 or w == 0:
         raise ValueError(
@@ -92,6 +113,8 @@ class FrozenDINOv3(nn.Module):
             gives a random init (with a warning: the features are meaningless for real use).
         device: where to build; ``"meta"`` builds without allocating memory (shape checks of 7B).
         autocast: ``"bf16"`` runs the forward under bfloat16 autocast on CUDA (ignored on CPU).
+        check_finite: refuse input batches holding NaN/Inf (one pass over the pixels per call;
+            False skips it in loops whose inputs are known to be finite).
         **overrides: timm constructor overrides (``depth``, ``embed_dim``, ``num_heads``) for
             tiny test models; a weight file must match the resulting shapes.
 
@@ -100,7 +123,7 @@ class FrozenDINOv3(nn.Module):
 
     def __init__(self, arch: str = "vits16", weights: Optional[Union[str, Path]] = None, *,
                  device: Optional[Union[str, torch.device]] = None, autocast: Optional[str] = None,
-                 **overrides):
+                 check_finite: bool = True, **overrides):
         super().__init__()
         import timm
 
@@ -108,6 +131,7 @@ class FrozenDINOv3(nn.Module):
         if autocast not in (None, "bf16"):
             raise ValueError(f"autocast must be None or 'bf16', got {autocast!r}")
         self.autocast = autocast
+        self.check_finite = bool(check_finite)
         with torch.device(device or "cpu"):
             self.model = timm.create_model(info.timm_name, pretrained=False, num_classes=0, **overrides)
         m = self.model
@@ -156,6 +180,7 @@ class FrozenDINOv3(nn.Module):
         if is_meta_layout(sd):
             sd = meta_to_timm(sd, self.model)
         own = self.model.state_dict()
+        check_shapes(sd, own, path, self.spec.arch)
         for k in list(own):
             # timm-layout files of the bias-free variants: zero q/v biases are the same model.
             if k.endswith(("attn.q_bias", "attn.v_bias")) and k not in sd:
@@ -200,7 +225,10 @@ class FrozenDINOv3(nn.Module):
 
         With ``return_cls`` also returns ``{i: (B, D)}`` CLS tokens: ``(maps, cls)``.
         """
-        check_image_size(x)
+        # under autocast the backbone casts inputs itself; the meta device (FLOP counting) has no values
+        check_image_size(x, dtype=None if torch.is_autocast_enabled(x.device.type)
+                         else self.model.patch_embed.proj.weight.dtype,
+                         finite=self.check_finite and x.device.type != "meta")
         take = self.resolve_indices(indices)
         # Only ever *enable* autocast here: a disabled block would override the caller's own.
         amp = (torch.autocast("cuda", dtype=torch.bfloat16)
@@ -220,6 +248,29 @@ class FrozenDINOv3(nn.Module):
     def last_layer(self, x: torch.Tensor) -> torch.Tensor:
         """The last layer's normalised map (B, D, H/16, W/16): the distillation target."""
         return self.forward(x, [self.depth - 1])[self.depth - 1]
+
+    def last_block_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's attention keys of the patch tokens (B, D, H/16, W/16): heads
+        concatenated, before RoPE, without the final norm (LiFT's release target, its ``key`` facet)."""
+        attn = self.model.blocks[-1].attn
+        seen = {}
+        handle = attn.register_forward_pre_hook(lambda module, args: seen.setdefault("tokens", args[0]))
+        try:
+            self.forward(x, [self.depth - 1])
+        finally:
+            handle.remove()
+        tokens = seen["tokens"][:, self.model.num_prefix_tokens:]  # norm1(x) of the patch tokens
+        with torch.no_grad():
+            if attn.qkv is not None:
+                d = attn.qkv.weight.shape[0] // 3
+                keys = torch.nn.functional.linear(tokens.to(attn.qkv.weight.dtype), attn.qkv.weight[d:2 * d],
+                                                  attn.k_bias)
+            else:
+                keys = attn.k_proj(tokens.to(attn.k_proj.weight.dtype))
+            b, n, _ = keys.shape
+            keys = attn.k_norm(keys.view(b, n, attn.num_heads, -1)).reshape(b, n, -1)
+        h, w = x.shape[-2] // PATCH_SIZE, x.shape[-1] // PATCH_SIZE
+        return keys.float().transpose(1, 2).reshape(b, -1, h, w)
 
     def extra_repr(self) -> str:
         return f"arch={self.spec.arch}, embed_dim={self.embed_dim}, depth={self.depth}, weights={self.weights}"

@@ -55,6 +55,8 @@ def read_state_dict(path: os.PathLike | str) -> StateDict:
     if not path.is_file():
         raise WeightFileError(f"weight file not found: {path}")
     size = path.stat().st_size
+    if size == 0:
+        raise WeightFileError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again.")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -64,16 +66,29 @@ def read_state_dict(path: os.PathLike | str) -> StateDict:
             # weights_only: a weight file is data, never code.
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch/safetensors raise a variety of types for bad bytes
+        first_line = (str(e).strip().splitlines() or ["(no message)"])[0][:200]
         raise WeightFileError(
-            f"could not read {path} ({size} bytes): {type(e).__name__}: {str(e).splitlines()[0][:200]}. "
+            f"could not read {path} ({size} bytes): {type(e).__name__}: {first_line}. "
             f"The file is probably truncated or corrupt (or not a weight file)."
         ) from e
-    for key in ("model_ema", "model", "module", "state_dict", "teacher"):
+    for key in ("model_ema", "model", "model_state", "module", "state_dict", "teacher"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightFileError(f"{path} does not hold a flat dict of tensors (found {type(sd).__name__})")
     return sd
+
+
+def check_shapes(sd: StateDict, expected: StateDict, path: os.PathLike | str, model: str) -> None:
+    """Refuse a file whose tensors do not have the shapes of ``expected`` (the model's own state),
+    naming the first few that differ, instead of torch's size-mismatch RuntimeError."""
+    wrong = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in sd.items()
+             if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        shown = "; ".join(f"{k}: {got} in the file, {want} expected" for k, got, want in wrong[:3])
+        raise WeightFileError(f"{path} does not fit {model}: {len(wrong)} tensor(s) have the wrong shape "
+                              f"({shown}{'; ...' if len(wrong) > 3 else ''}). The file is for another model "
+                              f"or damaged.")
 
 
 def is_meta_layout(sd: StateDict) -> bool:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from mmengine.logging import print_log
 from torch.utils.data import Dataset, Sampler
 
 from ..images import load_rgb
-from .registry import DATA_SAMPLERS, DATASETS
+from . import transforms  # noqa: F401  (registers the releases' crop policies)
+from .registry import DATA_SAMPLERS, DATASETS, TRANSFORMS
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
 
@@ -56,6 +58,29 @@ def list_images(root: Union[str, Path], list_file: Optional[Union[str, Path]] = 
     if not files:
         raise FileNotFoundError(f"no images ({'/'.join(IMAGE_EXTS)}) under {root}")
     return files
+
+
+def image_header_error(path: str) -> Optional[str]:
+    """Why ``path`` is not an image file Pillow can open (its header only: cheap), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):  # parses the header; the pixels are not decoded
+            pass
+    except Exception as e:  # Pillow raises many types for bad files
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def readable_images(files: Sequence[str], threads: int = 8) -> Tuple[List[str], Dict[str, str]]:
+    """``files`` split into those whose header opens and ``{path: reason}`` for the others.
+    Files that open but fail to decode are found while reading (see ImageFolderDataset)."""
+    if not files:
+        return [], {}
+    with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
+        errors = list(pool.map(image_header_error, files))
+    return ([f for f, e in zip(files, errors) if e is None],
+            {f: e for f, e in zip(files, errors) if e is not None})
 
 
 def split_files(files: Sequence[str], num_val: Union[int, float], seed: int = 0) -> Tuple[List[str], List[str]]:
@@ -102,7 +127,8 @@ class ImageFolderDataset(Dataset):
         val_root: a separate validation folder: ``split='val'`` reads it, ``'train'`` all of ``root``.
         size: output side (the teacher resolution).
         crop: ``'center'`` (the release: pad small, resize to cover, centre crop) or ``'random'``
-            (random square of ``scale`` x the short side at a random place, random h-flip).
+            (random square of ``scale`` x the short side at a random place, random h-flip), or a
+            release policy from :mod:`.transforms`, e.g. ``dict(type='BrixelReleaseCanvas')``.
     """
 
     def __init__(self, root: Optional[str] = None, size: int = 1024, source: str = "folder",
@@ -110,8 +136,10 @@ class ImageFolderDataset(Dataset):
                  val_root: Optional[str] = None, split_seed: int = 0, crop: str = "center",
                  scale: Tuple[float, float] = (0.5, 1.0), flip: bool = True, seed: int = 0,
                  max_images: Optional[int] = None):
-        if crop not in ("center", "random"):
-            raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
+        if isinstance(crop, dict):
+            crop = TRANSFORMS.build(crop)
+        elif crop not in ("center", "random"):
+            raise ValueError(f"crop must be 'center', 'random' or a policy dict(type=...), got {crop!r}")
         if split not in ("all", "train", "val"):
             raise ValueError(f"split must be all, train or val, got {split!r}")
         if source == "skimage":
@@ -127,34 +155,43 @@ class ImageFolderDataset(Dataset):
         if split != "all" and not (source == "folder" and val_root is not None):
             train, val = split_files(files, num_val, split_seed)
             files = train if split == "train" else val
-        self.files = files[:max_images] if max_images else files
+        # unreadable files are left out (and not counted) before training starts
+        readable, self.unreadable = readable_images(files)
+        if self.unreadable:
+            print_log(f"{split} images: leaving out {len(self.unreadable)} file(s) that are not readable images: "
+                      + "; ".join(f"{p} ({why})" for p, why in self.unreadable.items()),
+                      logger="current", level=logging.WARNING)
+        self.files = readable[:max_images] if max_images else readable
         if not self.files:
-            raise ValueError(f"no images for split {split!r}")
+            raise ValueError(f"no readable images for split {split!r} ({len(self.unreadable)} unreadable files)")
         self.size, self.crop, self.scale, self.flip, self.seed = int(size), crop, tuple(scale), flip, int(seed)
-        self.bad: set = set()
         self.metainfo = dict(num_images=len(self.files), size=self.size, split=split)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def _read(self, idx: int):
-        """The image at ``idx`` or, if unreadable, the next readable one (reported once)."""
+        """``(image, index, failures)``: the image at ``idx`` or, if it does not decode, the next one
+        that does (the batch keeps its size and a resumed run its data). ``failures`` lists the
+        ``"path<TAB>reason"`` of the files passed over; the sample carries them to the main process,
+        where SkippedImagesHook reports them once (a worker's copy of the dataset keeps no state)."""
+        failures = []
         for k in range(len(self.files)):
             j = (idx + k) % len(self.files)
             path = self.files[j]
-            if path in self.bad:
-                continue
             try:
-                return load_rgb(path), j
+                return load_rgb(path), j, failures
             except Exception as e:  # any decoder error: a long run must not die on one file
-                self.bad.add(path)
-                print_log(f"skipping unreadable image {path}: {type(e).__name__}: {e}",
-                          logger="current", level=logging.WARNING)
-        raise RuntimeError(f"none of the {len(self.files)} images could be read")
+                failures.append(f"{path}\t{type(e).__name__}: {e}")
+        raise RuntimeError(f"none of the {len(self.files)} images could be read: "
+                           + "; ".join(f.replace("\t", ": ") for f in failures))
 
     def transform(self, im, epoch: int, idx: int) -> torch.Tensor:
         from PIL import Image
 
+        if not isinstance(self.crop, str):  # a release policy: deterministic, no flip
+            arr = np.array(self.crop(im, self.size), dtype=np.uint8)
+            return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
         im = pad_to_square(im, self.size)
         w, h = im.size
         flip = False
@@ -174,8 +211,9 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, key):
         epoch, idx = key if isinstance(key, tuple) else (0, key)
-        im, j = self._read(int(idx))
-        return {"image": self.transform(im, int(epoch), j), "index": j}
+        im, j, failures = self._read(int(idx))
+        # one string per sample, so that any collate function batches it as a list
+        return {"image": self.transform(im, int(epoch), j), "index": j, "unreadable": "\n".join(failures)}
 
 
 @DATA_SAMPLERS.register_module()

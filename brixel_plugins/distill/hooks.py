@@ -1,15 +1,16 @@
 """Hooks: export upsampler-only weights (best by validation loss, and last) with the metadata the
-MMSeg / Detectron2 configs rely on, print the held-out table, and fit PHI-S before training."""
+MMSeg / Detectron2 configs rely on, print the held-out table, report undecodable images, and fit
+PHI-S before training."""
 from __future__ import annotations
 
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import all_gather_object, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -25,8 +26,13 @@ def unwrap(model):
     return model.module if is_model_wrapper(model) else model
 
 
+# message-hub key (saved in checkpoints): {path: reason} of training images that failed to decode
+UNDECODABLE = "distill_undecodable_images"
+
+
 def export_metadata(runner, model, metrics: Optional[Dict[str, float]], kind: str) -> dict:
     ds = runner.train_dataloader.dataset
+    undecodable = runner.message_hub.get_info(UNDECODABLE, {})
     return {
         "method": model.method,
         "backbone": model.backbone.spec.arch,
@@ -34,7 +40,7 @@ def export_metadata(runner, model, metrics: Optional[Dict[str, float]], kind: st
         "factor": model.upsampler.factor,
         "student_resolution": model.student_size,
         "teacher_resolution": model.student_size * model.upsampler.factor,
-        "train_images": len(ds),
+        "train_images": len(ds) - len(undecodable),  # readable images only
         "iterations": runner.iter,
         "objective": model.objective_cfg,
         "checkpoint": kind,
@@ -69,6 +75,8 @@ class ExportUpsamplerHook(Hook):
         history = [h for h in history if h.get("iteration", -1) < runner.iter] + [m]
         with atomic_path(hist_path) as tmp:
             tmp.write_text(json.dumps(history, indent=1))
+        if not math.isfinite(m["loss"]):
+            runner.logger.warning(f"validation loss is {m['loss']} at iteration {runner.iter}: no best export")
         best = runner.message_hub.get_info("distill_best_val_loss", math.inf)  # saved in checkpoints
         if m["loss"] < best:
             runner.message_hub.update_info("distill_best_val_loss", m["loss"])
@@ -83,6 +91,55 @@ class ExportUpsamplerHook(Hook):
         path = Path(runner.work_dir) / self.last_name
         save_upsampler(path, model.upsampler, export_metadata(runner, model, self.last_metrics, "last"))
         runner.logger.info(f"wrote upsampler weights {path}")
+
+
+@HOOKS.register_module()
+class SkippedImagesHook(Hook):
+    """Reports the image files that failed to decode while reading (ImageFolderDataset replaced each
+    with the next readable image), once: at the end of the training epoch that met them (validation:
+    after the validation). Training ones are kept in the message hub, so exports count readable
+    images only, also after a resume. Files that do not open at all are left out when the dataset
+    is built (and said so then)."""
+
+    priority = "BELOW_NORMAL"
+
+    def __init__(self):
+        self.pending: Dict[str, List[str]] = {"train": [], "val": []}
+        self.reported_val: Dict[str, str] = {}
+
+    def _collect(self, mode: str, data_batch) -> None:
+        if isinstance(data_batch, dict):
+            self.pending[mode] += [e for entry in data_batch.get("unreadable", []) for e in entry.split("\n") if e]
+
+    def _report(self, runner, mode: str, when: str) -> None:
+        found = [e for part in all_gather_object(self.pending[mode]) for e in part]  # every rank's
+        self.pending[mode] = []
+        known = runner.message_hub.get_info(UNDECODABLE, {}) if mode == "train" else self.reported_val
+        new = {}
+        for entry in found:
+            path, _, reason = entry.partition("\t")
+            if path not in known:
+                new.setdefault(path, reason)
+        if not new:
+            return
+        if mode == "train":
+            runner.message_hub.update_info(UNDECODABLE, {**known, **new})
+        else:
+            self.reported_val.update(new)
+        runner.logger.warning(f"{when}: {len(new)} image file(s) could not be decoded; each was replaced by "
+                              f"the next readable image" + "".join(f"\n  {p}: {why}" for p, why in new.items()))
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self._collect("train", data_batch)
+        epoch_length = len(runner.train_dataloader)
+        if (runner.iter + 1) % epoch_length == 0 or runner.iter + 1 == runner.max_iters:
+            self._report(runner, "train", f"training epoch {runner.iter // epoch_length + 1}")
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self._collect("val", data_batch)
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self._report(runner, "val", "validation")
 
 
 @HOOKS.register_module()

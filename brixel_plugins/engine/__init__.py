@@ -21,7 +21,8 @@ message and a non-zero exit. The plain functions (``non_finite_losses``, ``first
 """
 from .checkpoint import SafeCheckpointHook
 from .files import AtomicLocalBackend, remove_stale_temp_files, write_text_atomic
-from .finite import NonFiniteError, NonFiniteLossHook, first_non_finite, non_finite_losses
+from ..checks import first_non_finite
+from .finite import NonFiniteError, NonFiniteLossHook, non_finite_losses
 from .loading import (CheckpointError, SafeRunner, checkpoint_globals, resume_candidates,
                       trusted_checkpoint_globals, unloadable_reason)
 from .log_processor import UnsmoothedValLogProcessor

@@ -20,7 +20,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from .files import remove_stale_temp_files, write_text_atomic
-from .finite import NonFiniteError, first_non_finite
+from ..checks import first_non_finite
+from .finite import NonFiniteError
 
 
 class _DeferredRemovals:

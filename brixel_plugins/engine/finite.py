@@ -12,13 +12,15 @@ setting: there is nothing left to recover in memory.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Dict, Mapping
 
 import torch
 from mmengine.dist import all_reduce, get_world_size
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+
+from ..checks import first_non_finite
 
 
 class NonFiniteError(RuntimeError):
@@ -35,16 +37,6 @@ def non_finite_losses(losses: Mapping[str, object]) -> Dict[str, float]:
         if not bool(torch.isfinite(v).all()):
             out[name] = float(v.flatten()[~torch.isfinite(v.flatten())][0])
     return out
-
-
-def first_non_finite(tensors: Iterable[Tuple[str, torch.Tensor]]) -> Optional[Tuple[str, int, int]]:
-    """(name, non-finite count, size) of the first floating-point tensor holding NaN/Inf, or None."""
-    for name, t in tensors:
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            bad = int((~torch.isfinite(t.detach())).sum())
-            if bad:
-                return name, bad, t.numel()
-    return None
 
 
 def describe_losses(bad: Mapping[str, float]) -> str:
