@@ -1,4 +1,4 @@
-# FeatUp JBU (2x) for DINOv3 vitl16: multi-view consistency, NAdam 1e-4, 3000 steps
-_base_ = ['./_base_/methods/multiview.py']
-model = dict(backbone=dict(arch='vitl16'), upsampler=dict(_delete_=True, type='jbu', factor=2, zero_start=True))
-optim_wrapper = dict(optimizer=dict(lr=1e-4))
+# FeatUp JBU (16x at 224 px) for DINOv3 vitl16, the authors' release recipe:
+#   python tools/distill.py configs/distill/jbu_vitl16.py --data-root DIR --weights FILE
+_base_ = ['./_base_/methods/featup_jbu.py']
+model = dict(backbone=dict(arch='vitl16'))

@@ -1,3 +1,4 @@
-# LiFT (2x) for DINOv3 vitb16
+# LiFT (2x) for DINOv3 vitb16, the authors' release recipe on the last-layer tokens:
+#   python tools/distill.py configs/distill/lift_vitb16.py --data-root DIR --weights FILE
 _base_ = ['./_base_/methods/lift.py']
 model = dict(backbone=dict(arch='vitb16'))

@@ -2,13 +2,14 @@
 backbone's features of the same image at ``factor`` x the resolution, at several scales."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
 from ...images import resize
+from .. import components  # noqa: F401  (registers the scale, facet and colour components)
 from .. import losses as L
-from ..registry import MODELS
+from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective
 
 
@@ -24,13 +25,26 @@ class LiftObjective(DistillObjective):
 
     The release: f = 2, 448 px images, 2 pairs (224 -> 448, 112 -> 224). Cosine distance is
     scale-free by nature (unchanged when either map is multiplied by a positive constant).
+
+    Registered pieces (``TRANSFORMS``), the release's in brackets:
+
+    - ``downscale``: how ``x_k`` is made from the image, ``(image, size) -> image``: default
+      ``AntialiasedResize`` (release: ``StridedSubsample``, ``x[:, :, ::2, ::2]`` and ``::4``).
+    - ``colour_jitter``: applied to the batch first, ``None`` for none (release:
+      ``ColourJitter(0.2, 0.2, 0.2, 0.2)``).
+    - ``facet``: the backbone output F, input and target alike, ``(distiller, image) -> map``:
+      ``LastLayerTokens`` (release: ``LastBlockKeys``, the last block's attention keys).
     """
 
-    def __init__(self, embed_dim: int, factor: int, scales: int = 2):
+    def __init__(self, embed_dim: int, factor: int, scales: int = 2, downscale: Optional[dict] = None,
+                 colour_jitter: Optional[dict] = None, facet: Optional[dict] = None):
         super().__init__(embed_dim, factor)
         if int(scales) < 1:
             raise ValueError(f"LiftObjective: scales must be >= 1, got {scales!r}")
         self.scales = int(scales)
+        self.downscale = TRANSFORMS.build(downscale or dict(type="AntialiasedResize"))
+        self.colour_jitter = TRANSFORMS.build(colour_jitter) if colour_jitter else None
+        self.facet = TRANSFORMS.build(facet or dict(type="LastLayerTokens"))
 
     def check_sizes(self, teacher_size: int, student_size: int) -> None:
         super().check_sizes(teacher_size, student_size)
@@ -40,23 +54,21 @@ class LiftObjective(DistillObjective):
                              f"need teacher_size to be a multiple of {16 * self.factor ** self.scales} "
                              f"(the smallest input has a token grid)")
 
-    def downscale(self, image: torch.Tensor, size: int) -> torch.Tensor:
-        """The image at a lower scale (bicubic, antialiased)."""
-        return resize(image, size)
-
     @staticmethod
     def pair_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return L.cosine_distance(pred, target)
 
     def losses(self, distiller, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         size = distiller.teacher_size
+        if self.colour_jitter is not None:
+            image = self.colour_jitter(image)
         images = {size: resize(image, size)}
-        feats = {size: distiller.features(images[size])}
+        feats = {size: self.facet(distiller, images[size])}
         out = {}
         for k in range(self.scales):
             small = size // self.factor
-            images[small] = self.downscale(image, small)
-            feats[small] = distiller.features(images[small])
+            images[small] = self.downscale(images[distiller.teacher_size], small)
+            feats[small] = self.facet(distiller, images[small])
             pred = distiller.student(images[small], image_hr=images[size], last=feats[small])
             out[f"loss_cos_{k}"] = self.pair_loss(pred, distiller.target(images[size], feats=feats[size]))
             size = small

@@ -20,7 +20,8 @@ train_dataloader = dict(batch_size=16, dataset=dict(size=1024))
 val_dataloader = dict(dataset=dict(size=1024))
 
 optim_wrapper = dict(type='OptimWrapper', constructor='DistillOptimWrapperConstructor',
-                     optimizer=dict(type='Adam', lr=1e-3, weight_decay=0.0))
-# 0.1 x 1e-3 = 1e-4 during the first epoch, then 1e-3 (stepped per iteration)
-param_scheduler = [dict(type='ConstantLR', factor=0.1, by_epoch=True, begin=0, end=1, convert_to_iter_based=True)]
+                     optimizer=dict(type='Adam', lr=1e-4, weight_decay=0.0))
+# 1e-4 for epoch 0, x10 = 1e-3 from the first iteration of epoch 1 (MultiStepLR's milestone, converted
+# to iterations, takes effect at iteration epoch_length; ConstantLR(end=1) would switch one early)
+param_scheduler = [dict(type='MultiStepLR', milestones=[1], gamma=10.0, by_epoch=True, convert_to_iter_based=True)]
 train_cfg = dict(type='DistillLoop', max_epochs=3, val_interval=1000)
