@@ -46,11 +46,11 @@ def test_standardises(c):
     phi.fit()
     y = phi(x).double()
     assert y.mean(0).abs().max() < 1e-4
-    cov = torch.cov(y.T, correction=0)
+    cov = torch.cov(y.T, correction=1)  # PHI-S uses the unbiased covariance
     # every channel has unit variance (the Hadamard spreads the spectrum evenly) ...
     torch.testing.assert_close(torch.diagonal(cov), torch.ones(c, dtype=torch.float64), rtol=0, atol=2e-4)
     # ... while the spectrum keeps its shape, scaled to mean 1 (PHI-S rotates, it does not whiten)
-    ev_x = torch.linalg.eigvalsh(torch.cov(x.double().T, correction=0))
+    ev_x = torch.linalg.eigvalsh(torch.cov(x.double().T, correction=1))
     ev_y = torch.linalg.eigvalsh(cov)
     torch.testing.assert_close(ev_y, ev_x / ev_x.mean(), rtol=1e-3, atol=1e-4)
     # per-channel variances of the raw features were far from equal
@@ -110,8 +110,25 @@ def test_state_dict_round_trip():
     phi.update(x)
     phi.fit()
     sd = phi.state_dict()
-    assert set(sd) == {"mean", "alpha", "rotation", "fitted"}
+    assert set(sd) == {"mean", "alpha", "rotation", "inv_rotation", "fitted"}  # the authors' four, + fitted
+    torch.testing.assert_close(sd["inv_rotation"], sd["rotation"].T)
     other = PhiS(12)
     other.load_state_dict(sd)
     assert bool(other.fitted)
     torch.testing.assert_close(other(x), phi(x))
+
+
+def test_unbiased_alpha_and_rotation_by_hand():
+    """alpha = 1 / sqrt(mean eigenvalue of the UNBIASED covariance); rotation = H V^T."""
+    x = anisotropic(50, 4, seed=4).double()
+    phi = PhiS(4)
+    phi.update(x)
+    phi.fit()
+    cov = torch.cov(x.T, correction=1)
+    lam, vecs = torch.linalg.eigh(cov)
+    assert abs(phi.alpha.item() - lam.mean().rsqrt().item()) < 1e-5
+    h = hadamard(4)
+    rot = phi.rotation.double()
+    # R = H V^T: R cov R^T = H diag(lambda) H^T, whatever signs eigh gives the eigenvectors
+    torch.testing.assert_close(rot @ cov @ rot.T, h @ torch.diag(lam) @ h.T, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(phi.inv_rotation.double(), rot.T, rtol=0, atol=0)

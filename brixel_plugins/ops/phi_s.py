@@ -1,7 +1,7 @@
 """PHI-S: PCA-Hadamard isotropic standardisation of feature channels (used by FeatSharp).
 
-Fitted once from data: mean mu and covariance Sigma = V diag(lambda) V^T (float64 streaming
-sums, ``eigh``). Then ``x' = alpha * R (x - mu)`` with ``R = H V^T``, ``alpha = 1/sqrt(mean lambda)``.
+Fitted once from data: mean mu and the unbiased covariance Sigma = V diag(lambda) V^T
+(float64 streaming sums, divided by n - 1; ``eigh``). Then ``x' = alpha * R (x - mu)`` with ``R = H V^T``, ``alpha = 1/sqrt(mean lambda)``.
 Rotating the PCA basis by a normalised Hadamard matrix H (entries +-1/sqrt(C)) gives every
 output channel the same variance mean(lambda): cov(x') = alpha^2 H diag(lambda) H^T has unit
 diagonal. The transform is orthogonal up to the scalar alpha, hence exactly invertible.
@@ -132,10 +132,11 @@ def equal_diagonal_rotation(eigvals: torch.Tensor) -> torch.Tensor:
 class PhiS(nn.Module):
     """PHI-S normaliser for ``dim`` channels.
 
-    Usage: ``update(x)`` on batches of features ((B,C,H,W) or (N,C)), then ``fit()``; afterwards
+    Usage: ``update(x)`` on batches of features ((B,C,H,W) or (N,C)), then ``fit()`` (after
+    ``sync_statistics()`` when several processes each saw part of the data); afterwards
     ``forward(x)`` / ``inverse(x)`` keep the shape of ``x``. Buffers ``mean`` (C,), ``alpha`` (),
-    ``rotation`` (C,C) and ``fitted`` are saved in state dicts; the float64 streaming sums are not.
-    Using it before ``fit()`` raises.
+    ``rotation`` R (C,C), ``inv_rotation`` R^T (C,C) (the authors' layout) and ``fitted`` are saved
+    in state dicts; the float64 streaming sums are not. Using it before ``fit()`` raises.
     """
 
     def __init__(self, dim: int):
@@ -144,6 +145,7 @@ class PhiS(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("alpha", torch.ones(()))
         self.register_buffer("rotation", torch.eye(dim))
+        self.register_buffer("inv_rotation", torch.eye(dim))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.reset()
 
@@ -187,13 +189,27 @@ class PhiS(nn.Module):
         self._sum = total.to(torch.float64)
         self._sum_outer = total_outer.to(torch.float64)
 
+    def sync_statistics(self) -> None:
+        """Sum the streaming statistics over the processes of ``torch.distributed`` (a no-op when
+        it is not initialised), so every process fits the same transform."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        if self._sum is None:
+            raise RuntimeError("PhiS.sync_statistics(): this process saw no features; call update(x) first")
+        n = torch.tensor(float(self._count), dtype=torch.float64, device=self._sum.device)
+        for t in (n, self._sum, self._sum_outer):
+            dist.all_reduce(t)
+        self._count = int(n.item())
+
     @torch.no_grad()
     def fit(self) -> "PhiS":
         """Compute mean, alpha and rotation from the accumulated sums; marks the module fitted."""
         if self._count < 2 or self._sum is None:
             raise RuntimeError(f"PhiS.fit() needs at least 2 feature vectors, got {self._count}; call update(x) first")
         mu = self._sum / self._count
-        cov = self._sum_outer / self._count - torch.outer(mu, mu)
+        cov = (self._sum_outer - self._count * torch.outer(mu, mu)) / (self._count - 1)  # unbiased
         cov = (cov + cov.T) / 2
         eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending; columns are eigenvectors
         eigvals = eigvals.clamp_min(0)
@@ -207,6 +223,7 @@ class PhiS(nn.Module):
         self.mean.copy_(mu.to(self.mean))
         self.alpha.fill_(float(mean_eig.rsqrt()))
         self.rotation.copy_(rot.to(self.rotation))
+        self.inv_rotation.copy_(rot.T.to(self.inv_rotation))
         self.fitted.fill_(True)
         return self
 
@@ -237,7 +254,7 @@ class PhiS(nn.Module):
         """Normalised (B,C,H,W) or (N,C) -> R^T y / alpha + mu, same shape."""
         self._check()
         self._as_rows(y)
-        return self._apply_channels(y / self.alpha.to(y.dtype), self.rotation.T) + self._bcast(self.mean, y)
+        return self._apply_channels(y / self.alpha.to(y.dtype), self.inv_rotation) + self._bcast(self.mean, y)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, fitted={bool(self.fitted)}"

@@ -27,7 +27,8 @@ from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from .base import Upsampler, register_upsampler
 
-__all__ = ["JBULayer", "JBUStack", "JBUUpsampler", "adaptive_filter", "prime_factors", "spatial_kernel"]
+__all__ = ["JBULayer", "JBUStack", "JBUUpsampler", "FeatSharpJBULayer", "FeatSharpJBUStack", "adaptive_filter",
+           "neighbour_similarity", "prime_factors", "spatial_kernel", "spatial_log_kernel"]
 
 
 def prime_factors(n: int) -> List[int]:
@@ -77,12 +78,26 @@ def adaptive_filter(source: torch.Tensor, kernel: torch.Tensor, radius: int) -> 
     return out
 
 
-def spatial_kernel(sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """Gaussian exp(-(x^2+y^2) / (2 sigma^2)) on a linspace(-1, 1, k)^2 grid: (1, k*k, 1, 1), unnormalised."""
+def spatial_log_kernel(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """-(x^2+y^2) / (2 sigma^2) on a linspace(-1, 1, k)^2 grid: (1, k*k, 1, 1)."""
     k = 2 * radius + 1
     t = torch.linspace(-1.0, 1.0, k, device=sigma.device, dtype=sigma.dtype)
     yy, xx = torch.meshgrid(t, t, indexing="ij")
-    return torch.exp(-(xx.square() + yy.square()) / (2 * sigma.square())).reshape(1, k * k, 1, 1)
+    return (-(xx.square() + yy.square()) / (2 * sigma.square())).reshape(1, k * k, 1, 1)
+
+
+def spatial_kernel(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Gaussian exp(-(x^2+y^2) / (2 sigma^2)) on a linspace(-1, 1, k)^2 grid: (1, k*k, 1, 1), unnormalised."""
+    return torch.exp(spatial_log_kernel(sigma, radius))
+
+
+def neighbour_similarity(key: torch.Tensor, radius: int) -> torch.Tensor:
+    """key (B, K, H, W) -> (B, k*k, H, W): <key(centre), key(neighbour i*k + j)> (reflect-padded),
+    computed offset by offset so no (B, K, k*k, H, W) tensor is built."""
+    k = 2 * radius + 1
+    h, w = key.shape[-2:]
+    padded = pad2d(key, radius)
+    return torch.stack([(key * padded[:, :, i:i + h, j:j + w]).sum(1) for i in range(k) for j in range(k)], dim=1)
 
 
 class JBULayer(nn.Module):
@@ -112,12 +127,7 @@ class JBULayer(nn.Module):
     def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
         """guidance (B,3,H,W) -> softmax over the k*k neighbours of temperature * <key(centre), key(nb)>:
         (B, k*k, H, W). Computed offset by offset so no (B, 32, k*k, H, W) tensor is built."""
-        r, k = self.radius, 2 * self.radius + 1
-        key = self.range_proj(guidance)
-        h, w = key.shape[-2:]
-        padded = pad2d(key, r)
-        logits = torch.stack([(key * padded[:, :, i:i + h, j:j + w]).sum(1)
-                              for i in range(k) for j in range(k)], dim=1)
+        logits = neighbour_similarity(self.range_proj(guidance), self.radius)
         temp = torch.exp(self.range_temp).clamp(1e-4, 1e4)
         return torch.softmax(logits * temp, dim=1)
 
@@ -218,3 +228,71 @@ class JBUUpsampler(_JBUStackMixin, Upsampler):
                 f"{source} is a JBU stack of {n_file} layers for D={d_file}; this one (factor {self.factor}, "
                 f"{self.spec.arch}) has {n_own} layers for D={self.embed_dim}")
         return sd
+
+
+# -- FeatSharp's variant (its low-resolution path) ---------------------------------------------------
+class FeatSharpJBULayer(nn.Module):
+    """FeatSharp's JBU step by ``scale``: ``forward(source (B,D,h,w), guidance (B,3,s*h,s*w))
+    -> (B, D, s*h, s*w)``; the guidance arrives at the output size (:class:`FeatSharpJBUStack`
+    pools it per level).
+
+    Against :class:`JBULayer`: the source is upsampled bilinearly, there are no fixup convs and
+    no dropout in the range projector (keys ``range_proj.{0,2}``), and two learned exponents
+    weigh the range and spatial kernels, ``normalise(range^range_alpha * spatial^spatial_alpha)``
+    (computed as a softmax of log-kernels); both start at 1, FeatUp's normalised product.
+    Keys as released: ``range_temp``, ``sigma_spatial``, ``range_alpha``, ``spatial_alpha``,
+    ``range_proj.{0,2}``: 1,188 parameters whatever ``dim`` is.
+    """
+
+    def __init__(self, dim: int, scale: int = 2, radius: int = 3, key_dim: int = 32, guidance_dim: int = 3):
+        super().__init__()
+        if int(scale) != scale or scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        self.dim, self.scale, self.radius = int(dim), int(scale), int(radius)
+        self.range_temp = nn.Parameter(torch.zeros(()))
+        self.sigma_spatial = nn.Parameter(torch.ones(()))
+        self.range_alpha = nn.Parameter(torch.ones(()))
+        self.spatial_alpha = nn.Parameter(torch.ones(()))
+        self.range_proj = nn.Sequential(nn.Conv2d(guidance_dim, key_dim, 1), nn.GELU(), nn.Conv2d(key_dim, key_dim, 1))
+
+    def kernel(self, guidance: torch.Tensor) -> torch.Tensor:
+        """The per-pixel filter (B, k*k, H, W), summing to 1, for guidance (B, 3, H, W)."""
+        temp = torch.exp(self.range_temp).clamp(1e-4, 1e4)
+        log_range = torch.log_softmax(neighbour_similarity(self.range_proj(guidance), self.radius) * temp, dim=1)
+        log_spatial = spatial_log_kernel(self.sigma_spatial, self.radius)
+        return torch.softmax(self.range_alpha * log_range + self.spatial_alpha * log_spatial, dim=1)
+
+    def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        if source.shape[1] != self.dim:
+            raise ValueError(f"FeatSharpJBULayer built for {self.dim} channels, got a source {tuple(source.shape)}")
+        size = (source.shape[-2] * self.scale, source.shape[-1] * self.scale)
+        if tuple(guidance.shape[-2:]) != size:
+            raise ValueError(f"guidance {tuple(guidance.shape)} must be at the output size {size}")
+        up = F.interpolate(source, size=size, mode="bilinear", align_corners=False)
+        return adaptive_filter(up, self.kernel(guidance.to(source.dtype)), self.radius)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, scale={self.scale}, radius={self.radius}"
+
+
+class FeatSharpJBUStack(nn.Module):
+    """FeatSharp's JBU by any integer ``factor >= 2``:
+    ``(source (B,D,h,w), guidance (B,3,f*h,f*w)) -> (B,D,f*h,f*w)``, one
+    :class:`FeatSharpJBULayer` per prime factor (``ups.0``, ``ups.1``, ...), each guided by
+    ``guidance`` (the image already resized to the output grid) average-pooled to its size."""
+
+    def __init__(self, dim: int, factor: int = 2):
+        super().__init__()
+        self.dim, self.factor = int(dim), int(factor)
+        self.primes = prime_factors(factor)
+        self.ups = nn.ModuleList(FeatSharpJBULayer(dim, p) for p in self.primes)
+
+    def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        x = source
+        for layer in self.ups:
+            size = (x.shape[-2] * layer.scale, x.shape[-1] * layer.scale)
+            x = layer(x, F.adaptive_avg_pool2d(guidance, size))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, factor={self.factor}, primes={self.primes}"
