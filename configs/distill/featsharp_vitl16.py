@@ -1,3 +1,3 @@
-# FeatSharp (2x) for DINOv3 vitl16: multi-view consistency, NAdam 5e-4, 3000 steps
-_base_ = ['./_base_/methods/multiview.py']
+# FeatSharp (2x) for DINOv3 vitl16, the authors' recipe: python tools/distill.py configs/distill/featsharp_vitl16.py --data-root DIR --weights FILE
+_base_ = ['./_base_/methods/featsharp.py']
 model = dict(backbone=dict(arch='vitl16'))
