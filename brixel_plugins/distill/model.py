@@ -12,7 +12,7 @@ enlargement of the student's last layer, both scored by the objective's ``val_lo
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
