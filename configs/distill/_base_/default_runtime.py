@@ -15,7 +15,8 @@ log_processor = dict(type='UnsmoothedValLogProcessor', by_epoch=False, window_si
 log_level = 'INFO'
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=20),  # progress, ETA, losses, lr
+    # progress, ETA, losses, lr; validation scalars at the iteration they were measured (not the epoch)
+    logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     # new checkpoint first, then the last_checkpoint pointer, then deletions; never NaN weights
     checkpoint=dict(
