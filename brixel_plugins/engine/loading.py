@@ -49,6 +49,13 @@ def checkpoint_globals(path: str) -> List[str]:
     return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
 
 
+def is_zip_checkpoint(path: str) -> bool:
+    """torch.save's format since 1.6 (a zip archive); older files are one pickle stream, which
+    torch.load still reads but which cannot be inspected without loading."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def _untrusted(names: List[str]) -> List[str]:
     return [n for n in names if n not in _TRUSTED and not n.startswith(_TRUSTED_PREFIXES)]
 
@@ -63,6 +70,8 @@ def unloadable_reason(path: str) -> Optional[str]:
     size = os.path.getsize(path)
     if size == 0:
         return "empty file (0 bytes)"
+    if not is_zip_checkpoint(path):
+        return None  # the legacy format: torch.load (weights_only) is the check
     try:
         names = checkpoint_globals(path)
     except Exception as e:  # torch raises several types for bad bytes
@@ -79,7 +88,7 @@ def unloadable_reason(path: str) -> Optional[str]:
 def trusted_checkpoint_globals(path: Optional[str]) -> Iterator[None]:
     """Allow the globals mmengine's checkpoints need while ``path`` is loaded, or refuse it.
     Paths that are not local files (URLs, ``open-mmlab://``) load with torch's defaults."""
-    names = checkpoint_globals(path) if path and os.path.isfile(path) else []
+    names = checkpoint_globals(path) if path and os.path.isfile(path) and is_zip_checkpoint(path) else []
     bad = _untrusted(names)
     if bad:
         raise CheckpointError(
