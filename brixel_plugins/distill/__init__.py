@@ -3,7 +3,9 @@
 Importing this package registers everything configs name under ``default_scope='brixel_plugins'``.
 """
 from . import registry  # noqa: F401  (first: the registries)
+from . import components  # noqa: F401  (the recipes' registered building blocks)
 from . import data, hooks, losses, metrics, model, objectives, runner  # noqa: F401
+from . import optim  # noqa: F401  (parameter groups, clipping schedules)
 from .data import ImageFolderDataset, ResumableSampler
 from .hooks import ExportUpsamplerHook, PhiSStatsHook
 from .objectives import BrixelObjective, DistillObjective, LiftObjective, MultiViewObjective

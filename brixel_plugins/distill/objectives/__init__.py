@@ -4,5 +4,8 @@ from .base import DistillObjective
 from .brixel import BrixelObjective
 from .lift import LiftObjective
 from .multiview import HomographyJitter, MultiViewObjective
+from .featsharp import FeatSharpObjective
+from .featup import FeatUpObjective
 
-__all__ = ["DistillObjective", "BrixelObjective", "LiftObjective", "MultiViewObjective", "HomographyJitter"]
+__all__ = ["DistillObjective", "BrixelObjective", "LiftObjective", "MultiViewObjective", "HomographyJitter",
+           "FeatSharpObjective", "FeatUpObjective"]

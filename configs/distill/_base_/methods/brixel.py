@@ -16,8 +16,10 @@ model = dict(
     teacher_size=1024,
     student_size=256)
 
-train_dataloader = dict(batch_size=16, dataset=dict(size=1024))
-val_dataloader = dict(dataset=dict(size=1024))
+# the release's data policy: each side < 1024 black-padded to 1024 on its own, resized to cover
+# 1024 (never enlarged), centre-cropped
+train_dataloader = dict(batch_size=16, dataset=dict(size=1024, crop=dict(_delete_=True, type='BrixelReleaseCanvas')))
+val_dataloader = dict(dataset=dict(size=1024, crop=dict(_delete_=True, type='BrixelReleaseCanvas')))
 
 optim_wrapper = dict(type='OptimWrapper', constructor='DistillOptimWrapperConstructor',
                      optimizer=dict(type='Adam', lr=1e-4, weight_decay=0.0))
