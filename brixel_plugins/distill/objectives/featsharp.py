@@ -101,7 +101,10 @@ class FeatSharpObjective(DistillObjective):
     def view_loss(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
                   seam: torch.Tensor) -> torch.Tensor:
         """pred, target (B, C, h, w); valid, seam (B, 1, h, w) -> the weighted loss of one view."""
-        err = (pred - target.detach()).square().mean(1, keepdim=True)
+        # the target is not detached: it carries the upsampler's learned correction (FeatSharp's
+        # de-bias map), which learns from the targets (the backbone's fixed pattern does not move
+        # with the views, so only a correction of the targets can explain it away)
+        err = (pred - target).square().mean(1, keepdim=True)
         if self.uncertainty is not None:
             s = self.uncertainty.log_variance(target.detach())
             err = torch.exp(-s) * err + s / 2
