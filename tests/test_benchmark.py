@@ -1,4 +1,4 @@
-"""Benchmark: FLOP counting against hand counts, memory measurement, and a tiny CLI run."""
+"""Benchmark: FLOP counting against hand counts, memory measurement, rows and overheads, and a tiny CLI run."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brixel_plugins.benchmark import (BenchConfig, MethodSpec, PeakMemory, check_methods, count_flops,
-                                      measure_row, parse_method, parse_methods)
+                                      measure_backbone_row, measure_row, parse_method, parse_methods)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--backbone-overrides", "depth=4,embed_dim=64,num_heads=2"]
@@ -70,6 +70,16 @@ def test_row_counts_backbone_passes_and_params(tiny_backbone):
     assert hi["backbone_gflops"] > 0.9 * hi["gflops"]  # highres is all backbone
     assert lift["upsampler_gflops"] > 0 and lift["backbone_gflops"] < hi["backbone_gflops"] / 4
     assert lift["latency_ms"] > 0 and lift["iqr_ms"] >= 0
+    floor = measure_backbone_row(32, 8, cfg, tiny_backbone)  # DINOv3 alone: all of it is backbone
+    assert (floor["method"], floor["trainable_params"], floor["backbone_px"]) == ("backbone", 0, "1x32")
+    assert floor["gflops"] == floor["backbone_gflops"] == pytest.approx(lift["backbone_gflops"], rel=0.01)
+
+
+def test_lean_brixel_costs_less_than_the_release(tiny_backbone):
+    cfg = BenchConfig(warmup=0, runs=1)
+    release, lean = (measure_row(MethodSpec(m), 8, cfg, tiny_backbone) for m in ("brixel", "brixel_lean"))
+    assert lean["trainable_params"] < release["trainable_params"]
+    assert lean["upsampler_gflops"] < 0.5 * release["upsampler_gflops"]
 
 
 def test_cli_tiny_sweep(tmp_path):
@@ -81,15 +91,21 @@ def test_cli_tiny_sweep(tmp_path):
     assert "| highres | 4 | 32 | 1x128 |" in r.stdout and "| lift | 4 | 32 | 1x32 |" in r.stdout
     rows = list(csv.DictReader(open(out / "benchmark.csv")))
     assert [(x["method"], x["target"]) for x in rows] == [
-        ("highres", "4"), ("bilinear", "4"), ("lift", "4"), ("highres", "8"), ("bilinear", "8"), ("lift", "8")]
+        (m, t) for t in ("4", "8") for m in ("highres", "backbone", "bilinear", "lift")]
     by = {(x["method"], int(x["target"])): x for x in rows}
     for t in (4, 8):
-        hi, bil, lift = (by[(m, t)] for m in ("highres", "bilinear", "lift"))
-        assert float(hi["gflops"]) > float(lift["gflops"]) > float(bil["gflops"]) > 0
+        hi, bb, bil, lift = (by[(m, t)] for m in ("highres", "backbone", "bilinear", "lift"))
+        assert float(hi["gflops"]) > float(lift["gflops"]) > float(bil["gflops"]) >= float(bb["gflops"]) > 0
         assert float(hi["flop_ratio"]) == 1.0 and float(bil["flop_ratio"]) > 1.0
-        assert int(hi["input_px"]) == int(bil["input_px"]) == t * 4
+        assert int(hi["input_px"]) == int(bb["input_px"]) == int(bil["input_px"]) == t * 4
+        # overhead over DINOv3 alone at the same input: (row / backbone - 1) in percent
+        assert float(bb["flop_overhead_pct"]) == 0 and float(bb["latency_overhead_pct"]) == 0
+        assert 0 <= float(bil["flop_overhead_pct"]) < 5  # a bilinear resize costs next to nothing
+        want = 100 * (float(lift["gflops"]) / float(bb["gflops"]) - 1)
+        assert float(lift["flop_overhead_pct"]) == pytest.approx(want, rel=1e-4) and want > 100
+        assert float(hi["flop_overhead_pct"]) > float(lift["flop_overhead_pct"])
     # highres grows ~x16 for 2x the side (attention); the low-res backbone grows less
     assert float(by[("highres", 8)]["gflops"]) / float(by[("highres", 4)]["gflops"]) > \
         float(by[("bilinear", 8)]["gflops"]) / float(by[("bilinear", 4)]["gflops"])
     assert (out / "benchmark_sweep.png").stat().st_size > 1000
-    assert (out / "benchmark.md").read_text().count("\n") == 5  # header, rule, 3 rows
+    assert (out / "benchmark.md").read_text().count("\n") == 6  # header, rule, 4 rows

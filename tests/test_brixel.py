@@ -13,7 +13,8 @@ from brixel_plugins.featurizer import DenseFeaturizer
 from brixel_plugins.io import load_upsampler, save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
 from brixel_plugins.io import convert_release
-from brixel_plugins.upsamplers.brixel import Brixel, default_taps, release_only_shapes
+from brixel_plugins.upsamplers.brixel import Brixel, default_taps, reference_points, release_only_shapes
+from brixel_plugins.upsamplers.brixel_lean import BrixelLean
 
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 SPECS = {
@@ -263,3 +264,70 @@ def test_release_checkpoint_refusals(tmp_path, tiny_spec, model):
         Brixel(tiny_spec).load_release_state_dict({**release_layout(model), **model.state_dict()})
     with pytest.raises(WeightFileError, match="not a BRIXEL checkpoint"):
         Brixel(tiny_spec).load_release_state_dict({"head.mix.weight": torch.zeros(64, 16, 3, 3)})
+
+
+# -- BRIXEL-lean -------------------------------------------------------------------------------
+def make_lean(spec, seed=0, **kw) -> BrixelLean:
+    torch.manual_seed(seed)
+    model = BrixelLean(spec, **kw)
+    with torch.no_grad():  # a trained-looking model (out_conv starts at zero with zero_start)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def lean_reference(m: BrixelLean, image, layers):
+    """The lean data flow written plainly (NCHW maps, conv-style out_conv, then the enlarged base
+    added): the fused channels-last forward must compute exactly this."""
+    taps = [layers[i] for i in m.layer_indices]
+    h, w = taps[-1].shape[-2:]
+    s1 = m.stem(image)
+    q = m.query_in(m.down(s1)).flatten(2).transpose(1, 2) + m.level_embed
+    ref = reference_points([(2 * h, 2 * w)], image.device)
+    for proj, extractor, tap in zip(m.tap_proj, m.extractors, taps):
+        q = extractor(q, ref, proj(tap.flatten(2).transpose(1, 2)), (h, w), [(2 * h, 2 * w)])
+    c2 = m.query_out(q).transpose(1, 2).reshape(q.shape[0], -1, 2 * h, 2 * w)
+    x = m.fuse_norm(s1 + F.interpolate(c2, size=(4 * h, 4 * w), mode="bilinear", align_corners=False))
+    detail = m.out_conv(m.head_norm(m.trunk(x)))
+    return F.interpolate(taps[-1], size=(4 * h, 4 * w), mode="bilinear", align_corners=False) + detail
+
+
+def test_lean_registered_shapes_and_plain_reference(tiny_backbone, tiny_spec):
+    up = build_upsampler(dict(type="brixel_lean"), tiny_spec)
+    assert isinstance(up, BrixelLean) and up.factor == 4 and up.needs_image
+    assert up.layer_indices == Brixel(tiny_spec).layer_indices
+    with pytest.raises(ValueError, match="exactly 4"):
+        BrixelLean(tiny_spec, factor=2)
+    with pytest.raises(ValueError, match="2 \\* n_heads"):
+        BrixelLean(tiny_spec, query_dim=40)
+    m = make_lean(tiny_spec)
+    for batch, hw in [(2, (48, 80)), (1, (16, 16)), (1, (32, 16))]:
+        x = torch.randn(batch, 3, *hw)
+        layers = tiny_backbone.layers(x, m.layer_indices)
+        with torch.no_grad():
+            y = m(x, layers)
+            torch.testing.assert_close(y, lean_reference(m, x, layers), rtol=1e-5, atol=1e-5)
+        assert y.shape == (batch, 64, hw[0] // 4, hw[1] // 4)
+
+
+def test_lean_zero_start_is_bilinear_and_bf16_runs(tiny_backbone, tiny_spec, photo):
+    m = BrixelLean(tiny_spec, zero_start=True).eval()
+    layers = tiny_backbone.layers(photo, m.layer_indices)
+    with torch.no_grad():
+        y = m(photo, layers)
+        want = F.interpolate(layers[m.layer_indices[-1]], size=(16, 24), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(y, want, rtol=0, atol=1e-6)
+        trained = make_lean(tiny_spec)
+        ref = trained(photo, layers)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = trained(photo, layers)
+    assert torch.isfinite(out.float()).all() and (out.float() - ref).norm() / ref.norm() < 0.05
+
+
+@pytest.mark.parametrize("arch", list(SPECS))
+def test_lean_parameter_counts(arch):
+    """Queries of width D/2: 4 tap projections D -> D/2 (2 D^2) + 4 extractors (1.5 D^2) + ..."""
+    with torch.device("meta"):
+        m = BrixelLean(SPECS[arch])
+    d = SPECS[arch].embed_dim
+    assert sum(p.numel() for p in m.parameters()) == 3.5 * d * d + 378.5 * d + 128_864

@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Cost of a dense DINOv3 feature map: high-resolution backbone vs low resolution + upsampler.
 
-Prints a Markdown table for ``--target`` (tokens per side), writes ``benchmark.csv`` (every
-size of the sweep) and ``benchmark_sweep.png`` to ``--out-dir``. See
-``brixel_plugins/benchmark.py`` for what is counted and how (FLOP convention: 2 per multiply-add).
+Prints a Markdown table for ``--target`` (tokens per side): ``highres`` (DINOv3 on the enlarged
+image), ``backbone`` (DINOv3 alone at the low resolution) and every method, with each row's
+overhead over the backbone alone in percent (FLOPs and latency); writes ``benchmark.csv`` (every
+size of the sweep) and ``benchmark_sweep.png`` to ``--out-dir``. The ``brixel_plugins.benchmark``
+package documents what is counted and how (FLOP convention: 2 per multiply-add).
 
 Examples:
     python tools/benchmark.py --arch vits16 --weights dinov3_vits16_pretrain_lvd1689m-08c60483.pth
-    python tools/benchmark.py --device cuda --dtype bf16 --runs 50 --sizes 16,32,48,64
+    python tools/benchmark.py --device cuda --dtype bf16 --runs 50 --methods brixel,brixel_lean
+    python tools/benchmark.py --methods brixel,brixel_lean --threads 1 --runs 20   # steadier on a busy CPU
     python tools/benchmark.py --methods bilinear,lift --target 8 --sizes 4,8 \\
         --backbone-overrides depth=4,embed_dim=64,num_heads=2 --runs 1 --warmup 0 --out-dir /tmp/b
 """
@@ -17,11 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
-
-from brixel_plugins.cli import non_negative_int, positive_int, positive_int_list, torch_device  # noqa: E402
-from brixel_plugins.benchmark import (DEFAULT_METHODS, BenchConfig, markdown_table, parse_kv,  # noqa: E402
-                                      parse_methods, plot_sweep, run_benchmark, write_csv)
+from brixel_plugins.benchmark import (DEFAULT_METHODS, BenchConfig, markdown_table, parse_kv, parse_methods,
+                                      plot_sweep, run_benchmark, write_csv)
+from brixel_plugins.cli import non_negative_int, positive_int, positive_int_list, torch_device
 
 
 def main(argv=None) -> int:
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs (the first one counts FLOPs)")
     p.add_argument("--runs", type=positive_int, default=10, help="timed runs per row")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for torch (default: torch's choice); 1 gives steadier timings on a busy machine")
     p.add_argument("--isolate", action="store_true",
                    help="measure every row in a fresh process (honest CPU peak memory; slower)")
     p.add_argument("--backbone-overrides", default="",
@@ -52,6 +55,10 @@ def main(argv=None) -> int:
     p.add_argument("--skip-missing", action="store_true",
                    help="drop methods that are not registered (with a note) instead of failing")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     methods = parse_methods(args.methods)
     if args.skip_missing:
@@ -81,7 +88,8 @@ def main(argv=None) -> int:
     print(f"DINOv3 {rows[0]['arch']}, {args.target}x{args.target} tokens, {cfg.device}, {cfg.dtype}, "
           f"batch {cfg.batch_size}, {cfg.runs} runs after {cfg.warmup} warm-ups\n")
     print(table)
-    print(f"\nGFLOPs count a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2); peak memory: {rows[0]['mem_method']}")
+    print(f"\nGFLOPs count a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2); 'over backbone' = the row / DINOv3 "
+          f"alone at the same input size - 1; peak memory: {rows[0]['mem_method']}")
     print(f"csv: {csv_path}")
     if len(sizes) > 1:
         print(f"plot: {plot_sweep(rows, out / 'benchmark_sweep.png')}")

@@ -4,5 +4,5 @@ from . import interpolate  # noqa: F401  bilinear, bicubic, highres
 
 __all__ = ["UPSAMPLERS", "Upsampler", "build_upsampler", "list_upsamplers", "register_upsampler"]
 from . import lift  # noqa: F401
-from . import brixel  # noqa: F401
+from . import brixel, brixel_lean  # noqa: F401
 from . import jbu, featsharp  # noqa: F401

@@ -143,6 +143,8 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
+        if len(shapes) == 1:  # one level: no split and concatenation (copies)
+            return to_tokens(self.dwconv(to_map(x, shapes[0])))
         parts = x.split([h * w for h, w in shapes], dim=1)
         return torch.cat([to_tokens(self.dwconv(to_map(p, hw))) for p, hw in zip(parts, shapes)], 1)
 

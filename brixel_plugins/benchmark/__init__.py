@@ -1,0 +1,25 @@
+"""Cost of a dense DINOv3 map: the backbone at high resolution vs low resolution + an upsampler.
+
+The package, one module per job (the way mmengine's analysis package is split):
+
+- :mod:`.methods`: what a row measures (registry names with options, weight files) and building it
+- :mod:`.flops`: FLOP counting with ``torch.utils.flop_counter`` (conventions in its docstring)
+- :mod:`.memory`: peak memory on CUDA and CPU
+- :mod:`.runner`: measuring rows (``highres``, ``backbone`` alone, each method) and their ratios
+- :mod:`.output`: CSV, Markdown table, sweep plot
+
+``tools/benchmark.py`` is the command line; docs/benchmark.md has measured tables and how our
+FLOP counts compare with the published ones.
+"""
+from .flops import EXTRA_FLOPS, FlopCount, count_flops
+from .memory import PeakMemory, module_bytes
+from .methods import (DEFAULT_METHODS, MethodSpec, build_method, check_methods, parse_kv, parse_method,
+                      parse_methods, prepare_upsampler)
+from .output import CSV_FIELDS, markdown_table, plot_sweep, write_csv
+from .runner import (BACKBONE, REFERENCE, BenchConfig, add_ratios, build_backbone, measure_backbone_row,
+                     measure_row, run_benchmark)
+
+__all__ = ["EXTRA_FLOPS", "FlopCount", "count_flops", "PeakMemory", "module_bytes", "DEFAULT_METHODS", "MethodSpec",
+           "build_method", "check_methods", "parse_kv", "parse_method", "parse_methods", "prepare_upsampler",
+           "CSV_FIELDS", "markdown_table", "plot_sweep", "write_csv", "BACKBONE", "REFERENCE", "BenchConfig",
+           "add_ratios", "build_backbone", "measure_backbone_row", "measure_row", "run_benchmark"]

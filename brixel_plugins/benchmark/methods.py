@@ -1,0 +1,107 @@
+"""What a benchmark row measures: a registered upsampler with options, or a weight file.
+
+``lift``, ``lift:factor=2`` (options as Python literals) or ``path/to/upsampler.safetensors``.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..upsamplers import Upsampler, build_upsampler, list_upsamplers
+
+DEFAULT_METHODS = ("bilinear", "jbu", "lift", "featsharp", "brixel", "brixel_lean")
+
+
+@dataclass
+class MethodSpec:
+    """A method by registry name with constructor options (``lift:factor=4``), or a weight file."""
+
+    name: str
+    options: Dict[str, Any] = field(default_factory=dict)
+    path: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        if self.path:
+            return Path(self.path).name
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name}({opts})" if opts else self.name
+
+
+def _value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_kv(text: str, sep: str = ",") -> Dict[str, Any]:
+    """``"depth=4,embed_dim=64"`` -> ``{"depth": 4, "embed_dim": 64}`` (values as Python literals)."""
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(sep))):
+        if "=" not in item:
+            raise ValueError(f"expected key=value, got {item!r} in {text!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _value(v.strip())
+    return out
+
+
+def parse_method(text: str) -> MethodSpec:
+    """``name``, ``name:key=value:key=value`` or a path to an upsampler ``.safetensors`` file."""
+    text = text.strip()
+    if text.endswith(".safetensors") or Path(text).is_file():
+        return MethodSpec(name="file", path=text)
+    name, *opts = text.split(":")
+    return MethodSpec(name=name.strip(), options=parse_kv(":".join(opts), sep=":"))
+
+
+def parse_methods(text: str) -> List[MethodSpec]:
+    return [parse_method(t) for t in text.split(",") if t.strip()]
+
+
+def check_methods(methods: Sequence[MethodSpec]) -> None:
+    """Fail before any timing if a method is not registered or a weight file is missing."""
+    for m in methods:
+        if m.path is not None:
+            if not Path(m.path).is_file():
+                raise FileNotFoundError(f"upsampler weight file not found: {m.path}")
+        elif m.name not in list_upsamplers():
+            raise KeyError(f"method {m.name!r} is not a registered upsampler; registered: "
+                           f"{', '.join(list_upsamplers())} (or give an upsampler .safetensors file)")
+
+
+def build_method(method: MethodSpec, spec, factor: int) -> Upsampler:
+    """Build the upsampler of ``method`` at ``factor`` for backbone ``spec``.
+
+    A method whose constructor takes no ``factor`` (fixed-factor models) is built as is and
+    used at its own factor; a weight file is used at the factor it was saved with.
+    """
+    from ..io import load_upsampler
+
+    if method.path is not None:
+        return load_upsampler(method.path, spec)
+    opts = dict(method.options)
+    opts.setdefault("factor", factor)
+    try:
+        return build_upsampler({"type": method.name, **opts}, spec)
+    except (TypeError, ValueError) as e:
+        if "factor" not in str(e) or "factor" in method.options:
+            raise
+        opts.pop("factor")  # a fixed-factor method (BRIXEL: 4) at its own factor
+        return build_upsampler({"type": method.name, **opts}, spec)
+
+
+@torch.no_grad()
+def prepare_upsampler(up: Upsampler, backbone, image: torch.Tensor) -> None:
+    """Give an untrained upsampler the data statistics it must have before it runs.
+
+    FeatSharp's PHI-S normaliser refuses to run unfitted; a freshly built one is fitted on the
+    backbone's features of ``image`` (B,3,H,W). Cost does not depend on the values.
+    """
+    if not up.calibrated:
+        up.calibrate(backbone.last_layer(image))
+        up.finish_calibration()

@@ -1,0 +1,256 @@
+"""Measuring rows: one method producing a ``target x target`` token map from one image.
+
+Every row produces that map from the same low-resolution image (``target / factor * 16`` px):
+
+- ``highres``: DINOv3 on the image enlarged ``factor`` times (1024 px for 64x64): the reference.
+- ``backbone``: DINOv3 alone at the low resolution (its ``target / factor`` map): the floor.
+- every other method: DINOv3 at the low resolution (the layers the method reads) + the
+  upsampler at the factor that reaches the target (FeatSharp runs 1 + factor^2 backbone
+  passes itself; the ``backbone_px`` column shows them).
+
+Per row: parameters, FLOPs (:mod:`.flops`), latency (median and inter-quartile range of
+``runs`` timed runs after ``warmup`` untimed ones), peak memory (:mod:`.memory`); then
+:func:`add_ratios` relates each row to ``highres`` (FLOP ratio, speed-up) and to ``backbone``
+(the overhead in percent: what the upsampler adds to the backbone it serves).
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..upsamplers import Upsampler
+from .flops import FlopCount, count_flops
+from .memory import PeakMemory, module_bytes
+from .methods import MethodSpec, build_method, check_methods, prepare_upsampler
+
+REFERENCE = "highres"
+BACKBONE = "backbone"
+
+
+@dataclass
+class BenchConfig:
+    arch: str = "vits16"
+    weights: Optional[str] = None
+    backbone_overrides: Dict[str, Any] = field(default_factory=dict)
+    factor: int = 4
+    device: str = "cpu"
+    dtype: str = "fp32"
+    batch_size: int = 1
+    warmup: int = 2
+    runs: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
+        if self.runs < 1 or self.warmup < 0 or self.batch_size < 1:
+            raise ValueError("need runs >= 1, warmup >= 0, batch_size >= 1")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast around a whole forward (backbone and upsampler), else nothing."""
+        dev = torch.device(self.device).type
+        if self.dtype == "bf16" and dev in ("cpu", "cuda"):
+            return torch.autocast(dev, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def build_backbone(cfg: BenchConfig):
+    from ..backbones import FrozenDINOv3
+
+    dev = torch.device(cfg.device)
+    amp = "bf16" if cfg.dtype == "bf16" and dev.type == "cuda" else None
+    with warnings.catch_warnings():
+        if cfg.weights is None:  # random init is fine for timing; the CLI says so once
+            warnings.simplefilter("ignore", UserWarning)
+        # Weights do not change the cost; the meta device cannot hold them anyway.
+        weights = None if dev.type == "meta" else cfg.weights
+        return FrozenDINOv3(cfg.arch, weights, device=dev, autocast=amp, **cfg.backbone_overrides)
+
+
+class _PassCounter:
+    """Counts images (and their sizes) entering the backbone's patch embedding."""
+
+    def __init__(self, backbone):
+        self.sizes: Counter = Counter()
+        self.handle = backbone.model.patch_embed.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        x = args[0]
+        self.sizes[tuple(x.shape[-2:])] += x.shape[0]
+
+    def describe(self, batch: int) -> Tuple[float, str]:
+        total = sum(self.sizes.values()) / batch
+        text = " + ".join(f"{n // batch}x{h}" + (f"x{w}" if w != h else "") for (h, w), n in sorted(self.sizes.items()))
+        return total, text
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+@dataclass
+class _Measured:
+    out: torch.Tensor
+    flops: FlopCount
+    passes: float
+    backbone_px: str
+    times: List[float]
+    memory: PeakMemory
+
+
+def _measure(forward: Callable[[], torch.Tensor], backbone, cfg: BenchConfig, resident_bytes: int) -> _Measured:
+    """Count FLOPs and backbone passes on one call (also the first warm-up), then time ``runs`` calls."""
+    dev = torch.device(cfg.device)
+    counter = _PassCounter(backbone)
+    try:
+        out, flops = count_flops(forward)
+    finally:
+        counter.handle.remove()
+    passes, pass_text = counter.describe(cfg.batch_size)
+    times, mem = [float("nan")], PeakMemory(dev)
+    if dev.type != "meta":  # the meta device counts FLOPs only (seconds even for ViT-H+ at 1024 px)
+        for _ in range(max(cfg.warmup - 1, 0)):
+            forward()
+        times = []
+        with PeakMemory(dev, resident_bytes) as mem:
+            for _ in range(cfg.runs):
+                _sync(dev)
+                t0 = time.perf_counter()
+                forward()
+                _sync(dev)
+                times.append(time.perf_counter() - t0)
+    return _Measured(out, flops, passes, pass_text, times, mem)
+
+
+def _row(label: str, m: _Measured, cfg: BenchConfig, backbone, factor: int, px: int, target: int,
+         trainable: int, backbone_flops: int) -> Dict[str, Any]:
+    q = statistics.quantiles(m.times, n=4, method="inclusive") if len(m.times) > 1 else [m.times[0]] * 3
+    per_img = 1.0 / cfg.batch_size
+    return {
+        "method": label, "target": target, "factor": factor, "input_px": px,
+        "backbone_passes": m.passes, "backbone_px": m.backbone_px,
+        "trainable_params": trainable, "frozen_params": sum(p.numel() for p in backbone.parameters()),
+        "gflops": m.flops.total * per_img / 1e9, "gmacs": m.flops.total * per_img / 2e9,
+        "backbone_gflops": backbone_flops * per_img / 1e9,
+        "upsampler_gflops": (m.flops.total - backbone_flops) * per_img / 1e9,
+        "latency_ms": statistics.median(m.times) * 1e3, "iqr_ms": (q[2] - q[0]) * 1e3,
+        "min_ms": min(m.times) * 1e3, "max_ms": max(m.times) * 1e3, "runs": cfg.runs,
+        "peak_mib": m.memory.peak_bytes / 2 ** 20, "mem_method": m.memory.method,
+        "batch_size": cfg.batch_size, "device": str(torch.device(cfg.device)), "dtype": cfg.dtype,
+        "arch": backbone.spec.arch,
+    }
+
+
+def _image(cfg: BenchConfig, px: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(cfg.seed)  # content does not change the cost
+    return torch.randn(cfg.batch_size, 3, px, px, generator=gen).to(cfg.device)
+
+
+def measure_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone=None) -> Dict[str, Any]:
+    """One method producing a ``target x target`` token map; returns a flat row dict."""
+    from ..featurizer import DenseFeaturizer
+
+    dev = torch.device(cfg.device)
+    backbone = backbone if backbone is not None else build_backbone(cfg)
+    up = build_method(method, backbone.spec, cfg.factor).to(dev).eval()
+    f = up.factor
+    if target % f:
+        raise ValueError(f"{method.label}: target {target} tokens is not a multiple of its factor {f}")
+    px = target // f * backbone.patch_size
+    model = DenseFeaturizer(backbone, up).eval()
+    image = _image(cfg, px)
+    if dev.type != "meta":
+        prepare_upsampler(up, backbone, image)
+    elif type(up).calibrated is not Upsampler.calibrated:
+        raise ValueError(f"{method.label} fits statistics from data before it runs (PHI-S), which the meta "
+                         f"device cannot do: count its FLOPs with --device cpu")
+
+    def forward():
+        with torch.no_grad(), cfg.autocast():
+            return model(image)
+
+    m = _measure(forward, backbone, cfg, module_bytes(model))
+    if tuple(m.out.shape[-2:]) != (target, target):
+        raise RuntimeError(f"{method.label} returned {tuple(m.out.shape)}, expected a {target}x{target} map")
+    label = method.label if method.path is None else f"{up.method}:{method.label}"
+    return _row(label, m, cfg, backbone, f, px, target, sum(p.numel() for p in up.parameters()),
+                m.flops.in_backbone())
+
+
+def measure_backbone_row(px: int, target: int, cfg: BenchConfig, backbone=None) -> Dict[str, Any]:
+    """DINOv3 alone on the ``px`` image (its last layer): what every upsampler row adds to."""
+    backbone = backbone if backbone is not None else build_backbone(cfg)
+    image = _image(cfg, px)
+
+    def forward():
+        with torch.no_grad(), cfg.autocast():
+            return backbone.last_layer(image)
+
+    m = _measure(forward, backbone, cfg, module_bytes(backbone))
+    return _row(BACKBONE, m, cfg, backbone, 1, px, target, 0, m.flops.total)  # factor 1: no upsampling
+
+
+def _isolated(args) -> Dict[str, Any]:
+    fn, *rest = args
+    torch.manual_seed(rest[-1].seed)
+    return fn(*rest)
+
+
+def add_ratios(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per target size: ``flop_ratio`` and ``speedup`` (highres / row), and the overhead over the
+    backbone alone at the row's input size, in percent (``flop_overhead_pct``, ``latency_overhead_pct``)."""
+    ref = {r["target"]: r for r in rows if r["method"] == REFERENCE}
+    floor = {(r["target"], r["input_px"]): r for r in rows if r["method"] == BACKBONE}
+    nan = float("nan")
+    for r in rows:
+        h, b = ref.get(r["target"]), floor.get((r["target"], r["input_px"]))
+        r["flop_ratio"] = h["gflops"] / r["gflops"] if h and r["gflops"] else nan
+        r["speedup"] = h["latency_ms"] / r["latency_ms"] if h and r["latency_ms"] else nan
+        r["flop_overhead_pct"] = 100 * (r["gflops"] / b["gflops"] - 1) if b and b["gflops"] else nan
+        r["latency_overhead_pct"] = 100 * (r["latency_ms"] / b["latency_ms"] - 1) if b and b["latency_ms"] else nan
+    return rows
+
+
+def run_benchmark(methods: Sequence[MethodSpec], cfg: BenchConfig, sizes: Iterable[int] = (64,),
+                  isolate: bool = False, log: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+    """Rows for ``highres``, ``backbone`` (at every input size the methods use) and every method,
+    at every target size (tokens per side)."""
+    methods = list(methods)
+    if not any(m.path is None and m.name == REFERENCE and not m.options for m in methods):
+        methods.insert(0, MethodSpec(REFERENCE))
+    check_methods(methods)
+    backbone = None if isolate else build_backbone(cfg)
+
+    def measure(fn, *args) -> Dict[str, Any]:
+        if not isolate:
+            row = fn(*args, cfg, backbone)
+            if cfg.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            return row
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(1) as pool:
+            return pool.map(_isolated, [(fn, *args, cfg)])[0]
+
+    rows: List[Dict[str, Any]] = []
+    for target in sorted(set(int(s) for s in sizes)):
+        floors = set()
+        for m in methods:
+            if log:
+                log(f"[benchmark] {m.label} -> {target}x{target} tokens")
+            row = measure(measure_row, m, target)
+            rows.append(row)
+            if row["method"] != REFERENCE and row["input_px"] not in floors:
+                floors.add(row["input_px"])
+                if log:
+                    log(f"[benchmark] DINOv3 alone at {row['input_px']} px")
+                rows.insert(len(rows) - 1, measure(measure_backbone_row, row["input_px"], target))
+    return add_ratios(rows)
