@@ -148,8 +148,12 @@ def test_list_file_and_split(folder, tmp_path):
     assert [p.split("/")[-1] for p in ds.files] == ["small.png", "tall.jpg"]
     train = ImageFolderDataset(str(folder), size=16, split="train", num_val=2)
     val = ImageFolderDataset(str(folder), size=16, split="val", num_val=2)
-    assert len(val) == 2 and len(train) == 3 and not set(train.files) & set(val.files)
-    assert split_files(train.files + val.files, 2) == (train.files, val.files)
+    # the split is of all 5 files; the broken one is then left out of its part (and not counted)
+    all_train, all_val = sorted(train.files + list(train.unreadable)), sorted(val.files + list(val.unreadable))
+    assert len(all_val) == 2 and len(all_train) == 3 and not set(all_train) & set(all_val)
+    assert split_files(all_train + all_val, 2) == (all_train, all_val)
+    assert [p.split("/")[-1] for p in {**train.unreadable, **val.unreadable}] == ["broken.png"]
+    assert len(train) + len(val) == 4
 
 
 def test_random_crops_are_a_function_of_seed_epoch_index(folder):
