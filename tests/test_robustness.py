@@ -93,7 +93,9 @@ def test_diverging_run_exits_nonzero_and_writes_nothing_non_finite(folders, tmp_
     opts["optim_wrapper.optimizer.lr"] = 1e12
     cli = [f"{k}={v}" for k, v in opts.items() if not isinstance(v, dict)]
     cli += ["train_cfg.max_epochs=None", "train_cfg.max_iters=6", "train_cfg.val_interval=1",
-            "model.backbone.depth=4", "model.backbone.embed_dim=64", "model.backbone.num_heads=2"]
+            "model.backbone.depth=4", "model.backbone.embed_dim=64", "model.backbone.num_heads=2",
+            # a tolerance forgives only steps the optimizer skipped; plain Adam has written NaNs already
+            "default_hooks.non_finite.max_skipped_steps=2"]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env.pop("DINOV3_WEIGHTS", None)
     p = subprocess.run([sys.executable, "tools/distill.py", str(CONFIG), "--data-root", str(train),
@@ -103,7 +105,7 @@ def test_diverging_run_exits_nonzero_and_writes_nothing_non_finite(folders, tmp_
     assert p.returncode != 0, out[-3000:]
     m = re.search(r"error: training diverged at iteration (\d+): non-finite loss, term '(loss_\w+)'", out)
     assert m, out[-3000:]
-    assert "Traceback" not in out
+    assert "the weights now hold NaN/Inf" in out and "Traceback" not in out
     diverged = int(m.group(1))
     assert not (tmp_path / "upsampler.safetensors").exists()  # no export of the diverged weights
     for f in tmp_path.glob("*.safetensors"):
