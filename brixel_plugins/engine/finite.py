@@ -5,10 +5,12 @@ training with a message naming the iteration and the term, before any checkpoint
 iteration is written (so the last good ones stay as they are).
 
 Tolerance (``max_skipped_steps``, default 0): a non-finite loss is forgiven only when the weights
-are still finite afterwards, i.e. the optimizer skipped the step (fp16 AMP's GradScaler does that
-for overflowing gradients), and only that many times in a row. With a plain optimizer (fp32, bf16)
-a NaN loss has already written NaNs into the weights, so such a run stops at once whatever the
-setting: there is nothing left to recover in memory.
+are still finite afterwards, i.e. the optimizer skipped the step (the GradScaler of mmengine's
+AmpOptimWrapper, fp16 or bf16, skips steps with non-finite gradients), and only that many times in
+a row. With a plain OptimWrapper (CPU, ``--amp off``) a NaN loss has already written NaNs into the
+weights, so such a run stops at once whatever the setting. The default stops at the first one:
+an occasional overflow under AMP is rare enough that stopping costs little, while training on
+past a diverging loss silently wastes the run; raise it for AMP runs known to overflow now and then.
 """
 from __future__ import annotations
 
