@@ -38,6 +38,7 @@ def test_every_objective_is_zero_for_identical_maps():
         assert all(float(v) == 0.0 for v in terms.values()), terms
         assert float(obj.val_loss(t, t.clone())) == 0.0
     assert float(LiftObjective(embed_dim=D, factor=2).val_loss(t, 3 * t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(LiftObjective(embed_dim=D, factor=2, lambda_l1=1.0).val_loss(t, t.clone())) == pytest.approx(0.0, abs=1e-6)
     mv = MultiViewObjective(embed_dim=D, factor=2, phi_s=True)
     mv.calibrate(maps(1, b=4))
     mv.finish_calibration()
@@ -59,6 +60,8 @@ def test_scale_free_terms_do_not_change_when_features_are_multiplied_by_ten():
     once, tenfold = brixel().terms(p, t), brixel().terms(10 * p, 10 * t)
     for k in once:
         assert float(tenfold[k]) == pytest.approx(float(once[k]), rel=1e-4), k
+    lift = LiftObjective(embed_dim=D, factor=2, lambda_l1=1.0)
+    assert float(lift.val_loss(10 * p, 10 * t)) == pytest.approx(float(lift.val_loss(p, t)), rel=1e-5)
     # the release's raw terms follow the scale: L1 x10, edge MSE x100, spectral (a log ratio) ~unchanged
     once, tenfold = brixel(release=True).terms(p, t, exact_pca=True), brixel(release=True).terms(10 * p, 10 * t, exact_pca=True)
     assert float(tenfold["loss_l1"]) == pytest.approx(10 * float(once["loss_l1"]), rel=1e-4)
@@ -153,8 +156,8 @@ def learned_upsamplers(spec):
     return out
 
 
-# FeatSharp's zero start comes with its release architecture (issue 13); every other learned one has it
-PENDING_ZERO_START = {"featsharp"}
+# every learned upsampler has the option (FeatSharp's since its release architecture, issue 13)
+PENDING_ZERO_START = set()
 
 
 def test_zero_start_is_exactly_bilinear_interpolation_for_every_learned_upsampler(tiny_backbone, photo):

@@ -27,6 +27,12 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).abs().mean()
 
 
+def relative_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean |pred - target| / mean |target| (target detached): unchanged when both are scaled."""
+    target = target.detach().float()
+    return l1_loss(pred, target) / target.abs().mean().clamp_min(1e-12)
+
+
 def pca_basis(target: torch.Tensor, k: int = 8, stride: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` principal directions (D, k) and mean (D,) of every ``stride``-th target token.
 

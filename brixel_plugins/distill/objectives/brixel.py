@@ -62,9 +62,7 @@ class BrixelObjective(DistillObjective):
         """The weighted terms for pred, target (B, D, H, W); ``exact_pca`` forces the exact PCA
         (validation: no randomness) under ``release``."""
         target = target.detach().float()
-        l1 = L.l1_loss(pred, target)
-        if not self.release:
-            l1 = l1 / target.abs().mean().clamp_min(1e-12)
+        l1 = L.l1_loss(pred, target) if self.release else L.relative_l1(pred, target)
         out = {"loss_l1": self.lambda_l1 * l1}
         if self.lambda_edge:
             basis, mean = (L.release_pca_basis(target, self.pca_k) if self.release and not exact_pca

@@ -24,7 +24,11 @@ class LiftObjective(DistillObjective):
     distance: :meth:`pair_loss` is the one place the loss is computed.
 
     The release: f = 2, 448 px images, 2 pairs (224 -> 448, 112 -> 224). Cosine distance is
-    scale-free by nature (unchanged when either map is multiplied by a positive constant).
+    scale-free by nature (unchanged when either map is multiplied by a positive constant), and
+    blind to magnitude: trained on it alone, a zero-start LiFT grows its detail along the
+    target's direction without bound (on the demo, held-out cosine up, relative L1 from 0.57 to
+    0.87 in 10 steps). ``lambda_l1`` adds the relative L1 error ``mean|pred - target| /
+    mean|target|`` (scale-free too) to each pair; 0 (the default) is the release's objective.
 
     Registered pieces (``TRANSFORMS``), the release's in brackets:
 
@@ -37,11 +41,12 @@ class LiftObjective(DistillObjective):
     """
 
     def __init__(self, embed_dim: int, factor: int, scales: int = 2, downscale: Optional[dict] = None,
-                 colour_jitter: Optional[dict] = None, facet: Optional[dict] = None):
+                 colour_jitter: Optional[dict] = None, facet: Optional[dict] = None, lambda_l1: float = 0.0):
         super().__init__(embed_dim, factor)
         if int(scales) < 1:
             raise ValueError(f"LiftObjective: scales must be >= 1, got {scales!r}")
         self.scales = int(scales)
+        self.lambda_l1 = float(lambda_l1)
         self.downscale = TRANSFORMS.build(downscale or dict(type="AntialiasedResize"))
         self.colour_jitter = TRANSFORMS.build(colour_jitter) if colour_jitter else None
         self.facet = TRANSFORMS.build(facet or dict(type="LastLayerTokens"))
@@ -54,9 +59,11 @@ class LiftObjective(DistillObjective):
                              f"need teacher_size to be a multiple of {16 * self.factor ** self.scales} "
                              f"(the smallest input has a token grid)")
 
-    @staticmethod
-    def pair_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return L.cosine_distance(pred, target)
+    def pair_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = L.cosine_distance(pred, target)
+        if self.lambda_l1:
+            loss = loss + self.lambda_l1 * L.relative_l1(pred, target)
+        return loss
 
     def losses(self, distiller, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         size = distiller.teacher_size
