@@ -127,6 +127,10 @@ class FeatSharp(Upsampler):
             hold them baked (:meth:`for_export`).
         flex_attention: use ``flex_attention`` on CUDA where torch has it (the windowed path
             otherwise; same result).
+        zero_start: start new trainings from bilinear interpolation (not the release): the output
+            is ``bilinear(last) + detail_scale * (FeatSharp - bilinear(last))`` with a per-channel
+            ``detail_scale`` starting at 0 and ``last`` the backbone's last layer of the working
+            image (then read from ``layers``: one more low-res backbone pass).
 
     Runs the backbone itself (1 + u^2 passes at H x W in one batch). Before training or use,
     PHI-S must be fitted (:meth:`calibrate` on backbone features, then :meth:`finish_calibration`);
@@ -138,21 +142,25 @@ class FeatSharp(Upsampler):
     calls_backbone = True
 
     def __init__(self, spec: BackboneSpec, factor: int = 2, window: int = 7, num_heads: int = 16,
-                 debias_hw: Sequence[int] = (32, 32), spectral_reparam: bool = False, flex_attention: bool = False):
+                 debias_hw: Sequence[int] = (32, 32), spectral_reparam: bool = False, flex_attention: bool = False,
+                 zero_start: bool = False):
         if int(factor) != factor or factor < 2:
             raise ValueError(f"FeatSharp: factor must be an integer >= 2, got {factor!r}")
         dim = spec.embed_dim
         debias_hw = [int(v) for v in debias_hw]
         if len(debias_hw) != 2 or min(debias_hw) < 1:
             raise ValueError(f"debias_hw must be two positive integers, got {debias_hw}")
-        super().__init__(spec, factor, (), window=int(window), num_heads=int(num_heads), debias_hw=debias_hw,
-                         spectral_reparam=bool(spectral_reparam), flex_attention=bool(flex_attention))
+        super().__init__(spec, factor, (spec.depth - 1,) if zero_start else (), window=int(window),
+                         num_heads=int(num_heads), debias_hw=debias_hw, spectral_reparam=bool(spectral_reparam),
+                         flex_attention=bool(flex_attention), zero_start=bool(zero_start))
         u = self.factor
         self.debias = nn.Parameter(torch.zeros(1, dim, *debias_hw))
         self.phi_s = PhiS(dim)
         self.jbu = FeatSharpJBUStack(dim, u)
         self.tile_pos = nn.Parameter(torch.zeros(1, dim, u, u))
         self.block = FusionBlock(dim, int(num_heads), int(window), flex_attention=bool(flex_attention))
+        if self.zero_start:
+            self.detail_scale = nn.Parameter(torch.zeros(dim))
         if spectral_reparam:
             self.block.attn.qkv = spectral_reparametrize(self.block.attn.qkv, chunks=3)
             self.block.attn.proj = spectral_reparametrize(self.block.attn.proj)
@@ -243,7 +251,13 @@ class FeatSharp(Upsampler):
         hi = self.jbu(lo, self.guidance(big, out_hw).to(lo.dtype))
         tiled = self.stitch(tile_maps, b) + self.tile_embedding(h, w, feats.dtype)
         x = self.block(torch.cat([hi, tiled], dim=1).permute(0, 2, 3, 1))
-        return self.phi_s.inverse(x.permute(0, 3, 1, 2).contiguous())
+        out = self.phi_s.inverse(x.permute(0, 3, 1, 2).contiguous())
+        if not self.zero_start:
+            return out
+        last = layers[self.last_layer]  # detail = a per-channel share of what FeatSharp changes
+        out = self.detail_scale.to(out.dtype).view(1, -1, 1, 1) * (
+            out - self.interpolation_base(last, out.shape[-2:]).to(out.dtype))
+        return self.from_interpolation(out, last)
 
     # -- export and the authors' checkpoints ---------------------------------------------------
     def for_export(self) -> "FeatSharp":
