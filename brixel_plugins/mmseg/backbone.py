@@ -1,0 +1,132 @@
+"""The MMSegmentation backbone: frozen DINOv3 + any upsampler, as one registered component.
+
+The upsampler lives in the backbone, not in a neck: FeatSharp runs DINOv3 on image tiles and JBU
+and BRIXEL read the image, while a neck only sees the backbone's output.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+
+from ..backbones.dinov3 import FrozenDINOv3
+from ..featurizer import DenseFeaturizer
+from ..io import load_upsampler
+from ..upsamplers import Upsampler, build_upsampler
+
+# ``upsampler=None``: the backbone's own stride-16 last layer (a factor-1 "upsampler" is the identity)
+NO_UPSAMPLER = dict(type="bilinear", factor=1)
+
+
+def build_config_upsampler(cfg: Optional[dict], backbone: FrozenDINOv3) -> Upsampler:
+    """The upsampler a config names: ``None``, ``dict(type=..., **kwargs)`` (built by name), or
+    ``dict(type=..., weights=FILE)`` (an export of tools/distill.py or tools/convert_weights.py,
+    refused with a clear message when it was made for another method or backbone; any other key
+    given must agree with the file)."""
+    cfg = dict(NO_UPSAMPLER if cfg is None else cfg)
+    weights = cfg.pop("weights", None)
+    if weights is None:
+        return build_upsampler(cfg, backbone.spec)
+    up = load_upsampler(weights, backbone.spec, method=cfg.pop("type", None))
+    clash = {k: (v, up.config.get(k)) for k, v in cfg.items() if up.config.get(k) != v}
+    if clash:
+        raise ValueError(f"upsampler config disagrees with {weights}: " + ", ".join(
+            f"{k}={v!r} in the config, {f!r} in the file" for k, (v, f) in clash.items())
+            + "; drop these keys (the file says how the upsampler is built)")
+    return up
+
+
+@MODELS.register_module()
+class DINOv3Featurizer(BaseModule):
+    """Frozen DINOv3 + upsampler for MMSegmentation heads and necks.
+
+    Args:
+        arch: Meta's DINOv3 name (``vits16``, ``vitb16``, ``vitl16``, ``vith16plus``, ...).
+        weights: DINOv3 weight file (Meta's official ``.pth`` or timm layout); None = random init.
+        upsampler: None (the stride-16 last layer), ``dict(type='bilinear', factor=4)``,
+            ``dict(type='brixel', weights='.../best_upsampler.safetensors')``, ...
+        train_upsampler: fine-tune the upsampler with the head; by default it stays frozen
+            (parameters without gradients, eval mode) like the backbone.
+        out_indices: extra stride-16 backbone layers to return after the dense map (negative
+            indices count from the end), e.g. for a pyramid neck.
+        working_size / working_scale: run DINOv3 at this size (int or (h, w)) or at the image size
+            times this scale, whatever size the images have; the upsampler reads the full image.
+        autocast: ``'bf16'`` runs DINOv3 under bf16 autocast on CUDA.
+        **overrides: timm constructor overrides (``depth``, ``embed_dim``, ``num_heads``) for tests.
+
+    Output: a tuple ``(dense (B, D, f*h, f*w), *[(B, D, h, w) for out_indices])`` for a working
+    image of ``16h x 16w``; the dense map comes first so ``resize_concat`` heads keep its size.
+
+    Checkpoints hold only what trains: the frozen DINOv3 (and a frozen upsampler) are left out of
+    ``state_dict()`` and reloaded from their own files when the model is built, so a ViT-L run does
+    not write 1.2 GB of copies per checkpoint.
+    """
+
+    def __init__(self, arch: str = "vits16", weights: Optional[str] = None, upsampler: Optional[dict] = None,
+                 train_upsampler: bool = False, out_indices: Sequence[int] = (),
+                 working_size: Optional[Union[int, Sequence[int]]] = None, working_scale: Optional[float] = None,
+                 autocast: Optional[str] = None, init_cfg=None, **overrides):
+        if init_cfg is not None:
+            raise ValueError("DINOv3Featurizer takes no init_cfg: DINOv3 loads `weights`, the upsampler its "
+                             "own file; an initialiser would overwrite both")
+        super().__init__()
+        backbone = FrozenDINOv3(arch, weights, autocast=autocast, **overrides)
+        up = build_config_upsampler(upsampler, backbone)
+        self.featurizer = DenseFeaturizer(backbone, up, working_size=working_size, working_scale=working_scale)
+        self.train_upsampler = bool(train_upsampler)
+        if self.train_upsampler and not any(True for _ in up.parameters()):
+            raise ValueError(f"train_upsampler=True, but the {up.method} upsampler has no parameters")
+        if not up.calibrated:
+            warnings.warn(f"the {up.method} upsampler has no fitted statistics; load an exported file "
+                          f"(upsampler=dict(type='{up.method}', weights=...))", UserWarning, stacklevel=2)
+        up.requires_grad_(self.train_upsampler)
+        self.out_indices = tuple(backbone.resolve_indices([i])[0] for i in out_indices)
+        self._frozen_prefixes = ("featurizer.backbone.",) + (() if self.train_upsampler else ("featurizer.upsampler.",))
+        self.register_state_dict_post_hook(_drop_frozen)
+        self.register_load_state_dict_pre_hook(_fill_frozen)
+
+    @property
+    def backbone(self) -> FrozenDINOv3:
+        return self.featurizer.backbone
+
+    @property
+    def upsampler(self) -> Upsampler:
+        return self.featurizer.upsampler
+
+    @property
+    def out_channels(self) -> Tuple[int, ...]:
+        return (self.featurizer.out_channels,) * (1 + len(self.out_indices))
+
+    def init_weights(self) -> None:
+        """Nothing to initialise: mmengine's default would recurse into timm's Eva, whose own
+        ``init_weights`` re-draws every DINOv3 weight. Both parts come from their files."""
+
+    def train(self, mode: bool = True) -> "DINOv3Featurizer":
+        super().train(mode)
+        self.backbone.train(False)
+        self.upsampler.train(mode and self.train_upsampler)  # a frozen upsampler's BN stays put
+        return self
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        dense, layers = self.featurizer.features(image, self.out_indices)
+        return (dense,) + tuple(layers[i] for i in self.out_indices)
+
+
+def _frozen_keys(module: DINOv3Featurizer, keys, prefix: str):
+    return [k for k in keys if k.startswith(tuple(prefix + p for p in module._frozen_prefixes))]
+
+
+def _drop_frozen(module: DINOv3Featurizer, state_dict, prefix: str, local_metadata) -> None:
+    for k in _frozen_keys(module, list(state_dict), prefix):
+        del state_dict[k]
+
+
+def _fill_frozen(module: DINOv3Featurizer, state_dict, prefix: str, local_metadata, strict,
+                 missing_keys, unexpected_keys, error_msgs) -> None:
+    """A checkpoint without the frozen weights loads strictly: they keep the values from their files."""
+    own = module.featurizer.state_dict(prefix=prefix + "featurizer.", keep_vars=True)
+    for k in _frozen_keys(module, own, prefix):
+        state_dict.setdefault(k, own[k].detach())

@@ -1,0 +1,26 @@
+# ADE20K, BRIXEL protocol: short side 256 + centre crop 256 for training and scoring (labels are
+# resized and cropped with the image; ResetOriShape scores at that crop). mmseg's ADE20K base
+# provides the dataset, folders and IoUMetric.
+_base_ = 'mmseg::_base_/datasets/ade20k.py'
+crop_size = (256, 256)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='ResizeShortestEdge', scale=256, max_size=100000),
+    dict(type='CenterCrop', crop_size=crop_size),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='ResizeShortestEdge', scale=256, max_size=100000),
+    dict(type='CenterCrop', crop_size=crop_size),
+    dict(type='ResetOriShape'),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=32,
+    sampler=dict(type='DefaultSampler', shuffle=True),  # epochs, not mmseg's infinite sampler
+    dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader

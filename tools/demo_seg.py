@@ -1,0 +1,131 @@
+"""Segmentation part of ``make demo``: a linear probe on frozen DINOv3 ViT-S, trained on the toy shapes
+with no upsampler, with bilinear 4x, and with the BRIXEL weights the distillation demo wrote; mIoU
+side by side.
+
+    python tools/demo_seg.py        # after tools/demo.py (runs `tools/demo.py --methods brixel` if needed)
+
+Same code path as ``tools/train.py`` (mmengine Runner, the toy config
+configs/mmseg/linear/linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.py), on CPU. The toy
+data (brixel_plugins.toydata.segmentation) are photo crops with thin textured shapes, so the score
+moves with feature resolution. ``DINOV3_WEIGHTS=path`` uses real DINOv3 weights; without it the
+backbone is the same seeded random init the distillation demo used (checked against its checkpoint
+when that holds the backbone). ``DEMO_SEG_ITERS=N`` changes the length (default 60).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO = osp.join(ROOT, "work_dirs", "demo")
+BRIXEL_FILE = osp.join(DEMO, "brixel", "best_upsampler.safetensors")
+TOY_CONFIG = osp.join(ROOT, "configs", "mmseg", "linear", "linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.py")
+SEED = 0  # the distillation demo's seed: with no weight file, both build the same random DINOv3
+RUNS = {  # label -> upsampler config
+    "none (stride 16)": None,
+    "bilinear 4x": dict(type="bilinear", factor=4),
+    "BRIXEL 4x": dict(type="brixel", weights=BRIXEL_FILE),
+}
+
+
+def ensure_brixel_weights() -> None:
+    if osp.isfile(BRIXEL_FILE):
+        return
+    print(f"{BRIXEL_FILE} is missing: running the distillation demo first (tools/demo.py --methods brixel)")
+    subprocess.run([sys.executable, osp.join(ROOT, "tools", "demo.py"), "--methods", "brixel"], check=True)
+
+
+def check_same_random_backbone(backbone) -> str:
+    """Compare our random DINOv3 with the one the BRIXEL weights were distilled on, if its checkpoint
+    holds it; raise if they differ (the BRIXEL file would then be meaningless here)."""
+    from brixel_plugins.engine import trusted_checkpoint_globals
+    import torch
+
+    for ckpt in sorted(glob.glob(osp.join(DEMO, "brixel", "*.pth")), key=osp.getmtime, reverse=True):
+        with trusted_checkpoint_globals(ckpt):
+            state = torch.load(ckpt, map_location="cpu")["state_dict"]
+        key = "backbone.model.patch_embed.proj.weight"
+        if key in state:
+            if not torch.equal(state[key], backbone.model.patch_embed.proj.weight):
+                raise SystemExit(f"error: the random DINOv3 here differs from the one in {ckpt}; rerun "
+                                 f"tools/demo.py, or set DINOV3_WEIGHTS for both demos")
+            return f"same random init as the distillation ({osp.basename(ckpt)})"
+    return "could not compare with the distillation's backbone (its checkpoints do not hold it)"
+
+
+def train_probe(label, upsampler, data_root, weights, iters):
+    from mmengine.config import Config
+    from mmengine.registry import RUNNERS
+
+    cfg = Config.fromfile(TOY_CONFIG)
+    cfg.model.backbone.upsampler = upsampler
+    cfg.model.backbone.weights = weights
+    cfg.merge_from_dict({
+        "train_dataloader.dataset.data_root": data_root, "val_dataloader.dataset.data_root": data_root,
+        "test_dataloader.dataset.data_root": data_root,
+        "train_cfg.max_iters": iters, "train_cfg.val_interval": iters, "default_hooks.checkpoint.interval": iters,
+        "default_hooks.logger.interval": max(1, iters // 3),
+    })
+    cfg.randomness = dict(seed=SEED)
+    cfg.work_dir = osp.join(DEMO, "segmentation", label.split()[0].lower())
+    cfg.experiment_name = f"demo_seg_{uuid.uuid4().hex[:6]}"
+    cfg.log_level = "WARNING"
+    runner = RUNNERS.build(cfg)
+    note = "" if weights else check_same_random_backbone(runner.model.backbone.backbone)
+    t0 = time.time()
+    runner.train()
+    hub = runner.message_hub
+    return dict(mIoU=float(hub.get_scalar("val/mIoU").current()),
+                aAcc=float(hub.get_scalar("val/aAcc").current()),
+                seconds_per_iter=float(hub.get_scalar("train/time").mean()),
+                wall_seconds=round(time.time() - t0, 1), iterations=iters), note
+
+
+def main():
+    import torch
+
+    from brixel_plugins.toydata.segmentation import class_frequencies, write_toy_segmentation
+    from brixel_plugins.utils import update_json
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    iters = int(os.environ.get("DEMO_SEG_ITERS", 60))
+    weights = os.environ.get("DINOV3_WEIGHTS")
+    ensure_brixel_weights()
+    if not weights:
+        print("!! No DINOV3_WEIGHTS: DINOv3 ViT-S is a RANDOM init (the distillation demo's); the table "
+              "shows the machinery, not real features")
+        warnings.filterwarnings("ignore", message=".*RANDOM init.*")
+    data_root = str(write_toy_segmentation(osp.join(DEMO, "segmentation", "toy_shapes"), num_train=64,
+                                           num_val=16, size=128, seed=0))
+    freq = class_frequencies(data_root, "val")
+    print(f"Toy shapes in {data_root}: 64 train / 16 val images, 128 px; val pixels: "
+          + ", ".join(f"{c} {100 * f:.1f}%" for c, f in freq.items()))
+    print(f"Linear probe (Dropout2d -> BN -> 1x1 conv) on frozen DINOv3 ViT-S, {iters} iterations of batch 8, "
+          f"AdamW lr 1e-2, CPU\n")
+    results, notes = {}, set()
+    for label, upsampler in RUNS.items():
+        results[label], note = train_probe(label, upsampler, data_root, weights, iters)
+        notes.add(note)
+        r = results[label]
+        print(f"  {label:<18} mIoU {r['mIoU']:6.2f}   {r['seconds_per_iter']:.3f} s/iter", flush=True)
+    print("\n| features | mIoU | aAcc | s / iteration |\n|---|---|---|---|")
+    for label, r in results.items():
+        print(f"| {label} | {r['mIoU']:.2f} | {r['aAcc']:.2f} | {r['seconds_per_iter']:.3f} |")
+    for note in sorted(n for n in notes if n):
+        print(f"DINOv3: {note}")
+    update_json(osp.join(DEMO, "summary.json"), "segmentation", dict(
+        results=results, dinov3_weights=weights or "random init (seed 0)", dataset=dict(root=data_root, **freq),
+        config=osp.relpath(TOY_CONFIG, ROOT), brixel_weights=osp.relpath(BRIXEL_FILE, ROOT)))
+    print(f"Summary: {osp.join(DEMO, 'summary.json')} (key 'segmentation')")
+
+
+if __name__ == "__main__":
+    main()
