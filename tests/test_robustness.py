@@ -179,6 +179,7 @@ def validated_run(folders, tmp_path_factory):
     train, val = folders
     work = tmp_path_factory.mktemp("validated")
     cfg = tiny_cfg(train, val, work, max_iters=3, ckpt_interval=100, val_interval=1, log_level="INFO",
+                   **{"default_hooks.checkpoint.save_best": None, "default_hooks.checkpoint.save_last": False},
                    **{"visualizer.vis_backends": [dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")]})
     runner = DistillRunner.from_cfg(cfg)
     runner.train()
