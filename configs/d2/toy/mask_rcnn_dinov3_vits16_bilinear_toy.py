@@ -1,0 +1,3 @@
+from ..common.toy import dataloader, lr_multiplier, model, optimizer, train, use_toy_backbone  # noqa: F401
+
+use_toy_backbone(model, train, upsampler="bilinear")
