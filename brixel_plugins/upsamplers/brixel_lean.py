@@ -10,13 +10,13 @@ ViT-S at 256 px the release's upsampler costs 6.6 GFLOPs (the backbone 11.2):
 ============================== ======= =====================================================
 part (release, ViT-S, 256 px)  GFLOPs  lean
 ============================== ======= =====================================================
-stem: 3 full-width convs, two  2.47    2 strided convs 3 -> width/2 -> width reach stride 4
-at 128x128
+stem: 3 full-width convs, two  2.47    2 strided convs 3 -> width/2 -> width reach stride 4,
+at 128x128                             one more conv there
 6 extractors at width D (1024  3.00    4 extractors (one per tap) at width ``query_dim`` (D/2),
 queries, 16 heads x 4 points)          8 heads x 4 points; each tap projected D -> query_dim
 spm.fc1 + head.align_in:       0.40    c1 stays at head width: no D-wide map at 4x
 D-wide maps at 64x64
-head: 3 blocks, grouped mix,   0.49    2 ConvNeXt blocks (dw3x3, MLP x2), out_conv fused
+head: 3 blocks, grouped mix,   0.49    3 ConvNeXt blocks (dw3x3, MLP x2), out_conv fused
 out_conv, + base                       with the residual (one pass over the D-wide output)
 ============================== ======= =====================================================
 
@@ -26,7 +26,7 @@ views of each other), and ``out_conv`` writes straight into the enlarged base (`
 
 Data flow (``w`` = ``width``, ``q`` = ``query_dim``):
 
-1. stem: conv3x3 s2 3->w/2, conv3x3 s2 w/2->w (BN, ReLU) -> s1 at stride 4; conv3x3 s2
+1. stem: conv3x3 s2 3->w/2, conv3x3 s2 w/2->w, conv3x3 w->w (BN, ReLU) -> s1 at stride 4; conv3x3 s2
    w->2w -> s2 at stride 8; ``query_in`` 1x1 2w->q on s2 -> queries at 2x the token grid.
 2. tap k: ``q <- extractor_k(q, tap_proj_k(tap_k))``, an extractor as in BRIXEL (LayerNorm,
    deformable cross-attention, ConvFFN with drop-path) at width q.
@@ -34,7 +34,7 @@ Data flow (``w`` = ``width``, ``q`` = ``query_dim``):
    ConvNeXt blocks -> LN -> 1x1 w->D -> + bilinear 4x of the last tapped layer (``out_conv``
    starts at zero with ``zero_start``: the untrained module is bilinear interpolation).
 
-Parameters: 3.5 D^2 + 378.5 D + 128,864 (ViT-S 0.79M, B 2.48M, L 4.19M, H+ 6.35M).
+Parameters: 3.5 D^2 + 378.5 D + 183,200 (ViT-S 0.84M, B 2.54M, L 4.24M, H+ 6.40M).
 """
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ class BrixelLean(Upsampler):
         query_dim: width of the queries (default D/2, a multiple of 2 * n_heads).
         width: stem and head width (default 64).
         n_heads, n_points: deformable attention heads and sampling points per head.
-        head_blocks: residual depthwise blocks in the head.
+        head_blocks: ConvNeXt blocks (depthwise 3x3, LayerNorm, MLP) in the head.
+        mlp_ratio: their MLP width over ``width``.
         drop_path: drop-path rate on the extractors' FFN branch (training only).
         zero_start: ``out_conv`` starts at zero, so the untrained output is bilinear interpolation.
     """
@@ -71,7 +72,7 @@ class BrixelLean(Upsampler):
 
     def __init__(self, spec: BackboneSpec, factor: int = 4, layer_indices: Optional[Sequence[int]] = None,
                  query_dim: Optional[int] = None, width: int = 64, n_heads: int = 8, n_points: int = 4,
-                 head_blocks: int = 2, mlp_ratio: float = 2.0, drop_path: float = 0.1, zero_start: bool = False):
+                 head_blocks: int = 3, mlp_ratio: float = 2.0, drop_path: float = 0.1, zero_start: bool = False):
         if factor != 4:
             raise ValueError(f"BRIXEL-lean upsamples by exactly 4 (its stem and head are built for it), got factor={factor}")
         d = spec.embed_dim
@@ -91,7 +92,8 @@ class BrixelLean(Upsampler):
                          zero_start=bool(zero_start))
         self.config["layer_indices"] = list(taps)
         # stem: strides 4 (s1) and 8 (s2)
-        self.stem = nn.Sequential(*conv_bn_relu(3, width // 2, 2), *conv_bn_relu(width // 2, width, 2))
+        self.stem = nn.Sequential(*conv_bn_relu(3, width // 2, 2), *conv_bn_relu(width // 2, width, 2),
+                                  *conv_bn_relu(width, width, 1))
         self.down = nn.Sequential(*conv_bn_relu(width, 2 * width, 2))
         self.query_in = nn.Conv2d(2 * width, query_dim, 1)
         self.level_embed = nn.Parameter(torch.zeros(query_dim))
