@@ -1,6 +1,5 @@
 """FeatSharp as released: real high-resolution tiles, the fusion block (against a per-pixel brute
-force), inits, spectral reparametrisation baked at export, the authors' checkpoint layout, and a
-short distillation where it beats JBU on held-out images."""
+force), inits, spectral reparametrisation baked at export, the authors' checkpoint layout."""
 from __future__ import annotations
 
 import math
@@ -42,7 +41,7 @@ def test_flags_config_and_inits(tiny_spec):
     c = tiny_spec.embed_dim
     assert fs.needs_image and fs.uses_image_hr and fs.calls_backbone and fs.layer_indices == ()
     assert fs.config == dict(factor=3, window=5, num_heads=16, debias_hw=[32, 32], spectral_reparam=False,
-                             flex_attention=False)
+                             flex_attention=False, zero_start=False)
     blk = fs.block
     assert blk.attn.num_heads == 16 and blk.attn.head_dim == 2 * c // 16 == blk.attn.padded_dim == 8
     assert blk.attn.qkv.bias is None and blk.attn.proj.bias is not None
@@ -249,3 +248,4 @@ def test_unfitted_and_missing_backbone_refused(tiny_backbone, tiny_spec, photo):
         fs(photo, {}, tiny_backbone)
     with pytest.raises(ValueError, match="backbone"):
         fitted(tiny_spec, tiny_backbone)(photo, {})
+
