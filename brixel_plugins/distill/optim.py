@@ -11,8 +11,10 @@ mmengine's schedulers then scale every group's own learning rate (warm-up, cosin
 """
 from __future__ import annotations
 
+import logging
 import re
 
+from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
 
 from .registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
@@ -28,8 +30,8 @@ class ParamGroupsOptimWrapperConstructor(DistillOptimWrapperConstructor):
     each parameter joins the first group whose ``pattern`` matches its name in the
     :class:`DistillModel` (``re.search``, e.g. ``upsampler.jbu.ups.0.range_temp``,
     ``objective.uncertainty.net.0.weight``) and gets that group's optimizer options (``lr``,
-    ``weight_decay``, ...); the rest take the optimizer's own. A group matching nothing is an
-    error (a pattern that silently selects nothing is a recipe bug)."""
+    ``weight_decay``, ...); the rest take the optimizer's own. A group matching nothing is left
+    out with a warning (e.g. spectral scales when the reparametrisation is off)."""
 
     def __call__(self, model):
         cfg = dict(self.paramwise_cfg or {})
@@ -47,9 +49,10 @@ class ParamGroupsOptimWrapperConstructor(DistillOptimWrapperConstructor):
             hit = next((i for i, pat in enumerate(patterns) if pat.search(name)), None)
             (rest if hit is None else buckets[hit]).append(p)
         empty = [patterns[i].pattern for i, b in enumerate(buckets) if not b]
-        if empty:
-            raise ValueError(f"parameter group patterns {empty} match no trainable parameter")
-        param_groups = ([dict(params=rest)] if rest else []) + [dict(g, params=b) for g, b in zip(groups, buckets)]
+        if empty:  # e.g. the spectral-scale group of a recipe run with spectral_reparam=False
+            print_log(f"parameter group patterns {empty} match no trainable parameter (groups left out)",
+                      logger="current", level=logging.WARNING)
+        param_groups = ([dict(params=rest)] if rest else []) + [dict(g, params=b) for g, b in zip(groups, buckets) if b]
         wrapper_cfg = dict(self.optim_wrapper_cfg)
         wrapper_cfg.setdefault("type", "OptimWrapper")
         optimizer = OPTIMIZERS.build(dict(self.optimizer_cfg, params=param_groups))
