@@ -156,22 +156,14 @@ def learned_upsamplers(spec):
     return out
 
 
-# every learned upsampler has the option (FeatSharp's since its release architecture, issue 13)
-PENDING_ZERO_START = set()
-
-
 def test_zero_start_is_exactly_bilinear_interpolation_for_every_learned_upsampler(tiny_backbone, photo):
     names = learned_upsamplers(tiny_backbone.spec)
-    assert {"brixel", "lift", "jbu"} <= set(names)
+    assert {"brixel", "lift", "jbu", "featsharp"} <= set(names)
     image_hr = F.interpolate(photo, scale_factor=2, mode="bilinear", align_corners=False)
     last = tiny_backbone.depth - 1
     for name in names:
         torch.manual_seed(0)
-        try:
-            up = build_upsampler(dict(type=name, zero_start=True), tiny_backbone.spec).train()
-        except TypeError:
-            assert name in PENDING_ZERO_START, f"{name} has no zero_start option"
-            continue
+        up = build_upsampler(dict(type=name, zero_start=True), tiny_backbone.spec).train()
         if not up.calibrated:  # methods with statistics (PHI-S) get them first
             up.calibrate(tiny_backbone.last_layer(photo))
             up.finish_calibration()

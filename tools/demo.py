@@ -27,12 +27,10 @@ import json
 import os
 import os.path as osp
 import shutil
-import sys
 import time
 import uuid
 import warnings
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 WORK = osp.join(ROOT, "work_dirs", "demo")
@@ -42,18 +40,20 @@ STUDENT, TEACHER = 96, 384  # px: 6x6 tokens in, DINOv3's 24x24 map at 384 px ou
 # Per method: its config, the table label, and the demo schedule (iterations, batch, overrides).
 # Every method upsamples by 4 here (LiFT: its 2x module applied twice, trained end to end on the
 # one 96 -> 384 pair; JBU: two 2x layers) and starts from bilinear interpolation (zero_start, the
-# default of new trainings). LiFT departs from its release recipe in two ways: its lower scale is
-# the antialiased resize the evaluation (and DenseFeaturizer) feeds it, not a strided subsample,
-# and each pair adds the relative L1 error to the cosine distance (cosine alone leaves the
-# magnitude free, and a held-out relative L1 far worse than bilinear's).
+# default of new trainings). JBU runs FeatUp's recipe with 2 views per step instead of 5 (each
+# view re-runs the upsampler and the backbone). LiFT departs from its release recipe in two ways:
+# its lower scale is the antialiased resize the evaluation (and DenseFeaturizer) feeds it, not a
+# strided subsample, and each pair adds the relative L1 error to the cosine distance (cosine
+# alone leaves the magnitude free, and a held-out relative L1 far worse than bilinear's).
 METHODS = {
-    "brixel": dict(label="BRIXEL", config="brixel_vits16.py", iters=300, batch=2),
-    "lift": dict(label="LiFT", config="lift_vits16.py", iters=300, batch=2,
+    "brixel": dict(label="BRIXEL", config="brixel_vits16.py", iters=400, batch=2),
+    "lift": dict(label="LiFT", config="lift_vits16.py", iters=200, batch=2,
                  options={"model.upsampler": dict(type="lift", factor=4, zero_start=True),
                           "model.objective.scales": 1, "model.objective.lambda_l1": 1.0,
                           "model.objective.downscale": dict(_delete_=True, type="AntialiasedResize")}),
-    "jbu": dict(label="JBU", config="jbu_vits16.py", iters=300, batch=4,
-                options={"model.upsampler": dict(type="jbu", factor=4, zero_start=True)}),
+    "jbu": dict(label="JBU", config="jbu_vits16.py", iters=200, batch=2,
+                options={"model.upsampler": dict(type="jbu", factor=4, zero_start=True),
+                         "model.objective.num_jitters": 2}),
     # FeatSharp's recipe (real 384 px tiles, 4x4 of them) with the schedule compressed to a
     # 10-iteration warm-up, then constant; the de-bias map at the 6x6 student grid
     "featsharp": dict(label="FeatSharp", config="featsharp_vits16.py", iters=60, batch=2,
