@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,6 +147,10 @@ def test_every_upsampler_and_backbone_has_both_heads():
 def test_shipped_config_builds(path):
     cfg = LazyConfig.load(str(path))
     net = cfg.model.backbone.net
+    arch = next(a for a in ("vits16", "vitb16", "vitl16") if a in path.name)
+    assert net.arch == arch and (net.weights is None) == ("toy" in path.name)
+    if "COCO" in path.parts and arch != "vits16":
+        return  # with the tiny override the model is the vits16 one, built below
     net.update(weights=None, overrides=TINY_DIMS)
     if "upsampler_weights" in net:
         net.upsampler_weights = None
@@ -209,7 +214,9 @@ def toy_cfg(files, upsampler, output_dir=None, max_iter=2):
     cfg.dataloader.test.dataset.names.update(data)
     cfg.dataloader.train.total_batch_size = 2
     cfg.model.backbone.square_pad = 64
-    cfg.model.roi_heads.box_predictor.test_score_thresh = 0.0  # an untrained detector still predicts
+    cfg.model.roi_heads.box_predictor.update(test_score_thresh=0.0, test_topk_per_image=5)  # an untrained detector predicts
+    cfg.model.proposal_generator.post_nms_topk = (32, 16)
+    cfg.model.roi_heads.batch_size_per_image = 16
     cfg.train.update(device="cpu", max_iter=max_iter, eval_period=max_iter, output_dir=str(output_dir or ""),
                      checkpointer=dict(period=1, max_to_keep=5), log_period=1)
     return cfg
@@ -254,13 +261,18 @@ def test_checkpoint_round_trip_leaves_out_frozen_parts(toy_files, tmp_path):
 
 
 def test_resume_falls_back_to_newest_loadable_checkpoint(toy_files, tmp_path, caplog):
+    def cfg(max_iter):
+        c = toy_cfg(toy_files, "bilinear", tmp_path, max_iter=max_iter)
+        del c.dataloader.evaluator  # evaluation is tested above
+        return c
+
     seed_all_rng(0)
-    engine.train(toy_cfg(toy_files, "bilinear", tmp_path, max_iter=2))
+    engine.train(cfg(2))
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
     final = tmp_path / "model_final.pth"
     final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])  # a torn file
     caplog.set_level(logging.WARNING)
-    engine.train(toy_cfg(toy_files, "bilinear", tmp_path, max_iter=3), resume=True)
+    engine.train(cfg(3), resume=True)
     assert "cannot resume from" in caplog.text and "model_final.pth" in caplog.text
     assert torch.load(final, weights_only=True)["iteration"] == 2
     assert (tmp_path / "model_0000002.pth").is_file()
@@ -269,7 +281,7 @@ def test_resume_falls_back_to_newest_loadable_checkpoint(toy_files, tmp_path, ca
 def test_tool_stops_on_nonfinite_loss(toy_files, tmp_path):
     """tools/d2_train.py (its command line, as a user runs it) on a diverging lr."""
     overrides = [
-        f"model.backbone.net.weights={toy_files['dinov3']}", f"model.backbone.net.overrides={TINY_DIMS}",
+        f"model.backbone.net.weights={toy_files['dinov3']}", "model.backbone.net.overrides={" + ",".join(f"{k}:{v}" for k, v in TINY_DIMS.items()) + "}",
         f"dataloader.train.dataset.names.root={toy_files['data']}", "dataloader.train.dataset.names.num_train=4",
         "dataloader.train.dataset.names.num_val=2", "dataloader.train.dataset.names.size=64",
         f"dataloader.test.dataset.names.root={toy_files['data']}", "dataloader.test.dataset.names.num_train=4",
@@ -281,7 +293,7 @@ def test_tool_stops_on_nonfinite_loss(toy_files, tmp_path):
                         str(ROOT / "configs" / "d2" / "toy" / "mask_rcnn_dinov3_vits16_bilinear_toy.py"), *overrides],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode != 0
-    assert "training stopped: Loss became infinite or NaN" in r.stderr, r.stderr[-3000:]
+    assert "training stopped:" in r.stderr and "NaN" in r.stderr, r.stderr[-3000:]
     assert not (tmp_path / "model_final.pth").exists()
 
 
@@ -290,7 +302,7 @@ def test_toy_instances_are_coco_with_small_and_thin_objects(toy_files, tmp_path)
     coco = json.loads((Path(toy_files["data"]) / "annotations" / "train.json").read_text())
     assert len(coco["images"]) == 4 and [c["name"] for c in coco["categories"]] == ["disc", "square", "triangle", "bar"]
     for ann in coco["annotations"]:
-        mask = polygon_mask(torch.tensor(ann["segmentation"][0]).view(-1, 2).numpy(), 64, 64)
+        mask = polygon_mask(np.array(ann["segmentation"][0]).reshape(-1, 2), 64, 64)
         assert mask.sum() == ann["area"]
         x, y, w, h = ann["bbox"]
         assert w * h >= ann["area"] > 0

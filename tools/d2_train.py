@@ -11,10 +11,7 @@ on CUDA; checkpoints without the frozen backbone, written atomically; ``--resume
 the newest checkpoint that loads). Run it as a script: the detectron2 wheel installs a top-level
 ``tools`` package that shadows this folder for ``import tools``.
 """
-import os.path as osp
 import sys
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def main(args):

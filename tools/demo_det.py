@@ -26,7 +26,6 @@ import time
 import warnings
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 DEMO = osp.join(ROOT, "work_dirs", "demo")
 BRIXEL = osp.join(DEMO, "brixel", "best_upsampler.safetensors")

@@ -101,6 +101,7 @@ class FrozenBackboneCheckpointer(DetectionCheckpointer):
             try:
                 return self.load(f)
             except Exception as e:  # unreadable or not ours: fall back to the next newest
+                self._parsed_url_during_load = None  # DetectionCheckpointer.load resets it only on success
                 logger.warning("cannot resume from %s (%s: %s); trying an older checkpoint", f, type(e).__name__, e)
                 failures.append(f"{os.path.basename(f)}: {type(e).__name__}: {e}")
         raise RuntimeError(f"resume: no checkpoint in {self.save_dir} could be loaded ("

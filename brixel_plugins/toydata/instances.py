@@ -105,8 +105,8 @@ def make_sample(photos: Sequence[np.ndarray], rng: np.random.Generator, height: 
         for _try in range(20):
             centre = rng.uniform([4, 4], [width - 4, height - 4])
             poly = shape_polygon(category, rng, centre)
-            poly[:, 0] = poly[:, 0].clip(0, width)
-            poly[:, 1] = poly[:, 1].clip(0, height)
+            # rounded as stored in the JSON, so the pasted pixels are exactly the annotated mask
+            poly = np.stack([poly[:, 0].clip(0, width), poly[:, 1].clip(0, height)], 1).round(2)
             mask = polygon_mask(poly, height, width)
             grown = mask.copy()
             grown[1:] |= mask[:-1]
@@ -130,7 +130,7 @@ def coco_annotation(instance: Dict, ann_id: int, image_id: int) -> Dict:
     return dict(id=ann_id, image_id=image_id, category_id=instance["category_id"], iscrowd=0,
                 bbox=[x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0],
                 area=float(instance["mask"].sum()),
-                segmentation=[np.round(instance["polygon"], 2).ravel().tolist()])
+                segmentation=[instance["polygon"].ravel().tolist()])
 
 
 def load_photos() -> List[np.ndarray]:

@@ -45,7 +45,7 @@ model.roi_heads.mask_head.conv_dims = [width] * 5
 model.proposal_generator.anchor_generator.sizes = [[8], [16], [32], [64], [128]]
 model.proposal_generator.pre_nms_topk = (1000, 500)
 model.proposal_generator.post_nms_topk = (200, 100)
-model.roi_heads.batch_size_per_image = 64
+model.roi_heads.batch_size_per_image = 32
 
 train.device = "cuda" if torch.cuda.is_available() else "cpu"
 train.amp.enabled = train.device == "cuda"
