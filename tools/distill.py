@@ -13,11 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import sys
-
-# run as a script: make the checkout importable without installing (a `tools` package from
-# detectron2 would shadow ours for `import tools`, so nothing here is imported as tools.*)
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv=None):

@@ -14,11 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import sys
-
-# run as a script: the checkout is importable without installing (detectron2's wheel ships a
-# top-level `tools` package, so nothing here is imported as tools.*)
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv=None):
