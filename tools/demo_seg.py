@@ -2,17 +2,18 @@
 with no upsampler, with bilinear 4x, and with the BRIXEL weights the distillation demo wrote; mIoU
 side by side.
 
-    python tools/demo_seg.py        # after tools/demo.py (runs `tools/demo.py --methods brixel` if needed)
+    python tools/demo_seg.py [--iters 60] [--threads 2]   # after tools/demo.py (runs it if needed)
 
 Same code path as ``tools/train.py`` (mmengine Runner, the toy config
 configs/mmseg/linear/linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.py), on CPU. The toy
 data (brixel_plugins.toydata.segmentation) are photo crops with thin textured shapes, so the score
 moves with feature resolution. ``DINOV3_WEIGHTS=path`` uses real DINOv3 weights; without it the
 backbone is the same seeded random init the distillation demo used (checked against its checkpoint
-when that holds the backbone). ``DEMO_SEG_ITERS=N`` changes the length (default 60).
+when that holds the backbone). ``--iters N`` (or ``DEMO_SEG_ITERS=N``) changes the length (default 60).
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import os.path as osp
@@ -22,7 +23,6 @@ import time
 import uuid
 import warnings
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, "work_dirs", "demo")
@@ -89,14 +89,28 @@ def train_probe(label, upsampler, data_root, weights, iters):
                 wall_seconds=round(time.time() - t0, 1), iterations=iters), note
 
 
-def main():
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Segmentation demo: linear probe on frozen DINOv3 ViT-S, toy shapes, "
+                                            "no upsampler / bilinear / BRIXEL side by side (CPU)")
+    p.add_argument("--iters", type=int, default=int(os.environ.get("DEMO_SEG_ITERS", 60)),
+                   help="training iterations per run (default 60, or $DEMO_SEG_ITERS)")
+    p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                   help="torch CPU threads (default: up to 2; 1 is faster on a busy machine)")
+    args = p.parse_args(argv)
+    if args.iters < 1 or args.threads < 1:
+        p.error("--iters and --threads must be >= 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     import torch
 
     from brixel_plugins.toydata.segmentation import class_frequencies, write_toy_segmentation
     from brixel_plugins.utils import update_json
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    iters = int(os.environ.get("DEMO_SEG_ITERS", 60))
+    torch.set_num_threads(args.threads)
+    iters = args.iters
     weights = os.environ.get("DINOV3_WEIGHTS")
     ensure_brixel_weights()
     if not weights:

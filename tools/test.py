@@ -9,6 +9,7 @@ frozen upsampler load from the files the config names, exactly as in training.
 from __future__ import annotations
 
 import argparse
+import numbers
 import os
 import os.path as osp
 
@@ -77,7 +78,7 @@ def main(argv=None):
 
     runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
     metrics = runner.test()
-    print({k: round(float(v), 4) if isinstance(v, (int, float)) else v for k, v in metrics.items()})
+    print({k: round(float(v), 4) if isinstance(v, numbers.Real) else v for k, v in metrics.items()})
 
 
 if __name__ == "__main__":
