@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-from mmengine.dist import all_reduce
 
 from ...images import resize
 from ...ops.attention_downsampler import AttentionDownsampler
@@ -88,13 +87,7 @@ class MultiViewObjective(DistillObjective):
     def finish_calibration(self) -> None:
         if self.phi_s is None:
             return
-        count, s1, s2 = self.phi_s.statistics()
-        if s1 is None:
-            raise RuntimeError("MultiViewObjective.finish_calibration(): no features were fed to calibrate()")
-        n = torch.tensor(float(count), dtype=torch.float64, device=s1.device)
-        for t in (n, s1, s2):
-            all_reduce(t)  # sum over processes (a no-op on one), so every rank fits the same PHI-S
-        self.phi_s.set_statistics(int(n.item()), s1, s2)
+        self.phi_s.sync_statistics()  # summed over processes: every rank fits the same PHI-S
         self.phi_s.fit()
         self.phi_s.reset()
 
