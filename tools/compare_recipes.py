@@ -5,9 +5,11 @@
 
 Each variant is a config plus overrides, trained exactly as ``tools/demo.py`` trains a method
 (its ``distil``: same photos, same held-out chelsea / coffee / rocket, 96 px in, DINOv3 at 384 px
-out, i.e. 4x; batch 2) and scored once on the held-out photos after the same
-number of iterations. Results go to ``work_dirs/recipes/summary.json``. ``DINOV3_WEIGHTS=path`` uses real
-weights; without it the backbone is a random init (the comparison then is of the machinery).
+out, i.e. 4x; batch 2) and scored once on the held-out photos after the same number of
+iterations. Results go to ``work_dirs/recipes/summary.json`` (``--work-dir``).
+``DINOV3_WEIGHTS=path`` uses real weights; without it the backbone is a random init (the
+comparison then is of the machinery). On cores shared with other jobs, ``--threads 1`` is much
+faster than 2 (no OpenMP threads waiting on each other).
 """
 from __future__ import annotations
 
@@ -15,11 +17,9 @@ import argparse
 import importlib.util
 import os
 import os.path as osp
-import sys
 import warnings
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 # LiFT and JBU at 4x as the demo runs them (LiFT's 2x module twice with one scale pair; two 2x JBU
 # layers). "release": the config as shipped (the authors' recipe); "ours": our defaults where they
@@ -42,6 +42,9 @@ VARIANTS = {
                       options={**_LIFT, **_ANTIALIAS, **_NO_JITTER, **_DEMO_CROPS, "model.upsampler.zero_start": True}),
     "jbu_release": dict(label="JBU FeatUp release", config="jbu_vits16.py", batch=2,
                         options={**_JBU, "train_dataloader.dataset.crop": dict(type="ShortSideCentreCrop")}),
+    "jbu_zero_start": dict(label="  + zero start", config="jbu_vits16.py", batch=2,
+                           options={**_JBU, "train_dataloader.dataset.crop": dict(type="ShortSideCentreCrop"),
+                                    "model.upsampler.zero_start": True}),
     "jbu_multiview": dict(label="JBU multi-view default", config="jbu_vits16.py", batch=2,
                           options={**_JBU, **_DEMO_CROPS, "model.upsampler.zero_start": True,
                                    "model.objective": dict(_delete_=True, type="MultiViewObjective", num_jitters=5,
@@ -66,6 +69,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--iters", type=int, default=300, help="iterations per variant (default 300)")
+    parser.add_argument("--work-dir", default=osp.join(ROOT, "work_dirs", "recipes"), help="where runs and summary.json go")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="torch threads (1 is much faster on cores other jobs share)")
     args = parser.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
@@ -77,12 +83,12 @@ def main(argv=None):
     from brixel_plugins.utils import update_json
 
     demo = load_demo()
-    demo.WORK = osp.join(ROOT, "work_dirs", "recipes")
+    demo.WORK = args.work_dir
     # one validation, at the end: every variant is scored after the same number of iterations
     demo.METHODS.update({k: dict(v, iters=args.iters, options={**v["options"], "train_cfg.val_interval": args.iters})
                          for k, v in VARIANTS.items()})
     weights = os.environ.get("DINOV3_WEIGHTS")
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, args.threads))
     if not weights:
         print("!! No DINOV3_WEIGHTS: RANDOM-INIT DINOv3 ViT-S backbone (a comparison of the machinery)")
         warnings.filterwarnings("ignore", message=".*RANDOM init.*")
