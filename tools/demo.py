@@ -56,7 +56,7 @@ METHODS = {
                          "model.objective.num_jitters": 2}),
     # FeatSharp's recipe (real 384 px tiles, 4x4 of them) with the schedule compressed to a
     # 10-iteration warm-up, then constant; the de-bias map at the 6x6 student grid
-    "featsharp": dict(label="FeatSharp", config="featsharp_vits16.py", iters=60, batch=2,
+    "featsharp": dict(label="FeatSharp", config="featsharp_vits16.py", iters=20, batch=2,
                       options={"model.upsampler": dict(type="featsharp", factor=4, debias_hw=(6, 6),
                                                        spectral_reparam=True),
                                "param_scheduler": [dict(type="LinearLR", start_factor=0.1, end_factor=1.0,
