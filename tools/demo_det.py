@@ -99,7 +99,6 @@ def seconds_per_iteration(output_dir: str) -> float:
 def train_one(method: str, weights: str, iters: int) -> dict:
     from detectron2.config import LazyConfig
     from detectron2.utils.env import seed_all_rng
-    from detectron2.utils.logger import setup_logger
 
     from brixel_plugins.d2 import engine
 
@@ -114,7 +113,6 @@ def train_one(method: str, weights: str, iters: int) -> dict:
         cfg.dataloader[split].dataset.names.root = osp.join(WORK, "toydata")
     cfg.train.update(output_dir=out, max_iter=iters, eval_period=iters,
                      checkpointer=dict(period=iters, max_to_keep=1))
-    setup_logger(out, name="detectron2")
     seed_all_rng(0)
     t0 = time.time()
     results = engine.train(cfg)
@@ -130,7 +128,10 @@ def main():
     from brixel_plugins.d2 import toy_instances
     from brixel_plugins.utils import update_json
 
+    from detectron2.utils.logger import setup_logger
+
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    setup_logger(WORK, name="detectron2")  # training logs also go to work_dirs/demo/detection/log.txt
     iters = int(os.environ.get("DEMO_DET_ITERS", 60))
     ensure_brixel_weights()
     os.makedirs(WORK, exist_ok=True)

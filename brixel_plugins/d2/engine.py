@@ -3,8 +3,9 @@
 Detectron2's ``tools/lazyconfig_train_net.py`` loop, with three changes: the checkpointer is
 :class:`~brixel_plugins.d2.checkpoint.FrozenBackboneCheckpointer` (no frozen backbone in the
 files, atomic writes, resume from the newest loadable checkpoint); mixed precision is bfloat16
-(``train.amp.enabled``, CUDA only; detectron2's ``AMPTrainer`` defaults to float16, whose range a
-ViT's activations exceed); and the optimizer is checked to hold no frozen parameter.
+(``train.amp.enabled``, CUDA only; detectron2's ``AMPTrainer`` defaults to float16, which needs
+loss scaling and overflows where bfloat16, with float32's range, does not); and the optimizer is
+checked to hold no frozen parameter.
 """
 from __future__ import annotations
 
