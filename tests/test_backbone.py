@@ -169,3 +169,11 @@ def test_every_size_builds_on_meta_device(arch):
 def test_unknown_arch_is_refused():
     with pytest.raises(KeyError, match="unknown DINOv3 arch"):
         FrozenDINOv3("vitg14")
+
+
+def test_forward_on_meta_device_for_flop_counting():
+    """FLOP-only benchmarks run the backbone on the meta device: the input checks must not
+    touch values or autocast state there."""
+    b = FrozenDINOv3("vits16", device="meta")
+    out = b.last_layer(torch.empty(2, 3, 64, 96, device="meta"))
+    assert out.shape == (2, 384, 4, 6) and out.device.type == "meta"

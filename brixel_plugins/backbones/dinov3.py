@@ -226,8 +226,8 @@ class FrozenDINOv3(nn.Module):
         With ``return_cls`` also returns ``{i: (B, D)}`` CLS tokens: ``(maps, cls)``.
         """
         # under autocast the backbone casts inputs itself; the meta device (FLOP counting) has no values
-        check_image_size(x, dtype=None if torch.is_autocast_enabled(x.device.type)
-                         else self.model.patch_embed.proj.weight.dtype,
+        autocasting = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+        check_image_size(x, dtype=None if autocasting else self.model.patch_embed.proj.weight.dtype,
                          finite=self.check_finite and x.device.type != "meta")
         take = self.resolve_indices(indices)
         # Only ever *enable* autocast here: a disabled block would override the caller's own.
