@@ -212,3 +212,14 @@ def test_short_seeded_training_beats_bilinear_on_held_out_relative_l1(photo_batc
     bilinear = np.mean([r["bilinear"]["rel_l1"] for r in after])
     assert ours < bilinear - 0.005, (ours, bilinear)  # measured: 0.739 vs 0.753
     assert np.mean([r["loss"] for r in after]) < np.mean([r["bilinear_loss"] for r in after])
+
+
+def test_components_build_whatever_default_scope_another_framework_left():
+    """A Runner of another framework (mmseg's scope, or mmengine's own) leaves its default scope
+    active in the process; our registries still build our components, and the scope is restored."""
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope("mmengine"):
+        obj = LiftObjective(embed_dim=D, factor=2)
+        assert type(obj.downscale).__name__ == "AntialiasedResize"
+        assert DefaultScope.get_current_instance().scope_name == "mmengine"

@@ -258,3 +258,26 @@ def test_featup_lr_groups_and_early_clip_as_built_by_the_config():
             if n.startswith(("upsampler.", "objective.downsampler.", "objective.uncertainty."))}
     assert {id(p) for p in group["params"]} == want and want
     assert (wrapper.warmup_max_norm, wrapper.warmup_steps, wrapper.max_norm) == (1e-4, 10, float("inf"))
+
+
+def test_warmup_clip_continues_after_resume(tmp_path):
+    """The warm-up clip counts optimizer steps from the resumed iteration (DistillLoop hands the
+    wrapper its count as mmengine's loops do), not from 0 after every restart."""
+    import torch
+    from torch import nn
+
+    from brixel_plugins.distill.optim import WarmupClipOptimWrapper
+
+    def grad_norm_after_step(start_iter):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 4)
+        wrapper = WarmupClipOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.0), clip_grad=dict(max_norm=5.0),
+                                         warmup_max_norm=1e-4, warmup_steps=10)
+        wrapper.initialize_count_status(model, start_iter, 100)
+        wrapper.backward(model(torch.ones(2, 4)).pow(2).sum())
+        wrapper.step()
+        return float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm())
+
+    assert grad_norm_after_step(0) == pytest.approx(1e-4, rel=1e-3)  # warm-up: clipped hard
+    assert grad_norm_after_step(12) > 1e-2  # step 13 of the run: the normal clip (5.0)
+

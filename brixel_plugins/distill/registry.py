@@ -3,14 +3,28 @@
 so mmengine's own types (Adam, ConstantLR, CheckpointHook, ...) resolve through it; every kind the
 Runner builds has one, otherwise mmengine warns that the scope has no registry for it."""
 from mmengine import registry as mme
-from mmengine.registry import Registry
+from mmengine.registry import DefaultScope, Registry
 
 SCOPE = "brixel_plugins"
 _LOC = ["brixel_plugins.distill"]
 
 
+def _in_our_scope(build_func):
+    """``build_func`` run with ``brixel_plugins`` as the default scope. mmengine resolves a build
+    through the process-wide default scope, so after an mmseg Runner (scope ``mmseg``) in the same
+    process a plain ``TRANSFORMS.build(dict(type='AntialiasedResize'))`` of ours would look in
+    mmseg's registry; a scope prefix in ``type`` ('mmseg.X') still wins."""
+
+    def build(cfg, *args, **kwargs):
+        with DefaultScope.overwrite_default_scope(SCOPE):
+            return build_func(cfg, *args, **kwargs)
+
+    return build
+
+
 def _child(parent: Registry) -> Registry:
-    return Registry(parent.name, parent=parent, scope=SCOPE, locations=_LOC)
+    return Registry(parent.name, build_func=_in_our_scope(parent.build_func), parent=parent, scope=SCOPE,
+                    locations=_LOC)
 
 
 MODELS = _child(mme.MODELS)

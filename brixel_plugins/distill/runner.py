@@ -90,6 +90,9 @@ class DistillLoop(BaseLoop):
         if self._iter > 0:
             print_log(f"resuming at iteration {self._iter} (epoch {self.epoch}, batch "
                       f"{self._iter % self.epoch_length} of {self.epoch_length})", logger="current")
+        # as mmengine's own loops do: the wrapper's step count (gradient accumulation, warm-up
+        # clipping) continues from the resumed iteration instead of restarting at 0
+        self.runner.optim_wrapper.initialize_count_status(self.runner.model, self._iter, self._max_iters)
         batches = self._batches()
         rank = get_rank()
         seed = self.runner.seed
