@@ -10,7 +10,7 @@ work_dirs/demo/summary.json.
 
 ``DINOV3_WEIGHTS=path`` uses real ViT-S weights; without it the backbone is the distillation
 demo's random init (seed 0, rebuilt here and checked against the BRIXEL file), and the numbers
-only show that the machinery works. ``DEMO_DET_ITERS`` sets the iterations (default 60).
+only show that the machinery works. ``--iters N`` (or ``DEMO_DET_ITERS``) sets the iterations (default 60).
 
     .venv/bin/python tools/demo_det.py
 """
@@ -122,7 +122,20 @@ def train_one(method: str, weights: str, iters: int) -> dict:
             "seconds_per_iter": seconds_per_iteration(out), "wall_seconds": wall}
 
 
-def main():
+def parse_args(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description="Toy Mask R-CNN on frozen DINOv3-S: bilinear vs BRIXEL (box/mask AP)")
+    p.add_argument("--iters", type=int, default=int(os.environ.get("DEMO_DET_ITERS", 60)),
+                   help="training iterations per upsampler (default 60, or $DEMO_DET_ITERS)")
+    args = p.parse_args(argv)
+    if args.iters < 1:
+        p.error(f"--iters must be >= 1, got {args.iters}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     import torch
 
     from brixel_plugins.d2 import toy_instances
@@ -132,7 +145,7 @@ def main():
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     setup_logger(WORK, name="detectron2")  # training logs also go to work_dirs/demo/detection/log.txt
-    iters = int(os.environ.get("DEMO_DET_ITERS", 60))
+    iters = args.iters
     ensure_brixel_weights()
     os.makedirs(WORK, exist_ok=True)
     toy_instances("train", root=osp.join(WORK, "toydata"))
