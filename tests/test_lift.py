@@ -22,7 +22,7 @@ def test_registered_with_flags(tiny_spec):
     up = build_upsampler(dict(type="lift", factor=4), tiny_spec)
     assert isinstance(up, LiFT) and up.needs_image and not up.calls_backbone
     assert up.layer_indices == (tiny_spec.depth - 1,)
-    assert up.config == {"factor": 4}
+    assert up.config == {"factor": 4, "zero_start": False}
 
 
 @pytest.mark.parametrize("c, expected", [(384, 1_187_280), (768, 4_417_296)])

@@ -17,7 +17,7 @@ if os.environ.get("BRIXEL_REQUIRE_STACK") != "1":
     pytest.importorskip("mmseg", reason="install with the [mmseg] extra (make test does)")
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.registry import RUNNERS, init_default_scope  # noqa: E402
+from mmengine.registry import RUNNERS, DefaultScope  # noqa: E402
 from mmengine.structures import PixelData  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
@@ -39,7 +39,15 @@ TINY_SIZES = {k: TINY[k] for k in ("depth", "embed_dim", "num_heads")}
 FROZEN_PREFIX = "backbone.featurizer.backbone."
 RAN = set()  # tiny model configs already run by test_every_config_builds_and_runs
 
-init_default_scope("mmseg")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mmseg_scope():
+    """mmseg's builders resolve types through mmengine's process-wide default scope, which any
+    Runner of another scope (the distillation tests run before these) leaves behind: set it for
+    this module (before its module fixtures build anything), as mmseg's own tools do."""
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        yield
 
 
 @pytest.fixture(scope="module")
