@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import os.path as osp
+
+from brixel_plugins.engine.tool import add_runner_arguments, init_cpu_process_group, load_config, parse_runner_args
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-
     p = argparse.ArgumentParser(description="Self-distillation of a feature upsampler on frozen DINOv3")
     p.add_argument("config", help="e.g. configs/distill/brixel_vits16.py")
-    p.add_argument("--work-dir", help="where checkpoints, logs and exported weights go "
-                                      "(default: work_dirs/<config name>)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from the latest checkpoint in the work dir (or from the given file)")
     p.add_argument("--data-root", help="folder of training images (sets train and val dataset roots)")
@@ -30,26 +27,14 @@ def parse_args(argv=None):
                                      "$DINOV3_WEIGHTS, else the config's value (random init if None)")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 autocast via mmengine's AmpOptimWrapper; auto = on with CUDA")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
-                   help="override config entries, e.g. train_cfg.max_iters=100")
-    p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
-    p.add_argument("--local-rank", "--local_rank", type=int, default=0)
-    args = p.parse_args(argv)
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
-    return args
+    add_runner_arguments(p, "where checkpoints, logs and exported weights go (default: work_dirs/<config name>)")
+    return parse_runner_args(p, argv)
 
 
 def build_config(args):
     import torch
-    from mmengine.config import Config
 
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
-        "work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     if args.data_root:
         cfg.train_dataloader.dataset.root = args.data_root
         cfg.val_dataloader.dataset.root = args.data_root
@@ -64,9 +49,6 @@ def build_config(args):
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
     cuda = torch.cuda.is_available()
-    if not cuda:
-        # gloo for CPU process groups; no pinned memory without a GPU
-        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "gloo"
     amp = args.amp == "bf16" or (args.amp == "auto" and cuda)
     if amp:
         if not cuda:
@@ -79,15 +61,10 @@ def build_config(args):
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
-    import torch
-
     from brixel_plugins.distill.runner import DistillRunner
     from brixel_plugins.engine import CheckpointError, NonFiniteError
 
-    if args.launcher == "pytorch" and not torch.cuda.is_available() and not torch.distributed.is_initialized():
-        # mmengine's init_dist always calls torch.cuda.set_device; on CPU we start the gloo group
-        # ourselves (from torchrun's env://) and the Runner uses it as it is
-        torch.distributed.init_process_group(backend="gloo")
+    init_cpu_process_group(args.launcher)
     runner = DistillRunner.from_cfg(cfg)
     try:
         runner.train()
