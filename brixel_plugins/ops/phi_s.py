@@ -149,6 +149,23 @@ class PhiS(nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.reset()
 
+    # -- the calibration protocol of upsamplers and objectives (they delegate to this) --------
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.fitted)
+
+    @torch.no_grad()
+    def calibrate(self, feats: torch.Tensor) -> None:
+        """Accumulate statistics from features (B, C, H, W) or (N, C)."""
+        self.update(feats)
+
+    def finish_calibration(self) -> None:
+        """Sum the statistics over processes (every rank fits the same transform), fit, and drop
+        the streaming sums."""
+        self.sync_statistics()
+        self.fit()
+        self.reset()
+
     # -- statistics --------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the streaming sums (the fitted transform stays)."""

@@ -217,20 +217,16 @@ class FeatSharp(Upsampler):
         """The picture resized to the output grid (bilinear, antialiased): the JBU's guidance."""
         return F.interpolate(big, size=tuple(out_hw), mode="bilinear", align_corners=False, antialias=True)
 
+    # the calibration protocol is PHI-S's own (statistics from backbone last-layer maps)
     @property
     def calibrated(self) -> bool:
-        return bool(self.phi_s.fitted)
+        return self.phi_s.calibrated
 
-    @torch.no_grad()
     def calibrate(self, feats: torch.Tensor) -> None:
-        """Accumulate PHI-S statistics from backbone features (B, C, h, w) (``backbone.last_layer``)."""
-        self.phi_s.update(feats)
+        self.phi_s.calibrate(feats)
 
     def finish_calibration(self) -> None:
-        """Fit PHI-S from the statistics accumulated on every process (do this before training)."""
-        self.phi_s.sync_statistics()
-        self.phi_s.fit()
-        self.phi_s.reset()
+        self.phi_s.finish_calibration()
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, image: torch.Tensor, layers: Optional[Mapping[int, torch.Tensor]] = None,

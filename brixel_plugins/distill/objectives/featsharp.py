@@ -86,16 +86,13 @@ class FeatSharpObjective(DistillObjective):
 
     @property
     def calibrated(self) -> bool:
-        return bool(self.phi_s.fitted)
+        return self.phi_s.calibrated
 
-    @torch.no_grad()
     def calibrate(self, feats: torch.Tensor) -> None:
-        self.phi_s.update(feats)
+        self.phi_s.calibrate(feats)
 
     def finish_calibration(self) -> None:
-        self.phi_s.sync_statistics()
-        self.phi_s.fit()
-        self.phi_s.reset()
+        self.phi_s.finish_calibration()
 
     # -- training ----------------------------------------------------------------------------
     def view_loss(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,

@@ -77,19 +77,15 @@ class MultiViewObjective(DistillObjective):
 
     @property
     def calibrated(self) -> bool:
-        return self.phi_s is None or bool(self.phi_s.fitted)
+        return self.phi_s is None or self.phi_s.calibrated
 
-    @torch.no_grad()
     def calibrate(self, feats: torch.Tensor) -> None:
         if self.phi_s is not None:
-            self.phi_s.update(feats)
+            self.phi_s.calibrate(feats)
 
     def finish_calibration(self) -> None:
-        if self.phi_s is None:
-            return
-        self.phi_s.sync_statistics()  # summed over processes: every rank fits the same PHI-S
-        self.phi_s.fit()
-        self.phi_s.reset()
+        if self.phi_s is not None:
+            self.phi_s.finish_calibration()
 
     # -- training and validation -------------------------------------------------------------
     def losses(self, distiller, image: torch.Tensor) -> Dict[str, torch.Tensor]:
