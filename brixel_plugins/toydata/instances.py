@@ -16,12 +16,12 @@ it for evaluation. Every image is a pure function of (seed, split, index).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
+
+from .common import write_dataset_once
 
 CATEGORIES = ("disc", "square", "triangle", "bar")
 SPLITS = ("train", "val")
@@ -182,31 +182,13 @@ def write_toy_instances(root: Union[str, Path], num_train: int = 64, num_val: in
     size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
     params = dict(num_train=int(num_train), num_val=int(num_val), size=list(size), seed=int(seed),
                   categories=list(CATEGORIES))
-    meta = root / META_FILE
-    if not meta.is_file():
-        if root.exists() and any(root.iterdir()):
-            raise FileExistsError(f"{root} exists and is not a toy instance dataset (no {META_FILE})")
+
+    def write(folder: Path) -> None:
         photos = load_photos()
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            for split_id, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
-                write_split(tmp, split, split_id, count, photos, size, seed)
-            (tmp / META_FILE).write_text(json.dumps(params, indent=1))
-            if root.exists():
-                root.rmdir()  # empty (checked above)
-            try:
-                os.replace(tmp, root)
-            except OSError:
-                if not meta.is_file():  # not a concurrent writer's finished dataset
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    have = json.loads(meta.read_text())
-    if have != params:
-        raise ValueError(f"{root} holds a toy instance dataset written with {have}, not {params}; "
-                         f"delete it or write to another folder")
-    return root
+        for split_id, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
+            write_split(folder, split, split_id, count, photos, size, seed)
+
+    return write_dataset_once(root, params, META_FILE, "toy instance dataset", write)
 
 
 def split_files(root: Union[str, Path], split: str) -> Tuple[Path, Path]:

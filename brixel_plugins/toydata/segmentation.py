@@ -13,13 +13,12 @@ Every image is a pure function of (seed, split, index).
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
+
+from .common import write_dataset_once
 
 CLASSES = ("background", "dot", "stroke", "ring", "square")
 PALETTE = ((0, 0, 0), (230, 60, 40), (40, 200, 230), (220, 60, 220), (70, 210, 70))
@@ -124,38 +123,18 @@ def write_toy_segmentation(root: Union[str, Path], num_train: int = 64, num_val:
     root = Path(root)
     params = dict(num_train=int(num_train), num_val=int(num_val), size=int(size), seed=int(seed),
                   classes=list(CLASSES))
-    meta = root / META_FILE
-    if meta.is_file():
-        have = json.loads(meta.read_text())
-        if have != params:
-            raise ValueError(f"{root} holds a toy segmentation dataset written with {have}, not {params}; "
-                             f"delete it or write to another folder")
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists and is not a toy segmentation dataset (no {META_FILE})")
-    photos = load_photos()
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def write(folder: Path) -> None:
+        photos = load_photos()
         for split_id, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
-            (tmp / "img_dir" / split).mkdir(parents=True)
-            (tmp / "ann_dir" / split).mkdir(parents=True)
+            (folder / "img_dir" / split).mkdir(parents=True)
+            (folder / "ann_dir" / split).mkdir(parents=True)
             for i in range(count):
                 img, label = make_sample(photos, np.random.default_rng([seed, split_id, i]), size)
-                Image.fromarray(img).save(tmp / "img_dir" / split / f"{i:04d}.png")
-                Image.fromarray(label).save(tmp / "ann_dir" / split / f"{i:04d}.png")
-        (tmp / META_FILE).write_text(json.dumps(params, indent=1))
-        if root.exists():
-            root.rmdir()  # empty (checked above)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            # another process (a second rank) finished the same dataset first
-            if not meta.is_file() or json.loads(meta.read_text()) != params:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+                Image.fromarray(img).save(folder / "img_dir" / split / f"{i:04d}.png")
+                Image.fromarray(label).save(folder / "ann_dir" / split / f"{i:04d}.png")
+
+    return write_dataset_once(root, params, META_FILE, "toy segmentation dataset", write)
 
 
 def class_frequencies(root: Union[str, Path], split: str = "train") -> Dict[str, float]:
