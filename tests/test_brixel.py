@@ -284,8 +284,10 @@ def lean_reference(m: BrixelLean, image, layers):
     s1 = m.stem(image)
     q = m.query_in(m.down(s1)).flatten(2).transpose(1, 2) + m.level_embed
     ref = reference_points([(2 * h, 2 * w)], image.device)
-    for proj, extractor, tap in zip(m.tap_proj, m.extractors, taps):
-        q = extractor(q, ref, proj(tap.flatten(2).transpose(1, 2)), (h, w), [(2 * h, 2 * w)])
+    feats = [proj(tap.flatten(2).transpose(1, 2)) for proj, tap in zip(m.tap_proj, taps)]
+    k = m.taps_per_extractor  # each extractor reads k taps as the k levels of one deformable attention
+    for i, extractor in enumerate(m.extractors):
+        q = extractor(q, ref, torch.cat(feats[i * k:(i + 1) * k], 1), [(h, w)] * k, [(2 * h, 2 * w)])
     c2 = m.query_out(q).transpose(1, 2).reshape(q.shape[0], -1, 2 * h, 2 * w)
     x = m.fuse_norm(s1 + F.interpolate(c2, size=(4 * h, 4 * w), mode="bilinear", align_corners=False))
     detail = m.out_conv(m.head_norm(m.trunk(x)))
@@ -324,10 +326,32 @@ def test_lean_zero_start_is_bilinear_and_bf16_runs(tiny_backbone, tiny_spec, pho
     assert torch.isfinite(out.float()).all() and (out.float() - ref).norm() / ref.norm() < 0.05
 
 
+def lean_parameter_count(d: int, q: int, w: int, blocks: int, extractors: int = 2, levels: int = 2,
+                         heads: int = 8, points: int = 4) -> int:
+    """BRIXEL-lean's parameters by hand, for embed dim d, query width q, head width w."""
+    stem = 3 * 9 * (w // 2) + 2 * (w // 2) + (w // 2) * 9 * w + 2 * w + w * 9 * w + 2 * w  # 3 convs + BN
+    down = w * 9 * 2 * w + 2 * 2 * w
+    query_in = 2 * w * q + q
+    tap_proj = 4 * (d * q + q)
+    offsets, weights = heads * levels * points * 2, heads * levels * points
+    attn = (q + 1) * offsets + (q + 1) * weights + (q * q // 2 + q // 2) + (q // 2 * q + q)  # + value, output proj
+    hidden = q // 4
+    ffn = q * hidden + hidden + 10 * hidden + hidden * q + q  # fc1, depthwise 3x3 (+ bias), fc2
+    extractor = 3 * 2 * q + attn + ffn  # 3 LayerNorms
+    convnext = 10 * w + 2 * w + (w * 2 * w + 2 * w) + (2 * w * w + w)  # dw 3x3, LN, MLP x2
+    head = (q * w + w) + 2 * w + blocks * convnext + 2 * w + (w * d + d)  # query_out, 2 LN, out_conv
+    return stem + down + query_in + q + tap_proj + extractors * extractor + head
+
+
 @pytest.mark.parametrize("arch", list(SPECS))
 def test_lean_parameter_counts(arch):
-    """Queries of width D/2: 4 tap projections D -> D/2 (2 D^2) + 4 extractors (1.5 D^2) + ..."""
+    """The defaults (queries D/3 rounded to 16, head width 96, 1 head block, 2 extractors of 2
+    taps each) against a count by hand; ViT-S 704,304."""
     with torch.device("meta"):
         m = BrixelLean(SPECS[arch])
     d = SPECS[arch].embed_dim
-    assert sum(p.numel() for p in m.parameters()) == 3.5 * d * d + 378.5 * d + 183_200
+    q = {384: 128, 768: 256, 1024: 336, 1280: 432}[d]
+    assert (m.config["query_dim"], m.config["width"], m.config["head_blocks"], len(m.extractors)) == (q, 96, 1, 2)
+    assert sum(p.numel() for p in m.parameters()) == lean_parameter_count(d, q, 96, 1)
+    if arch == "vits16":
+        assert lean_parameter_count(d, q, 96, 1) == 704_304

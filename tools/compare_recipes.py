@@ -54,6 +54,9 @@ VARIANTS = {
                                                          optimizer=dict(type="NAdam", lr=1e-4)),
                                    "custom_hooks": [dict(type="PhiSStatsHook", num_batches=8),
                                                     dict(type="ExportUpsamplerHook")]}),
+    # architectures, one recipe (docs/benchmark.md): the release BRIXEL vs BRIXEL-lean
+    "brixel": dict(label="BRIXEL (release arch.)", config="brixel_vits16.py", batch=2, options={}),
+    "brixel_lean": dict(label="BRIXEL-lean", config="brixel_lean_vits16.py", batch=2, options={}),
 }
 
 

@@ -1,7 +1,8 @@
 """Peak memory of a block of code (:class:`PeakMemory`).
 
-- CUDA: ``torch.cuda.max_memory_allocated`` over the block, models resident (weights +
-  activations + workspace), like the BRIXEL authors' figure.
+- CUDA: the rise of ``torch.cuda.max_memory_allocated`` over the block plus the models'
+  parameter and buffer bytes (weights + activations + workspace, like the BRIXEL authors'
+  figure), so other rows' models resident at the same time do not count.
 - CPU: the rise of the process's peak resident set size over the block (Linux: the peak is
   reset through ``/proc/self/clear_refs`` after returning freed heap to the OS with
   ``malloc_trim``) plus the models' parameter and buffer bytes. Caveats: the allocator may reuse
@@ -59,7 +60,8 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.method = "cuda_max_allocated"
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.method = "cuda_peak_delta+weights"
         elif _reset_peak_rss() and _proc_status_kib("VmRSS") is not None:
             self._base = _proc_status_kib("VmRSS")
             self.method = "rss_peak_delta+weights"
@@ -71,7 +73,7 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base + self.resident_bytes
         elif self.method.startswith("rss"):
             self.peak_bytes = (_proc_status_kib("VmHWM") - self._base) * 1024 + self.resident_bytes
         else:

@@ -12,6 +12,11 @@ Per row: parameters, FLOPs (:mod:`.flops`), latency (median and inter-quartile r
 ``runs`` timed runs after ``warmup`` untimed ones), peak memory (:mod:`.memory`); then
 :func:`add_ratios` relates each row to ``highres`` (FLOP ratio, speed-up) and to ``backbone``
 (the overhead in percent: what the upsampler adds to the backbone it serves).
+
+Rows are first prepared (built, FLOPs counted, warmed up, peak memory taken on one call), then
+timed round-robin: run k of every row before run k+1 of any. A machine whose speed drifts (a
+shared or virtualised CPU, a GPU changing clocks) then slows every row alike, so the ratios
+between rows, the numbers the table is for, stay steady even when absolute times move.
 """
 from __future__ import annotations
 
@@ -97,17 +102,23 @@ def _sync(dev: torch.device) -> None:
 
 
 @dataclass
-class _Measured:
+class Prepared:
+    """A row ready to time: its ``forward`` and what one untimed call measured."""
+    label: str
+    forward: Callable[[], torch.Tensor]
     out: torch.Tensor
     flops: FlopCount
     passes: float
     backbone_px: str
-    times: List[float]
     memory: PeakMemory
+    fields: Dict[str, Any]  # the rest of the row (sizes, parameters)
+    times: List[float] = field(default_factory=list)
 
 
-def _measure(forward: Callable[[], torch.Tensor], backbone, cfg: BenchConfig, resident_bytes: int) -> _Measured:
-    """Count FLOPs and backbone passes on one call (also the first warm-up), then time ``runs`` calls."""
+def _prepare(label: str, forward: Callable[[], torch.Tensor], backbone, cfg: BenchConfig, resident_bytes: int,
+             **fields) -> Prepared:
+    """Count FLOPs and backbone passes on one call (also the first warm-up), finish the warm-up,
+    then take the peak memory of one more call."""
     dev = torch.device(cfg.device)
     counter = _PassCounter(backbone)
     try:
@@ -115,35 +126,45 @@ def _measure(forward: Callable[[], torch.Tensor], backbone, cfg: BenchConfig, re
     finally:
         counter.handle.remove()
     passes, pass_text = counter.describe(cfg.batch_size)
-    times, mem = [float("nan")], PeakMemory(dev)
+    mem = PeakMemory(dev)
     if dev.type != "meta":  # the meta device counts FLOPs only (seconds even for ViT-H+ at 1024 px)
         for _ in range(max(cfg.warmup - 1, 0)):
             forward()
-        times = []
         with PeakMemory(dev, resident_bytes) as mem:
-            for _ in range(cfg.runs):
-                _sync(dev)
-                t0 = time.perf_counter()
-                forward()
-                _sync(dev)
-                times.append(time.perf_counter() - t0)
-    return _Measured(out, flops, passes, pass_text, times, mem)
+            forward()
+    return Prepared(label, forward, out, flops, passes, pass_text, mem, fields)
 
 
-def _row(label: str, m: _Measured, cfg: BenchConfig, backbone, factor: int, px: int, target: int,
-         trainable: int, backbone_flops: int) -> Dict[str, Any]:
-    q = statistics.quantiles(m.times, n=4, method="inclusive") if len(m.times) > 1 else [m.times[0]] * 3
+def time_rows(rows: Sequence[Prepared], cfg: BenchConfig) -> None:
+    """``cfg.runs`` timed calls of every row, round-robin (see the module docstring)."""
+    dev = torch.device(cfg.device)
+    if dev.type == "meta":
+        for r in rows:
+            r.times = [float("nan")]
+        return
+    for _ in range(cfg.runs):
+        for r in rows:
+            _sync(dev)
+            t0 = time.perf_counter()
+            r.forward()
+            _sync(dev)
+            r.times.append(time.perf_counter() - t0)
+
+
+def _row(p: Prepared, cfg: BenchConfig, backbone) -> Dict[str, Any]:
+    q = statistics.quantiles(p.times, n=4, method="inclusive") if len(p.times) > 1 else [p.times[0]] * 3
     per_img = 1.0 / cfg.batch_size
+    backbone_flops = p.fields.pop("backbone_flops")
     return {
-        "method": label, "target": target, "factor": factor, "input_px": px,
-        "backbone_passes": m.passes, "backbone_px": m.backbone_px,
-        "trainable_params": trainable, "frozen_params": sum(p.numel() for p in backbone.parameters()),
-        "gflops": m.flops.total * per_img / 1e9, "gmacs": m.flops.total * per_img / 2e9,
+        "method": p.label, **p.fields,
+        "backbone_passes": p.passes, "backbone_px": p.backbone_px,
+        "frozen_params": sum(t.numel() for t in backbone.parameters()),
+        "gflops": p.flops.total * per_img / 1e9, "gmacs": p.flops.total * per_img / 2e9,
         "backbone_gflops": backbone_flops * per_img / 1e9,
-        "upsampler_gflops": (m.flops.total - backbone_flops) * per_img / 1e9,
-        "latency_ms": statistics.median(m.times) * 1e3, "iqr_ms": (q[2] - q[0]) * 1e3,
-        "min_ms": min(m.times) * 1e3, "max_ms": max(m.times) * 1e3, "runs": cfg.runs,
-        "peak_mib": m.memory.peak_bytes / 2 ** 20, "mem_method": m.memory.method,
+        "upsampler_gflops": (p.flops.total - backbone_flops) * per_img / 1e9,
+        "latency_ms": statistics.median(p.times) * 1e3, "iqr_ms": (q[2] - q[0]) * 1e3,
+        "min_ms": min(p.times) * 1e3, "max_ms": max(p.times) * 1e3, "runs": len(p.times),
+        "peak_mib": p.memory.peak_bytes / 2 ** 20, "mem_method": p.memory.method,
         "batch_size": cfg.batch_size, "device": str(torch.device(cfg.device)), "dtype": cfg.dtype,
         "arch": backbone.spec.arch,
     }
@@ -154,12 +175,11 @@ def _image(cfg: BenchConfig, px: int) -> torch.Tensor:
     return torch.randn(cfg.batch_size, 3, px, px, generator=gen).to(cfg.device)
 
 
-def measure_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone=None) -> Dict[str, Any]:
-    """One method producing a ``target x target`` token map; returns a flat row dict."""
+def prepare_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone) -> Prepared:
+    """One method producing a ``target x target`` token map, ready to time."""
     from ..featurizer import DenseFeaturizer
 
     dev = torch.device(cfg.device)
-    backbone = backbone if backbone is not None else build_backbone(cfg)
     up = build_method(method, backbone.spec, cfg.factor).to(dev).eval()
     f = up.factor
     if target % f:
@@ -177,25 +197,44 @@ def measure_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone=None
         with torch.no_grad(), cfg.autocast():
             return model(image)
 
-    m = _measure(forward, backbone, cfg, module_bytes(model))
-    if tuple(m.out.shape[-2:]) != (target, target):
-        raise RuntimeError(f"{method.label} returned {tuple(m.out.shape)}, expected a {target}x{target} map")
     label = method.label if method.path is None else f"{up.method}:{method.label}"
-    return _row(label, m, cfg, backbone, f, px, target, sum(p.numel() for p in up.parameters()),
-                m.flops.in_backbone())
+    p = _prepare(label, forward, backbone, cfg, module_bytes(model), target=target, factor=f, input_px=px,
+                 trainable_params=sum(t.numel() for t in up.parameters()))
+    if tuple(p.out.shape[-2:]) != (target, target):
+        raise RuntimeError(f"{method.label} returned {tuple(p.out.shape)}, expected a {target}x{target} map")
+    p.fields["backbone_flops"] = p.flops.in_backbone()
+    return p
 
 
-def measure_backbone_row(px: int, target: int, cfg: BenchConfig, backbone=None) -> Dict[str, Any]:
+def prepare_backbone_row(px: int, target: int, cfg: BenchConfig, backbone) -> Prepared:
     """DINOv3 alone on the ``px`` image (its last layer): what every upsampler row adds to."""
-    backbone = backbone if backbone is not None else build_backbone(cfg)
     image = _image(cfg, px)
 
     def forward():
         with torch.no_grad(), cfg.autocast():
             return backbone.last_layer(image)
 
-    m = _measure(forward, backbone, cfg, module_bytes(backbone))
-    return _row(BACKBONE, m, cfg, backbone, 1, px, target, 0, m.flops.total)  # factor 1: no upsampling
+    # factor 1: no upsampling; all of it is backbone
+    p = _prepare(BACKBONE, forward, backbone, cfg, module_bytes(backbone), target=target, factor=1, input_px=px,
+                 trainable_params=0)
+    p.fields["backbone_flops"] = p.flops.total
+    return p
+
+
+def measure_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone=None) -> Dict[str, Any]:
+    """One method producing a ``target x target`` token map, measured alone; a flat row dict."""
+    backbone = backbone if backbone is not None else build_backbone(cfg)
+    p = prepare_row(method, target, cfg, backbone)
+    time_rows([p], cfg)
+    return _row(p, cfg, backbone)
+
+
+def measure_backbone_row(px: int, target: int, cfg: BenchConfig, backbone=None) -> Dict[str, Any]:
+    """DINOv3 alone on the ``px`` image, measured alone; a flat row dict."""
+    backbone = backbone if backbone is not None else build_backbone(cfg)
+    p = prepare_backbone_row(px, target, cfg, backbone)
+    time_rows([p], cfg)
+    return _row(p, cfg, backbone)
 
 
 def _isolated(args) -> Dict[str, Any]:
@@ -222,35 +261,40 @@ def add_ratios(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def run_benchmark(methods: Sequence[MethodSpec], cfg: BenchConfig, sizes: Iterable[int] = (64,),
                   isolate: bool = False, log: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
     """Rows for ``highres``, ``backbone`` (at every input size the methods use) and every method,
-    at every target size (tokens per side)."""
+    at every target size (tokens per side). The rows of one target are timed round-robin
+    (:func:`time_rows`); with ``isolate`` every row runs alone in a fresh process instead."""
     methods = list(methods)
     if not any(m.path is None and m.name == REFERENCE and not m.options for m in methods):
         methods.insert(0, MethodSpec(REFERENCE))
     check_methods(methods)
-    backbone = None if isolate else build_backbone(cfg)
-
-    def measure(fn, *args) -> Dict[str, Any]:
-        if not isolate:
-            row = fn(*args, cfg, backbone)
-            if cfg.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            return row
+    rows: List[Dict[str, Any]] = []
+    if isolate:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(1) as pool:
-            return pool.map(_isolated, [(fn, *args, cfg)])[0]
-
-    rows: List[Dict[str, Any]] = []
+        def measure(fn, *args) -> Dict[str, Any]:
+            with mp.get_context("spawn").Pool(1) as pool:
+                return pool.map(_isolated, [(fn, *args, cfg)])[0]
+    backbone = None if isolate else build_backbone(cfg)
     for target in sorted(set(int(s) for s in sizes)):
-        floors = set()
+        floors, prepared = set(), []
         for m in methods:
             if log:
                 log(f"[benchmark] {m.label} -> {target}x{target} tokens")
-            row = measure(measure_row, m, target)
-            rows.append(row)
-            if row["method"] != REFERENCE and row["input_px"] not in floors:
-                floors.add(row["input_px"])
+            p = measure(measure_row, m, target) if isolate else prepare_row(m, target, cfg, backbone)
+            px = p["input_px"] if isolate else p.fields["input_px"]
+            if m.name != REFERENCE and px not in floors:
+                floors.add(px)
                 if log:
-                    log(f"[benchmark] DINOv3 alone at {row['input_px']} px")
-                rows.insert(len(rows) - 1, measure(measure_backbone_row, row["input_px"], target))
+                    log(f"[benchmark] DINOv3 alone at {px} px")
+                prepared.append(measure(measure_backbone_row, px, target) if isolate
+                                else prepare_backbone_row(px, target, cfg, backbone))
+            prepared.append(p)
+        if not isolate:
+            if log:
+                log(f"[benchmark] timing {len(prepared)} rows round-robin, {cfg.runs} runs each")
+            time_rows(prepared, cfg)
+            prepared = [_row(p, cfg, backbone) for p in prepared]
+            if cfg.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        rows.extend(prepared)
     return add_ratios(rows)

@@ -64,18 +64,28 @@ def multi_scale_deformable_attn(value: torch.Tensor, spatial_shapes: Shapes,
     # grid_sample wants [-1, 1] coordinates; with align_corners=False, -1 and 1 are the outer
     # pixel edges, which is exactly the [0, 1] corner-to-corner convention above.
     grids = (2.0 * sampling_locations - 1.0).to(value.dtype)
-    samples = []
+    weights = attention_weights.to(value.dtype)
+    out = None
     for lvl, (h, w) in enumerate(shapes):
         # (B, HW, M, Dh) -> (B*M, Dh, H, W)
         v = levels[lvl].permute(0, 2, 3, 1).reshape(b * m, dh, h, w)
-        # (B, Lq, M, P, 2) -> (B*M, Lq, P, 2)
-        g = grids[:, :, :, lvl].transpose(1, 2).reshape(b * m, lq, n_points, 2)
-        samples.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    # (B*M, Dh, Lq, L, P) -> (B*M, Dh, Lq, L*P)
-    sampled = torch.stack(samples, dim=-2).flatten(-2)
-    weights = attention_weights.to(value.dtype).transpose(1, 2).reshape(b * m, 1, lq, n_levels * n_points)
-    out = (sampled * weights).sum(-1)  # (B*M, Dh, Lq)
+        # Points outer, queries inner: (B, Lq, M, P, 2) -> (B*M, P, Lq, 2), so the weighted sum
+        # over the P points below reduces a middle dimension of contiguous rows (on CPU ~2x
+        # faster than reducing a last dimension of 4). Contiguous on purpose: grid_sample reads
+        # a strided grid 3x slower.
+        g = grids[:, :, :, lvl].permute(0, 2, 3, 1, 4).reshape(b * m, n_points, lq, 2).contiguous()
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B*M, Dh, P, Lq)
+        a = weights[:, :, :, lvl].permute(0, 2, 3, 1).reshape(b * m, 1, n_points, lq).contiguous()
+        level_out = (sampled * a).sum(2)  # (B*M, Dh, Lq)
+        out = level_out if out is None else out + level_out
     return out.view(b, m * dh, lq).transpose(1, 2).contiguous()
+
+
+def softmax_last(x: torch.Tensor) -> torch.Tensor:
+    """``x.softmax(-1)`` for short rows (a head's L*P attention logits): the same values, written
+    out because torch's CPU softmax costs ~5x more than these three ops on rows of 4 to 16."""
+    e = (x - x.amax(-1, keepdim=True).detach()).exp()
+    return e / e.sum(-1, keepdim=True)
 
 
 class MSDeformAttn(nn.Module):
@@ -150,7 +160,7 @@ class MSDeformAttn(nn.Module):
         value = value.view(b, s, self.n_heads, self.value_dim // self.n_heads)
         offsets = self.sampling_offsets(query).view(b, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(b, lq, self.n_heads, self.n_levels * self.n_points)
-        weights = weights.float().softmax(-1).view(b, lq, self.n_heads, self.n_levels, self.n_points)
+        weights = softmax_last(weights.float()).view(b, lq, self.n_heads, self.n_levels, self.n_points)
 
         # offsets are in pixels of each level: divide by (W_l, H_l) to get normalised units
         normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32, device=query.device)

@@ -76,6 +76,35 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
+class DetailGate(nn.Module):
+    """The zero start of methods whose output does not end in a projection that could start at
+    zero (JBU, FeatSharp): a per-channel share of what the method changes, starting at none.
+
+    ``(B, C, H, W) -> scale * x`` with ``scale = gain * gate`` (C,), ``gate`` a zero-initialised
+    parameter. Why the gain: Adam-family optimisers move each parameter by about ``lr`` per step
+    whatever its gradient, so a gate stored as the scale itself needs ~1/lr steps to open (1000
+    at lr 1e-3; measured on the tiny backbone, a gated JBU stayed within 2% of bilinear after
+    40 steps at lr 3e-3), while a zero-initialised projection, many weights per output, opens in
+    tens. With ``gain`` the gate opens ``gain`` times faster (the same JBU: 12% better than
+    bilinear in 40 steps). Tuned for the Adam family every recipe here uses.
+    """
+
+    def __init__(self, dim: int, gain: float = 32.0):
+        super().__init__()
+        self.gain = float(gain)
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.gain * self.gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale.to(x.dtype).view(1, -1, 1, 1) * x
+
+    def extra_repr(self) -> str:
+        return f"dim={self.gate.numel()}, gain={self.gain:g}"
+
+
 def build_upsampler(cfg: Mapping, spec: BackboneSpec) -> "Upsampler":
     """Build from ``dict(type='brixel', **kwargs)`` for a backbone described by ``spec``."""
     cfg = dict(copy.deepcopy(cfg))
@@ -147,7 +176,8 @@ class Upsampler(nn.Module):
         """The zero start (``zero_start=True``: the default of new trainings, off for the authors'
         weights): ``interpolation_base(last) + detail``, where ``detail`` (B, D, f*h, f*w) ends in a
         learned projection the method zero-initialises (:func:`zero_init`): LiFT's ``outc``,
-        BRIXEL's ``head.out_conv``, a per-channel scale of JBU's difference to the base. At step 0
+        BRIXEL's ``head.out_conv``, or a :class:`DetailGate` on the method's difference to the
+        base (JBU, FeatSharp). At step 0
         the output IS bilinear interpolation; training adds detail from there, so the start
         cannot be worse than interpolation. Without ``zero_start`` it returns ``detail`` as is
         (the method's own output)."""

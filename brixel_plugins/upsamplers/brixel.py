@@ -41,7 +41,7 @@ those counts, which the authors quote, are what fixed the shapes of the implicit
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -164,24 +164,27 @@ class ConvFFN(nn.Module):
 
 
 class Extractor(nn.Module):
-    """Queries read one backbone layer: ``q + attn(LN q, LN feat)``, then ``+ drop_path(FFN(LN q))``.
+    """Queries read backbone tokens: ``q + attn(LN q, LN feat)``, then ``+ drop_path(FFN(LN q))``.
 
-    Shapes: ``q (B, Lq, D)``, ``feat (B, h*w, D)`` -> ``(B, Lq, D)``.
+    Shapes: ``q (B, Lq, D)``, ``feat (B, S, D)`` -> ``(B, Lq, D)``; ``feat`` holds ``n_levels``
+    maps flattened and concatenated (``feat_hw``: one ``(h, w)`` or a list of them, ``S = sum h*w``).
     """
 
     def __init__(self, dim: int, n_heads: int = 16, n_points: int = 4, ratio: float = 0.5,
-                 ffn_ratio: float = 0.25, drop_path: float = 0.3):
+                 ffn_ratio: float = 0.25, drop_path: float = 0.3, n_levels: int = 1):
         super().__init__()
         self.query_norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.feat_norm = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = MSDeformAttn(dim, n_levels=1, n_heads=n_heads, n_points=n_points, ratio=ratio)
+        self.attn = MSDeformAttn(dim, n_levels=n_levels, n_heads=n_heads, n_points=n_points, ratio=ratio)
         self.ffn = ConvFFN(dim, int(dim * ffn_ratio))
         self.ffn_norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, q: torch.Tensor, ref: torch.Tensor, feat: torch.Tensor, feat_hw: Tuple[int, int],
+    def forward(self, q: torch.Tensor, ref: torch.Tensor, feat: torch.Tensor,
+                feat_hw: Union[Tuple[int, int], Sequence[Tuple[int, int]]],
                 q_shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
-        q = q + self.attn(self.query_norm(q), ref, self.feat_norm(feat), [feat_hw])
+        feat_shapes = [tuple(feat_hw)] if isinstance(feat_hw[0], int) else [tuple(hw) for hw in feat_hw]
+        q = q + self.attn(self.query_norm(q), ref, self.feat_norm(feat), feat_shapes)
         return q + self.drop_path(self.ffn(self.ffn_norm(q), q_shapes))
 
 

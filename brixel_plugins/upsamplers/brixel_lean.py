@@ -12,29 +12,38 @@ part (release, ViT-S, 256 px)  GFLOPs  lean
 ============================== ======= =====================================================
 stem: 3 full-width convs, two  2.47    2 strided convs 3 -> width/2 -> width reach stride 4,
 at 128x128                             one more conv there
-6 extractors at width D (1024  3.00    4 extractors (one per tap) at width ``query_dim`` (D/2),
-queries, 16 heads x 4 points)          8 heads x 4 points; each tap projected D -> query_dim
+6 extractors at width D (1024  3.00    2 extractors at width ``query_dim`` (D/3), each reading
+queries, 16 heads x 4 points)          2 taps as the 2 levels of one deformable attention,
+                                       8 heads x 4 points; each tap projected D -> query_dim
 spm.fc1 + head.align_in:       0.40    c1 stays at head width: no D-wide map at 4x
 D-wide maps at 64x64
-head: 3 blocks, grouped mix,   0.49    3 ConvNeXt blocks (dw3x3, MLP x2), out_conv fused
+head: 3 blocks, grouped mix,   0.49    1 ConvNeXt block (dw3x3, MLP x2), out_conv fused
 out_conv, + base                       with the residual (one pass over the D-wide output)
 ============================== ======= =====================================================
 
-On a CPU, time goes less with FLOPs than with memory traffic at 4x: the maps there stay
-``width`` channels wide until ``out_conv``, everything runs channels-last (tokens and maps are
-views of each other), and ``out_conv`` writes straight into the enlarged base (``addmm_``).
+Where the measurements sent the budget (demo protocol, 300 iterations, held-out fidelity; the
+release 1.496): the head width buys fidelity (64 -> 96: 1.419 -> 1.511 with 4 extractors at
+D/2), the number of query updates and head blocks buys little (4 extractors of one tap -> 2 of
+two taps at D/3: -0.017 at width 64; 2 head blocks -> 1 at width 96: 1.479 -> 1.502), so the
+lean variant spends on the 4x maps' width what it saves in the extractors and the head
+(1.502 at less CPU time than the width-64 design's 1.419). On a CPU, time goes less with FLOPs than
+with memory traffic at 4x: the maps there stay ``width`` channels wide until ``out_conv``,
+everything runs channels-last (tokens and maps are views of each other), and ``out_conv``
+writes straight into the enlarged base (``addmm_``).
 
 Data flow (``w`` = ``width``, ``q`` = ``query_dim``):
 
 1. stem: conv3x3 s2 3->w/2, conv3x3 s2 w/2->w, conv3x3 w->w (BN, ReLU) -> s1 at stride 4; conv3x3 s2
    w->2w -> s2 at stride 8; ``query_in`` 1x1 2w->q on s2 -> queries at 2x the token grid.
-2. tap k: ``q <- extractor_k(q, tap_proj_k(tap_k))``, an extractor as in BRIXEL (LayerNorm,
-   deformable cross-attention, ConvFFN with drop-path) at width q.
+2. extractor k reads taps 2k, 2k+1: ``q <- extractor_k(q, [tap_proj(tap_2k), tap_proj(tap_2k+1)])``,
+   an extractor as in BRIXEL (LayerNorm, deformable cross-attention over the taps as levels,
+   ConvFFN with drop-path) at width q.
 3. ``x = LN(s1 + bilinear_2x(query_out(q)))`` at 4x the grid, w channels -> ``head_blocks``
    ConvNeXt blocks -> LN -> 1x1 w->D -> + bilinear 4x of the last tapped layer (``out_conv``
    starts at zero with ``zero_start``: the untrained module is bilinear interpolation).
 
-Parameters: 3.5 D^2 + 378.5 D + 183,200 (ViT-S 0.84M, B 2.54M, L 4.24M, H+ 6.40M).
+Parameters (defaults): ViT-S 0.70M, B 1.57M, L 2.38M, H+ 3.53M (``test_lean_parameter_counts``
+counts them by hand).
 """
 from __future__ import annotations
 
@@ -59,24 +68,29 @@ class BrixelLean(Upsampler):
         spec: the frozen backbone's spec.
         factor: must be 4.
         layer_indices: the 4 tapped layers; default BRIXEL's (:func:`~.brixel.default_taps`).
-        query_dim: width of the queries (default D/2, a multiple of 2 * n_heads).
-        width: stem and head width (default 64).
+        query_dim: width of the queries (default D/3 rounded to a multiple of 2 * n_heads: 128
+            for ViT-S, 256 for B, 336 for L, 432 for H+).
+        width: stem and head width (default 96).
         n_heads, n_points: deformable attention heads and sampling points per head.
         head_blocks: ConvNeXt blocks (depthwise 3x3, LayerNorm, MLP) in the head.
         mlp_ratio: their MLP width over ``width``.
         drop_path: drop-path rate on the extractors' FFN branch (training only).
+        taps_per_extractor: tapped layers each extractor reads, as the levels of one deformable
+            attention (default 2: two extractors for four taps).
         zero_start: ``out_conv`` starts at zero, so the untrained output is bilinear interpolation.
     """
 
     needs_image = True
 
     def __init__(self, spec: BackboneSpec, factor: int = 4, layer_indices: Optional[Sequence[int]] = None,
-                 query_dim: Optional[int] = None, width: int = 64, n_heads: int = 8, n_points: int = 4,
-                 head_blocks: int = 3, mlp_ratio: float = 2.0, drop_path: float = 0.1, zero_start: bool = False):
+                 query_dim: Optional[int] = None, width: int = 96, n_heads: int = 8, n_points: int = 4,
+                 head_blocks: int = 1, mlp_ratio: float = 2.0, drop_path: float = 0.1, taps_per_extractor: int = 2,
+                 zero_start: bool = False):
         if factor != 4:
             raise ValueError(f"BRIXEL-lean upsamples by exactly 4 (its stem and head are built for it), got factor={factor}")
         d = spec.embed_dim
-        query_dim = int(query_dim or d // 2)
+        step = 2 * n_heads
+        query_dim = int(query_dim or max(step, round(d / 3 / step) * step))
         if query_dim % (2 * n_heads):
             raise ValueError(f"query_dim ({query_dim}) must divide by 2 * n_heads ({2 * n_heads}): the "
                              f"deformable attention's value channels (query_dim / 2) are split over the heads")
@@ -86,11 +100,14 @@ class BrixelLean(Upsampler):
         taps = tuple(int(i) for i in (default_taps(spec) if layer_indices is None else layer_indices))
         if not taps:
             raise ValueError("BRIXEL-lean needs at least one tapped layer")
+        if taps_per_extractor < 1 or len(taps) % taps_per_extractor:
+            raise ValueError(f"taps_per_extractor={taps_per_extractor} must divide the {len(taps)} tapped layers")
         super().__init__(spec, factor, taps, query_dim=query_dim, width=int(width), n_heads=int(n_heads),
                          n_points=int(n_points), head_blocks=int(head_blocks), mlp_ratio=float(mlp_ratio),
-                         drop_path=float(drop_path),
+                         drop_path=float(drop_path), taps_per_extractor=int(taps_per_extractor),
                          zero_start=bool(zero_start))
         self.config["layer_indices"] = list(taps)
+        self.taps_per_extractor = int(taps_per_extractor)
         # stem: strides 4 (s1) and 8 (s2)
         self.stem = nn.Sequential(*conv_bn_relu(3, width // 2, 2), *conv_bn_relu(width // 2, width, 2),
                                   *conv_bn_relu(width, width, 1))
@@ -100,8 +117,9 @@ class BrixelLean(Upsampler):
         # one extractor per tapped layer, reading it through a projection to the query width
         self.tap_proj = nn.ModuleList([nn.Linear(d, query_dim) for _ in taps])
         self.extractors = nn.ModuleList([
-            Extractor(query_dim, n_heads=n_heads, n_points=n_points, ratio=0.5, ffn_ratio=0.25, drop_path=drop_path)
-            for _ in taps])
+            Extractor(query_dim, n_heads=n_heads, n_points=n_points, ratio=0.5, ffn_ratio=0.25, drop_path=drop_path,
+                      n_levels=taps_per_extractor)
+            for _ in range(len(taps) // taps_per_extractor)])
         # head at 4x, ``width`` channels
         self.query_out = nn.Linear(query_dim, width)
         self.fuse_norm = LayerNorm2d(width)
@@ -130,8 +148,11 @@ class BrixelLean(Upsampler):
         s1 = resize_to(self.stem(image), size1)
         q = to_tokens(resize_to(self.query_in(self.down(s1)), size2)) + self.level_embed
         ref = reference_points([size2], image.device)
-        for proj, extractor, tap in zip(self.tap_proj, self.extractors, taps):
-            q = extractor(q, ref, proj(to_tokens(tap)), (h, w), [size2])
+        feats = [proj(to_tokens(tap)) for proj, tap in zip(self.tap_proj, taps)]
+        k = self.taps_per_extractor
+        for i, extractor in enumerate(self.extractors):
+            group = feats[i * k:(i + 1) * k]
+            q = extractor(q, ref, group[0] if k == 1 else torch.cat(group, 1), [(h, w)] * k, [size2])
         x = self.fuse_norm(s1 + resize_to(to_map(self.query_out(q), size2), size1))
         x = self.head_norm.ln(self.trunk(x).permute(0, 2, 3, 1))  # (B, 4h, 4w, width)
         # out_conv fused with the residual: base + x @ W^T in one pass over the D-wide output; its

@@ -42,7 +42,7 @@ from ..images import resize
 from ..ops.local_attention import LocalAttention2d
 from ..ops.phi_s import PhiS
 from ..ops.spectral_reparam import bake_spectral_reparam, bake_spectral_state_dict, spectral_reparametrize
-from .base import Upsampler, register_upsampler
+from .base import DetailGate, Upsampler, register_upsampler
 from .jbu import FeatSharpJBUStack
 
 __all__ = ["FeatSharp", "FusionBlock", "LayerScale", "SwiGLU", "swiglu_hidden", "low_res_view"]
@@ -128,8 +128,8 @@ class FeatSharp(Upsampler):
         flex_attention: use ``flex_attention`` on CUDA where torch has it (the windowed path
             otherwise; same result).
         zero_start: start new trainings from bilinear interpolation (not the release): the output
-            is ``bilinear(last) + detail_scale * (FeatSharp - bilinear(last))`` with a per-channel
-            ``detail_scale`` starting at 0 and ``last`` the backbone's last layer of the working
+            is ``bilinear(last) + detail(FeatSharp - bilinear(last))`` with ``detail`` a
+            :class:`~.base.DetailGate` starting at 0 and ``last`` the backbone's last layer of the working
             image (then read from ``layers``: one more low-res backbone pass).
 
     Runs the backbone itself (1 + u^2 passes at H x W in one batch). Before training or use,
@@ -160,7 +160,7 @@ class FeatSharp(Upsampler):
         self.tile_pos = nn.Parameter(torch.zeros(1, dim, u, u))
         self.block = FusionBlock(dim, int(num_heads), int(window), flex_attention=bool(flex_attention))
         if self.zero_start:
-            self.detail_scale = nn.Parameter(torch.zeros(dim))
+            self.detail = DetailGate(dim)
         if spectral_reparam:
             self.block.attn.qkv = spectral_reparametrize(self.block.attn.qkv, chunks=3)
             self.block.attn.proj = spectral_reparametrize(self.block.attn.proj)
@@ -251,8 +251,7 @@ class FeatSharp(Upsampler):
         if not self.zero_start:
             return out
         last = layers[self.last_layer]  # detail = a per-channel share of what FeatSharp changes
-        out = self.detail_scale.to(out.dtype).view(1, -1, 1, 1) * (
-            out - self.interpolation_base(last, out.shape[-2:]).to(out.dtype))
+        out = self.detail(out - self.interpolation_base(last, out.shape[-2:]).to(out.dtype))
         return self.from_interpolation(out, last)
 
     # -- export and the authors' checkpoints ---------------------------------------------------

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from .base import Upsampler, register_upsampler
+from .base import DetailGate, Upsampler, register_upsampler
 
 __all__ = ["JBULayer", "JBUStack", "JBUUpsampler", "FeatSharpJBULayer", "FeatSharpJBUStack", "adaptive_filter",
            "neighbour_similarity", "prime_factors", "spatial_kernel", "spatial_log_kernel"]
@@ -192,8 +192,8 @@ class JBUUpsampler(_JBUStackMixin, Upsampler):
 
     State-dict keys are the released ones (``up1..``, ``fixup_proj.1``), so a released 16x
     checkpoint for the same width maps key for key. ``zero_start=True`` (new trainings):
-    ``bilinear + detail_scale * (jbu - bilinear)`` with the per-channel ``detail_scale`` starting
-    at 0 (:meth:`Upsampler.from_interpolation`), so the untrained module is bilinear interpolation.
+    ``bilinear + detail(jbu - bilinear)``, ``detail`` a :class:`~.base.DetailGate` starting at 0
+    (:meth:`Upsampler.from_interpolation`), so the untrained module is bilinear interpolation.
     """
 
     needs_image = True
@@ -203,15 +203,14 @@ class JBUUpsampler(_JBUStackMixin, Upsampler):
         super().__init__(spec, factor, (spec.depth - 1,), zero_start=bool(zero_start))
         self._build_stack(spec.embed_dim, self.factor)
         if self.zero_start:
-            self.detail_scale = nn.Parameter(torch.zeros(spec.embed_dim))
+            self.detail = DetailGate(spec.embed_dim)
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
                 backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
         last = layers[self.last_layer]
         out = self._run_stack(last, self.pixels(image, image_hr))
         if self.zero_start:  # detail = a per-channel share of what JBU changes, starting at none
-            out = self.detail_scale.to(out.dtype).view(1, -1, 1, 1) * (
-                out - self.interpolation_base(last, out.shape[-2:]).to(out.dtype))
+            out = self.detail(out - self.interpolation_base(last, out.shape[-2:]).to(out.dtype))
         return self.from_interpolation(out, last)
 
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
