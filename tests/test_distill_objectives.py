@@ -275,3 +275,28 @@ def test_featsharp_beats_jbu_beats_bilinear_after_a_short_distillation():
         scores["bilinear"] = np.mean([r["bilinear"]["rel_l1"] for r in after])
     # measured: FeatSharp 0.309, JBU 0.417, bilinear 0.525
     assert scores["featsharp"] < scores["jbu"] - 0.05 < scores["bilinear"] - 0.1, scores
+
+
+def test_the_scope_has_a_registry_module_so_mmengine_does_not_warn():
+    """mmengine imports ``<default scope>.registry`` whenever it builds in a scope and warns
+    ("Failed to import ...") when there is none: ``brixel_plugins.registry`` must exist."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    from mmengine.registry import DefaultScope
+
+    import brixel_plugins.registry as scope_registry
+
+    assert scope_registry.MODELS is MODELS
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        with DefaultScope.overwrite_default_scope("brixel_plugins"):
+            with MODELS.switch_scope_and_registry(None) as registry:
+                assert registry is MODELS
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "Failed to import" in r.getMessage()]
