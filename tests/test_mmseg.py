@@ -146,6 +146,17 @@ def test_config_set_is_complete():
         assert any(pattern in n for n in names), pattern
 
 
+def test_every_weight_file_a_config_loads_has_a_distillation_config():
+    """A cell loading ``work_dirs/<name>/best_upsampler.safetensors`` names the output of
+    ``tools/distill.py configs/distill/<name>.py`` (its default work dir): that config must exist."""
+    import re
+
+    wanted = {m for p in CONFIGS for m in re.findall(r"work_dirs/([\w.-]+)/best_upsampler\.safetensors", p.read_text())}
+    assert wanted, "no config loads distilled weights"
+    missing = sorted(n for n in wanted if not (ROOT / "configs" / "distill" / f"{n}.py").is_file())
+    assert not missing, missing
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_builds_and_runs(path, exports):
     cfg = Config.fromfile(path)

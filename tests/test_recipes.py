@@ -281,3 +281,22 @@ def test_warmup_clip_continues_after_resume(tmp_path):
     assert grad_norm_after_step(0) == pytest.approx(1e-4, rel=1e-3)  # warm-up: clipped hard
     assert grad_norm_after_step(12) > 1e-2  # step 13 of the run: the normal clip (5.0)
 
+
+
+# -- every shipped distillation config ---------------------------------------------------------
+DISTILL_CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs" / "distill").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", DISTILL_CONFIGS, ids=lambda p: p.stem)
+def test_distill_config_names_its_backbone_and_a_registered_upsampler(path):
+    """``<method>_<arch>.py`` loads, trains that arch, and names a registered upsampler and objective."""
+    from brixel_plugins.backbones.dinov3 import arch_info
+    from brixel_plugins.upsamplers import UPSAMPLERS
+
+    cfg = Config.fromfile(str(path))
+    arch = path.stem.rsplit("_", 1)[1]
+    assert cfg.model.backbone.arch == arch
+    arch_info(arch)  # a known DINOv3
+    assert cfg.model.upsampler.type in UPSAMPLERS
+    assert cfg.model.upsampler.type.split("_")[0] in path.stem  # brixel_lean_*, featsharp_*, ...
+    assert MODELS.get(cfg.model.objective.type) is not None
