@@ -152,6 +152,9 @@ def main(argv=None):
                         help=f"comma-separated, from {', '.join(METHODS)} (default: all)")
     parser.add_argument("--iters", type=int, default=None, help="iterations per method (default: per method)")
     args = parser.parse_args(argv)
+    from brixel_plugins.utils import hide_stack_notices
+
+    hide_stack_notices()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:

@@ -104,6 +104,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from brixel_plugins.utils import hide_stack_notices
+
+    hide_stack_notices()
     import torch
 
     from brixel_plugins.toydata.segmentation import class_frequencies, write_toy_segmentation
