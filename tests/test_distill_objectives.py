@@ -13,6 +13,8 @@ from brixel_plugins.distill.objectives import BrixelObjective, LiftObjective, Mu
 from brixel_plugins.distill.registry import MODELS
 from brixel_plugins.upsamplers import UPSAMPLERS, build_upsampler
 
+from conftest import normalise
+
 D = 16
 TINY_BACKBONE = dict(arch="vits16", depth=4, embed_dim=64, num_heads=2, autocast=None)
 
@@ -178,15 +180,18 @@ def test_zero_start_is_exactly_bilinear_interpolation_for_every_learned_upsample
 
 
 # -- a short training beats bilinear on held-out images --------------------------------------------
+def ten_photos(size: int) -> torch.Tensor:
+    """The first 10 bundled scikit-image photos, ImageNet-normalised, (10, 3, size, size)."""
+    from brixel_plugins.distill.data import skimage_photo_files
+    from brixel_plugins.images import load_rgb
+
+    return torch.cat([normalise(np.array(load_rgb(f)), size) for f in skimage_photo_files()[:10]])
+
+
 @pytest.fixture(scope="module")
 def photo_batches():
     """8 training and 2 held-out scikit-image photos, ImageNet-normalised, 64 x 64."""
-    from brixel_plugins.distill.data import skimage_photo_files
-    from brixel_plugins.images import load_rgb, normalise, resize, to_tensor
-
-    files = skimage_photo_files()[:10]
-    imgs = torch.cat([normalise(resize(to_tensor(np.array(load_rgb(f))).float() / 255, 64).clamp(0, 1))
-                      for f in files])
+    imgs = ten_photos(64)
     return imgs[:8], imgs[8:]
 
 
@@ -245,12 +250,9 @@ def test_featsharp_beats_jbu_beats_bilinear_after_a_short_distillation():
     > JBU (guided by them, but spreading 64 px features) > bilinear. Both start from bilinear
     (zero start), train 80 seeded steps on the same crops with the same direct objective and
     optimiser, and are scored by relative L1 against the tiny DINOv3 at 128 px."""
-    from brixel_plugins.distill.data import skimage_photo_files
-    from brixel_plugins.images import load_rgb, normalise, resize, to_tensor
+    from brixel_plugins.images import resize
 
-    files = skimage_photo_files()[:10]
-    photos = torch.cat([normalise(resize(to_tensor(np.array(load_rgb(f))).float() / 255, 256).clamp(0, 1))
-                        for f in files])
+    photos = ten_photos(256)
     train, held_out = photos[:8], resize(photos[8:], 128)
     scores = {}
     for name, up in (("jbu", dict(type="jbu", factor=2, zero_start=True)),

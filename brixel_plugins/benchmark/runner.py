@@ -113,6 +113,7 @@ class Prepared:
     memory: PeakMemory
     fields: Dict[str, Any]  # the rest of the row (sizes, parameters)
     times: List[float] = field(default_factory=list)
+    backbone_flops: int = 0  # of ``flops``, those spent in the backbone
 
 
 def _prepare(label: str, forward: Callable[[], torch.Tensor], backbone, cfg: BenchConfig, resident_bytes: int,
@@ -154,14 +155,13 @@ def time_rows(rows: Sequence[Prepared], cfg: BenchConfig) -> None:
 def _row(p: Prepared, cfg: BenchConfig, backbone) -> Dict[str, Any]:
     q = statistics.quantiles(p.times, n=4, method="inclusive") if len(p.times) > 1 else [p.times[0]] * 3
     per_img = 1.0 / cfg.batch_size
-    backbone_flops = p.fields.pop("backbone_flops")
     return {
         "method": p.label, **p.fields,
         "backbone_passes": p.passes, "backbone_px": p.backbone_px,
         "frozen_params": sum(t.numel() for t in backbone.parameters()),
         "gflops": p.flops.total * per_img / 1e9, "gmacs": p.flops.total * per_img / 2e9,
-        "backbone_gflops": backbone_flops * per_img / 1e9,
-        "upsampler_gflops": (p.flops.total - backbone_flops) * per_img / 1e9,
+        "backbone_gflops": p.backbone_flops * per_img / 1e9,
+        "upsampler_gflops": (p.flops.total - p.backbone_flops) * per_img / 1e9,
         "latency_ms": statistics.median(p.times) * 1e3, "iqr_ms": (q[2] - q[0]) * 1e3,
         "min_ms": min(p.times) * 1e3, "max_ms": max(p.times) * 1e3, "runs": len(p.times),
         "peak_mib": p.memory.peak_bytes / 2 ** 20, "mem_method": p.memory.method,
@@ -202,7 +202,7 @@ def prepare_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone) -> 
                  trainable_params=sum(t.numel() for t in up.parameters()))
     if tuple(p.out.shape[-2:]) != (target, target):
         raise RuntimeError(f"{method.label} returned {tuple(p.out.shape)}, expected a {target}x{target} map")
-    p.fields["backbone_flops"] = p.flops.in_backbone()
+    p.backbone_flops = p.flops.in_backbone()
     return p
 
 
@@ -217,7 +217,7 @@ def prepare_backbone_row(px: int, target: int, cfg: BenchConfig, backbone) -> Pr
     # factor 1: no upsampling; all of it is backbone
     p = _prepare(BACKBONE, forward, backbone, cfg, module_bytes(backbone), target=target, factor=1, input_px=px,
                  trainable_params=0)
-    p.fields["backbone_flops"] = p.flops.total
+    p.backbone_flops = p.flops.total
     return p
 
 

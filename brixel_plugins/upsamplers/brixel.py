@@ -41,7 +41,7 @@ those counts, which the authors quote, are what fixed the shapes of the implicit
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -167,7 +167,7 @@ class Extractor(nn.Module):
     """Queries read backbone tokens: ``q + attn(LN q, LN feat)``, then ``+ drop_path(FFN(LN q))``.
 
     Shapes: ``q (B, Lq, D)``, ``feat (B, S, D)`` -> ``(B, Lq, D)``; ``feat`` holds ``n_levels``
-    maps flattened and concatenated (``feat_hw``: one ``(h, w)`` or a list of them, ``S = sum h*w``).
+    maps flattened and concatenated, of sizes ``feat_shapes`` (a list of ``(h, w)``, ``S = sum h*w``).
     """
 
     def __init__(self, dim: int, n_heads: int = 16, n_points: int = 4, ratio: float = 0.5,
@@ -181,9 +181,7 @@ class Extractor(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, q: torch.Tensor, ref: torch.Tensor, feat: torch.Tensor,
-                feat_hw: Union[Tuple[int, int], Sequence[Tuple[int, int]]],
-                q_shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
-        feat_shapes = [tuple(feat_hw)] if isinstance(feat_hw[0], int) else [tuple(hw) for hw in feat_hw]
+                feat_shapes: Sequence[Tuple[int, int]], q_shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
         q = q + self.attn(self.query_norm(q), ref, self.feat_norm(feat), feat_shapes)
         return q + self.drop_path(self.ffn(self.ffn_norm(q), q_shapes))
 
@@ -201,10 +199,11 @@ class InteractionBlock(nn.Module):
             self.extra_extractors = None
 
     def forward(self, q, ref, feat, feat_hw, q_shapes):
-        q = self.extractor(q, ref, feat, feat_hw, q_shapes)
+        feat_shapes = [feat_hw]  # one tapped layer: one level
+        q = self.extractor(q, ref, feat, feat_shapes, q_shapes)
         if self.extra_extractors is not None:
             for ext in self.extra_extractors:
-                q = ext(q, ref, feat, feat_hw, q_shapes)
+                q = ext(q, ref, feat, feat_shapes, q_shapes)
         return q
 
 
