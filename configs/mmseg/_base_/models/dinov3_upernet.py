@@ -1,21 +1,10 @@
 # Frozen DINOv3 + upsampler -> MultiLevelNeck -> UPerHead (+ FCN auxiliary head), mmseg's stock
 # heads. The backbone returns (dense map at stride 16/f, then the stride-16 layers of out_indices);
 # with a 4x upsampler, neck scales (1, 2, 1, 0.5) make the pyramid strides 4, 8, 16, 32.
+_base_ = ['./dinov3_featurizer.py']
 norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN for multi-GPU runs
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True, pad_val=0, seg_pad_val=255,
-    size_divisor=16, test_cfg=dict(size_divisor=16))
 model = dict(
-    type='EncoderDecoder',
-    data_preprocessor=data_preprocessor,
-    backbone=dict(
-        type='DINOv3Featurizer',
-        arch='vits16',
-        weights=None,
-        upsampler=dict(type='bilinear', factor=4),
-        out_indices=(5, 8, 11)),
+    backbone=dict(out_indices=(5, 8, 11)),
     neck=dict(type='MultiLevelNeck', in_channels=[384] * 4, out_channels=384, scales=[1, 2, 1, 0.5]),
     decode_head=dict(
         type='UPerHead',
@@ -39,6 +28,4 @@ model = dict(
         num_classes=150,
         norm_cfg=norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)))
