@@ -18,6 +18,8 @@ $(STAMP): setup.py constraints.txt scripts/setup_env.sh
 # the three parts of the demo; each also runs alone (seg/det distil the BRIXEL weights they
 # need first if work_dirs/demo/brixel/ has none)
 demo: demo-distill demo-seg demo-det
+	@echo "make demo: tables in work_dirs/demo/summary.json; pictures: work_dirs/demo/demo_pca.png (features)," \
+	      "work_dirs/demo/segmentation/pictures/predictions.png, work_dirs/demo/detection/pictures/detections.png"
 
 demo-distill: $(STAMP)
 	$(PY) tools/demo.py

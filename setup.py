@@ -8,7 +8,9 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "brixel_plugins" / "vers
 
 # Ranges here, exact pins in constraints.txt: a user's GPU machine keeps its own CUDA torch.
 CORE = [
-    "torch>=2.1",
+    # 2.6: torch.load defaults to weights_only=True. Our own loads pass it explicitly, but mmengine's,
+    # fvcore's and detectron2's call torch.load without it; below 2.6 those would unpickle anything.
+    "torch>=2.6",
     "torchvision>=0.16",
     "timm>=1.0.20",  # first release with the DINOv3 family
     "safetensors>=0.4",

@@ -10,7 +10,6 @@ See :mod:`brixel_plugins.upsamplers.base` for which upsampler reads which image.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 
 from .backbones.dinov3 import PATCH_SIZE, FrozenDINOv3, check_image_batch, check_image_size
 from .images import resize
-from .upsamplers import Upsampler, build_upsampler
+from .upsamplers import Upsampler, UpsamplerConfig, build_upsampler
 
 Size = Union[int, Sequence[int]]
 
@@ -86,20 +85,15 @@ class DenseFeaturizer(nn.Module):
         self.working_size, self.working_scale = working_size, working_scale
 
     @classmethod
-    def build(cls, backbone: Union[FrozenDINOv3, Mapping], upsampler: Union[Mapping, str, Path],
+    def build(cls, backbone: Union[FrozenDINOv3, Mapping], upsampler: UpsamplerConfig,
               **working) -> "DenseFeaturizer":
         """From a backbone (or its kwargs, e.g. ``dict(arch='vits16', weights=...)``) and an
-        upsampler config dict (``dict(type='brixel')``) or an upsampler weight file; ``working``
-        takes ``working_size`` / ``working_scale``."""
-        from .io import load_upsampler
-
+        upsampler config as :func:`~brixel_plugins.upsamplers.build_upsampler` takes it (``None``,
+        ``dict(type='brixel')``, a weight file, ``dict(type='jbu', weights=..., factor=2)``);
+        ``working`` takes ``working_size`` / ``working_scale``."""
         if not isinstance(backbone, FrozenDINOv3):
             backbone = FrozenDINOv3(**backbone)
-        if isinstance(upsampler, (str, Path)):
-            up = load_upsampler(upsampler, backbone.spec)
-        else:
-            up = build_upsampler(upsampler, backbone.spec)
-        return cls(backbone, up, **working)
+        return cls(backbone, build_upsampler(upsampler, backbone.spec), **working)
 
     @property
     def factor(self) -> int:
@@ -133,3 +127,11 @@ class DenseFeaturizer(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.features(image)[0]
+
+    def compile(self, **kwargs) -> "DenseFeaturizer":
+        """Compile the forward in place with ``torch.compile`` (``kwargs`` are its options; default
+        inductor) and return the featurizer. The first call compiles: minutes on CPU, where
+        inductor also needs a C++ compiler. On CPU the compiled BRIXEL-lean featurizer takes ~20%
+        less time with the same output (relative error 4e-7); docs/benchmark.md has the numbers."""
+        super().compile(**kwargs)
+        return self

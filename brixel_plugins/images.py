@@ -1,10 +1,12 @@
-"""Image plumbing every part shares: reading files, ImageNet normalisation, bicubic resizing.
+"""Image plumbing every part shares: reading files, ImageNet normalisation, bicubic resizing,
+and the photos bundled with scikit-image that the demos, toy datasets and tests use.
 
 DINOv3 (and so every upsampler) takes ImageNet-normalised float images (B, 3, H, W).
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from pathlib import Path
+from typing import List, Sequence, Union
 
 import numpy as np
 import torch
@@ -66,3 +68,32 @@ def resize(x: torch.Tensor, size: Union[int, Sequence[int]]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == hw:
         return x
     return F.interpolate(x, size=hw, mode="bicubic", align_corners=False, antialias=True)
+
+
+# Photos bundled in the scikit-image wheel, by file name in ``skimage/data`` (others in
+# skimage.data are fetched on demand and are not available offline). Colour photographs first;
+# the grey ones are read as RGB.
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                  "motorcycle_right.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg",
+                  "camera.png", "coins.png", "moon.png", "page.png", "brick.png", "grass.png",
+                  "gravel.png", "clock_motion.png", "text.png", "cell.png")
+
+
+def skimage_photo_files(names: Sequence[str] = SKIMAGE_PHOTOS) -> List[str]:
+    """Paths of the photos ``names`` (file names from :data:`SKIMAGE_PHOTOS`) that the installed
+    scikit-image holds, in that order."""
+    import skimage.data
+
+    unknown = sorted(set(names) - set(SKIMAGE_PHOTOS))
+    if unknown:
+        raise ValueError(f"not photos bundled with scikit-image: {unknown}; choose from {SKIMAGE_PHOTOS}")
+    root = Path(skimage.data.__file__).parent
+    return [str(root / n) for n in names if (root / n).is_file()]
+
+
+def skimage_photos(names: Sequence[str] = SKIMAGE_PHOTOS) -> List[np.ndarray]:
+    """The photos ``names`` present in the installed scikit-image as RGB uint8 (H, W, 3) arrays."""
+    photos = [np.asarray(load_rgb(f)) for f in skimage_photo_files(names)]
+    if not photos:
+        raise FileNotFoundError(f"none of the scikit-image photos {list(names)} is installed")
+    return photos

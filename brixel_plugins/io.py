@@ -1,17 +1,27 @@
 """Upsampler weight files: safetensors tensors + JSON metadata that says how to rebuild them.
 
-Metadata (all strings in the safetensors header):
-    format      "brixel_plugins.upsampler/1"
+Metadata (all strings in the safetensors header, every one required):
+    format      "brixel_plugins.upsampler/2"
     method      registry name ("brixel", "lift", ...)
-    config      JSON of the constructor arguments (factor included)
+    config      JSON of the constructor arguments (factor included; complete: no default is assumed)
     backbone    JSON of the BackboneSpec it was trained for (arch, embed_dim, depth, ...)
     extra       JSON of anything else (training resolution, images, metrics, package version)
+    digest      sha256 of the entries above and every tensor's name, dtype and shape
+
+Loading refuses a file whose header does not hold together: the digest catches an entry edited
+or damaged after writing (a field no tensor implies, such as LiFT's factor or any ``zero_start``,
+cannot change unnoticed); the tensors must be exactly those the config builds (names and shapes:
+a JBU's layer count, FeatSharp's tile grid, a zero-start gate); the config must be complete; and
+what ``extra`` records about the upsampler (method, factor, backbone) must agree with it. The
+digest guards against damage and hand edits, not against a forger: safetensors files hold only
+tensors and strings, so an untrusted file can compute something wrong but never run code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -22,8 +32,17 @@ from .upsamplers import Upsampler, build_upsampler
 from .utils import atomic_path
 from .version import __version__
 
-FORMAT = "brixel_plugins.upsampler/1"
+FORMAT = "brixel_plugins.upsampler/2"
+OLD_FORMATS = ("brixel_plugins.upsampler/1",)  # written before the digest: re-export them
+JSON_ENTRIES = ("config", "backbone", "extra")
 PathLike = Union[str, Path]
+
+
+def metadata_digest(meta: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the metadata entries (all but ``digest``) and each tensor's name, dtype and shape."""
+    record = {"metadata": {k: v for k, v in meta.items() if k != "digest"},
+              "tensors": {k: [str(t.dtype), list(t.shape)] for k, t in tensors.items()}}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def save_upsampler(path: PathLike, upsampler: Upsampler, extra: Optional[Dict[str, Any]] = None) -> Path:
@@ -44,6 +63,7 @@ def save_upsampler(path: PathLike, upsampler: Upsampler, extra: Optional[Dict[st
         "backbone": json.dumps(upsampler.spec.to_dict(), sort_keys=True),
         "extra": json.dumps({"package_version": __version__, **(extra or {})}, sort_keys=True, default=str),
     }
+    meta["digest"] = metadata_digest(meta, tensors)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
@@ -64,6 +84,10 @@ def read_upsampler_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[s
         raise WeightFileError(
             f"could not read {path} ({path.stat().st_size} bytes) as safetensors: {e}. "
             f"The file is truncated or corrupt, or not an upsampler file.") from e
+    if raw.get("format") in OLD_FORMATS:
+        raise WeightFileError(f"{path} was written by an older brixel_plugins ({raw['format']}, without the "
+                              f"metadata digest this version checks); export it again (tools/distill.py, "
+                              f"tools/convert_weights.py)")
     if raw.get("format") != FORMAT:
         raise WeightFileError(
             f"{path} is not a brixel_plugins upsampler file (format={raw.get('format')!r}); export one "
@@ -72,9 +96,12 @@ def read_upsampler_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[s
         raise WeightFileError(f"{path}: its metadata has no 'method' (the upsampler's registry name, e.g. "
                               f"'brixel'); the file is damaged or was not written by save_upsampler")
     meta = {"format": raw["format"], "method": raw["method"]}
-    for key in ("config", "backbone", "extra"):
+    for key in JSON_ENTRIES:
+        if key not in raw:
+            raise WeightFileError(f"{path}: its metadata has no {key!r}, which loading needs; the file is "
+                                  f"damaged or was not written by save_upsampler")
         try:
-            meta[key] = json.loads(raw.get(key, "{}"))
+            meta[key] = json.loads(raw[key])
         except json.JSONDecodeError as e:
             raise WeightFileError(f"{path}: metadata entry {key!r} is not valid JSON ({e}); the file is "
                                   f"damaged or was not written by save_upsampler") from e
@@ -85,7 +112,30 @@ def read_upsampler_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[s
     if bad:
         raise WeightFileError(f"{path}: tensor {bad[0]} holds {bad[1]} NaN/Inf values of {bad[2]}; "
                               f"these weights come from a diverged run and cannot be used")
+    if raw.get("digest") != metadata_digest(raw, tensors):
+        what = "has no 'digest'" if "digest" not in raw else "does not match its 'digest'"
+        raise WeightFileError(f"{path}: its metadata {what}: the header was edited or damaged after "
+                              f"save_upsampler wrote it, so the config it describes cannot be trusted; "
+                              f"export the upsampler again")
     return tensors, meta
+
+
+def check_recorded(meta: Dict[str, Any], path: PathLike) -> None:
+    """What the file records about the upsampler in more than one place must agree: the config's
+    ``factor`` and the ``method`` / ``factor`` / ``backbone`` of ``extra`` (tools/distill.py's)."""
+    factor = meta["config"].get("factor")
+    if not isinstance(factor, int) or isinstance(factor, bool):
+        raise WeightFileError(f"{path}: its config {meta['config']} has no integer 'factor'")
+    if {"type", "weights"} & set(meta["config"]):
+        raise WeightFileError(f"{path}: its config {meta['config']} names a type or a weight file; it should hold "
+                              f"constructor arguments only")
+    extra = meta["extra"]
+    recorded = {"method": meta["method"], "factor": factor, "backbone": meta["backbone"].get("arch")}
+    clash = {k: (v, extra[k]) for k, v in recorded.items() if k in extra and extra[k] != v}
+    if clash:
+        raise WeightFileError(f"{path}: its metadata contradicts itself: " + ", ".join(
+            f"{k}={v!r} in its {'config' if k == 'factor' else k}, {k}={e!r} in its training record"
+            for k, (v, e) in clash.items()) + "; the file is damaged")
 
 
 def check_compatible(meta: Dict[str, Any], spec: BackboneSpec, method: Optional[str], path: PathLike) -> None:
@@ -107,16 +157,24 @@ def load_upsampler(path: PathLike, spec: BackboneSpec, method: Optional[str] = N
     """Rebuild an upsampler from its file for the backbone ``spec`` (checked), weights loaded strictly."""
     tensors, meta = read_upsampler_file(path)
     check_compatible(meta, spec, method, path)
+    check_recorded(meta, path)
     try:
         up = build_upsampler({"type": meta["method"], **meta["config"]}, spec)
     except (KeyError, TypeError, ValueError) as e:
         raise WeightFileError(f"{path}: cannot rebuild the {meta['method']!r} upsampler its metadata describes "
                               f"(config {meta['config']}): {e}") from e
+    rebuilt = json.loads(json.dumps(up.config))
+    if rebuilt != meta["config"]:
+        missing = sorted(set(rebuilt) - set(meta["config"]))
+        raise WeightFileError(f"{path}: its config {meta['config']} is incomplete or altered"
+                              + (f" (no {missing})" if missing else "")
+                              + f"; the {meta['method']} upsampler it builds has config {rebuilt}")
     try:
         up.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise WeightFileError(f"{path}: tensors do not fit the {meta['method']} upsampler it names: {e}") from e
-    up.file_metadata = meta["extra"]
+        raise WeightFileError(f"{path}: tensors do not fit the {meta['method']} upsampler its config describes "
+                              f"({meta['config']}): {e}") from e
+    up.file_metadata, up.weight_file = meta["extra"], str(path)
     return up.to(map_location)
 
 

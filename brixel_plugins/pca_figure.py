@@ -20,7 +20,7 @@ from .images import load_rgb, normalise, resize, to_tensor
 from .pca import pca_row, save_grid
 from .upsamplers import Upsampler
 
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea")
+EXAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea")  # scikit-image photo names: tools/visualize.py's default
 Picture = Union[str, Path, np.ndarray, torch.Tensor]
 
 
@@ -34,7 +34,7 @@ def load_image(src: Union[str, Path]) -> Tuple[str, np.ndarray]:
     loader = getattr(data, str(src), None)
     if loader is None or not callable(loader):
         raise FileNotFoundError(f"{src!r} is neither an image file nor a scikit-image photo "
-                                f"(e.g. {', '.join(SKIMAGE_PHOTOS)})")
+                                f"(e.g. {', '.join(EXAMPLE_PHOTOS)})")
     img = np.asarray(loader())
     if img.ndim == 2:  # grayscale photos (camera, moon)
         img = np.repeat(img[..., None], 3, axis=2)
@@ -107,8 +107,8 @@ def pca_figure(pictures: Sequence[Picture], backbone: FrozenDINOv3,
     for picture in pictures:
         img = as_uint8_hwc(picture)
         lr, hr = square_input(img, size).to(device), square_input(img, hr_size).to(device)
-        ref = backbone.last_layer(hr)[0].float().cpu()
-        maps = [backbone.last_layer(lr)[0].float().cpu(), ref]
+        ref = backbone.last_layer_map(hr)[0].float().cpu()
+        maps = [backbone.last_layer_map(lr)[0].float().cpu(), ref]
         layers = backbone_layers(backbone, lr, [u for _, u in ups])  # one pass for every upsampler
         maps += [up(lr, layers, backbone, image_hr=hr)[0].float().cpu() for _, up in ups]
         shapes = [tuple(m.shape[-2:]) for m in maps[2:]]

@@ -13,6 +13,12 @@ from brixel_plugins.backbones import FrozenDINOv3
 # A real DINOv3 (timm Eva, RoPE, 4 registers, LayerScale) at a size 2 CPU cores run in ms.
 # embed_dim 64 keeps BRIXEL's 16 heads x 4 points and GroupNorm(32) valid.
 TINY = dict(arch="vits16", depth=4, embed_dim=64, num_heads=2)
+TINY_DIMS = {k: v for k, v in TINY.items() if k != "arch"}  # the sizes that override a vits16 config
+
+
+def tiny_cfg_options(prefix: str = "model.backbone") -> list:
+    """``--cfg-options`` that shrink a config's ``vits16`` backbone at ``prefix`` to :data:`TINY`."""
+    return [f"{prefix}.{k}={v}" for k, v in TINY_DIMS.items()]
 
 
 def make_tiny_backbone(seed: int = 0, **kw) -> FrozenDINOv3:

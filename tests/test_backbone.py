@@ -53,7 +53,7 @@ def test_cls_token_and_last_layer(tiny_backbone):
     _, prefix = tiny_backbone.model.forward_intermediates(
         x, indices=[3], norm=True, intermediates_only=True, return_prefix_tokens=True)[0]
     torch.testing.assert_close(cls[3], prefix[:, 0])
-    torch.testing.assert_close(tiny_backbone.last_layer(x), maps[3])
+    torch.testing.assert_close(tiny_backbone.last_layer_map(x), maps[3])
 
 
 @pytest.mark.parametrize("arch_kw", [dict(arch="vits16"), dict(arch="vits16plus")])
@@ -74,7 +74,7 @@ def test_timm_layout_safetensors_loads(tmp_path):
     save_file(src.model.state_dict(), str(tmp_path / "timm.safetensors"))
     loaded = FrozenDINOv3(**TINY, weights=tmp_path / "timm.safetensors")
     x = torch.randn(1, 3, 32, 32)
-    torch.testing.assert_close(loaded.last_layer(x), src.last_layer(x), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.last_layer_map(x), src.last_layer_map(x), rtol=0, atol=0)
 
 
 def test_timm_file_without_qkv_bias_loads_as_zero_bias(tmp_path):
@@ -131,7 +131,7 @@ def test_frozen_after_train_and_downstream_optimizer_step(tiny_backbone):
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     opt = torch.optim.SGD([p for p in wrapper.parameters() if p.requires_grad], lr=1.0)
     assert sum(len(g["params"]) for g in opt.param_groups) == 2  # head weight + bias only
-    feats = backbone.last_layer(torch.randn(2, 3, 32, 32))
+    feats = backbone.last_layer_map(torch.randn(2, 3, 32, 32))
     assert not feats.requires_grad and feats.grad_fn is None  # no autograd bookkeeping
     head(feats).square().mean().backward()
     opt.step()
@@ -175,5 +175,5 @@ def test_forward_on_meta_device_for_flop_counting():
     """FLOP-only benchmarks run the backbone on the meta device: the input checks must not
     touch values or autocast state there."""
     b = FrozenDINOv3("vits16", device="meta")
-    out = b.last_layer(torch.empty(2, 3, 64, 96, device="meta"))
+    out = b.last_layer_map(torch.empty(2, 3, 64, 96, device="meta"))
     assert out.shape == (2, 384, 4, 6) and out.device.type == "meta"

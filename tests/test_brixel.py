@@ -156,7 +156,7 @@ def test_residual_base_quirk(tiny_backbone, tiny_spec, photo):
     want = F.interpolate(F.interpolate(last, size=(2, 3), mode="bilinear", align_corners=False),
                          size=(16, 24), mode="bilinear", align_corners=False)
     torch.testing.assert_close(y, want, rtol=0, atol=0)
-    direct = Brixel(tiny_spec, residual_base="direct").base(last)
+    direct = Brixel(tiny_spec, residual_base="direct").residual(last, (16, 24))
     torch.testing.assert_close(direct, F.interpolate(last, size=(16, 24), mode="bilinear", align_corners=False))
     assert not torch.allclose(direct, want)
 

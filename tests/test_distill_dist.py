@@ -1,4 +1,5 @@
-"""tools/distill.py as users run it: the CLI on one process, and 2 processes (torchrun, gloo, CPU)."""
+"""tools/distill.py as users run it: the CLI on one process, then --resume (2 processes and 2 nodes:
+tests/test_distributed.py)."""
 from __future__ import annotations
 
 import os
@@ -10,10 +11,11 @@ import pytest
 
 from brixel_plugins.io import read_upsampler_file
 
+from conftest import tiny_cfg_options
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_OPTS = [
-    "model.backbone.depth=4", "model.backbone.embed_dim=64", "model.backbone.num_heads=2",
-    "model.teacher_size=64", "model.student_size=16",
+    *tiny_cfg_options(), "model.teacher_size=64", "model.student_size=16",
     "train_dataloader.dataset.size=64", "val_dataloader.dataset.size=64", "train_dataloader.batch_size=2",
     "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False", "val_dataloader.num_workers=0",
     "train_dataloader.dataset.num_val=2", "val_dataloader.dataset.num_val=2",
@@ -24,7 +26,7 @@ TINY_OPTS = [
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from brixel_plugins.distill.data import skimage_photo_files
+    from brixel_plugins.images import skimage_photo_files
     from brixel_plugins.images import load_rgb
 
     root = tmp_path_factory.mktemp("imgs")
@@ -54,16 +56,3 @@ def test_cli_single_process_then_resume(folder, tmp_path):
     out = run_tool(base[:-len(TINY_OPTS)] + [*TINY_OPTS, "train_cfg.max_iters=5"] + ["--resume"])
     assert "resuming at iteration 3" in out and "Iter(train) [5/5]" in out
     assert read_upsampler_file(tmp_path / "upsampler.safetensors")[1]["extra"]["iterations"] == 5
-
-
-def test_two_processes_gloo(folder, tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    out = run_tool([str(torchrun), "--nproc-per-node", "2", "--master-port", "29631", "tools/distill.py",
-                    "configs/distill/brixel_vits16.py", "--launcher", "pytorch", "--amp", "off",
-                    "--data-root", str(folder), "--work-dir", str(tmp_path), "--cfg-options", *TINY_OPTS])
-    assert "Distributed training: True" in out
-    assert "Iter(train) [3/3]" in out
-    _, meta = read_upsampler_file(tmp_path / "upsampler.safetensors")
-    assert meta["extra"]["train_images"] == 6 and meta["extra"]["iterations"] == 3
-    # 6 images, 2 ranks x batch 2: one iteration per epoch, so 3 iterations = 3 epochs
-    assert (tmp_path / "iter_2.pth").is_file()

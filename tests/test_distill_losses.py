@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from brixel_plugins.distill import losses as L
-from brixel_plugins.distill.data import ImageFolderDataset, ResumableSampler, skimage_photo_files, split_files
+from brixel_plugins.distill.data import ImageFolderDataset, ResumableSampler, split_files
+from brixel_plugins.images import skimage_photo_files
 from brixel_plugins.distill.metrics import cosine_similarity, fidelity, map_metrics, relative_l1
 
 
@@ -87,14 +88,22 @@ def test_cosine_distance_known_values():
     assert float(L.cosine_distance(a, 3 * a)) == pytest.approx(0.0, abs=1e-7)
 
 
-def test_homography_identity_and_warp_flip():
-    ident = torch.eye(3)[None]
+@pytest.mark.parametrize("align_corners, padding_mode", [(False, "border"), (True, "reflection")])
+def test_homography_identity_and_warp_flip(align_corners, padding_mode):
+    from brixel_plugins.distill.components.homography import random_homographies, warp
+
     x = torch.arange(16.0).view(1, 1, 4, 4)
-    assert torch.allclose(L.warp(x, ident), x, atol=1e-5)
-    flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))[None]
-    assert torch.allclose(L.warp(x, flip), x.flip(-1), atol=1e-5)
+    for dtype in (torch.float32, torch.float64):  # our views are float32, FeatSharp's float64
+        ident = torch.eye(3, dtype=dtype)[None]
+        out, valid = warp(x, ident, align_corners, padding_mode)
+        assert torch.allclose(out, x, atol=1e-5) and bool(valid.all())
+        flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=dtype))[None]
+        assert torch.allclose(warp(x, flip, align_corners, padding_mode)[0], x.flip(-1), atol=1e-5)
+    shift = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])[None]  # a quarter of the width
+    _, valid = warp(x, shift, align_corners, padding_mode)
+    assert valid[0, 0].sum(1).tolist() == [3.0] * 4  # the rightmost column samples outside
     g = torch.Generator().manual_seed(0)
-    h = L.random_homographies(3, generator=g)
+    h = random_homographies(3, generator=g)
     assert h.shape == (3, 3, 3) and torch.isfinite(h).all()
 
 
@@ -179,3 +188,15 @@ def test_bundled_skimage_photos_exist():
     assert len(files) >= 8
     ds = ImageFolderDataset(source="skimage", size=32, split="val", num_val=3)
     assert len(ds) == 3 and ds[0]["image"].shape == (3, 32, 32)
+
+
+def test_attention_downsampler_blurs_maps_smaller_than_the_blur():
+    """FeatUp's settings on a map smaller than the 5x5 blur's reflect padding (a 2x2 map pooled to
+    1x1): the blur falls back to replicate padding instead of failing."""
+    from brixel_plugins.ops.attention_downsampler import FEATUP, AttentionDownsampler, gaussian_blur
+
+    torch.manual_seed(0)
+    down = AttentionDownsampler(8, 2, **FEATUP).eval()
+    x = torch.randn(1, 8, 2, 2)
+    assert down(x).shape == (1, 8, 1, 1)
+    torch.testing.assert_close(gaussian_blur(torch.ones(1, 2, 2, 2), 5, 1.0), torch.ones(1, 2, 2, 2))

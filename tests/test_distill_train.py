@@ -16,8 +16,10 @@ from brixel_plugins.backbones.weights import WeightFileError
 from brixel_plugins.distill.runner import DistillRunner
 from brixel_plugins.io import load_upsampler, read_upsampler_file
 
+from conftest import TINY
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY_BACKBONE = dict(arch="vits16", depth=4, embed_dim=64, num_heads=2, autocast=None)
+TINY_BACKBONE = dict(TINY, autocast=None)
 
 # method -> (config, teacher size, student size)
 METHODS = {
@@ -32,7 +34,7 @@ METHODS = {
 def photos(tmp_path_factory):
     """8 small real photos (scikit-image) in nested folders, plus one unreadable file."""
 
-    from brixel_plugins.distill.data import skimage_photo_files
+    from brixel_plugins.images import skimage_photo_files
     from brixel_plugins.images import load_rgb
 
     root = tmp_path_factory.mktemp("photos")

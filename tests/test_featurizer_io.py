@@ -36,7 +36,7 @@ def test_highres_is_backbone_on_enlarged_image(tiny_backbone):
     x = torch.randn(1, 3, 32, 48)
     f = DenseFeaturizer.build(tiny_backbone, dict(type="highres", factor=2))
     big = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False, antialias=True)
-    torch.testing.assert_close(f(x), tiny_backbone.last_layer(big))
+    torch.testing.assert_close(f(x), tiny_backbone.last_layer_map(big))
 
 
 def test_featurizer_checks_sizes_and_spec(tiny_backbone):
@@ -94,3 +94,140 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new"
+
+
+# -- one way to build an upsampler (None, a name, a file, a file at a derived factor) --------------
+def test_none_is_the_registered_identity_everywhere(tiny_backbone):
+    from brixel_plugins.upsamplers import UPSAMPLERS
+
+    up = build_upsampler(None, tiny_backbone.spec)
+    assert up.method == "none" and up.factor == 1 and UPSAMPLERS["none"].fixed_factor == 1
+    x = torch.randn(1, 3, 32, 48)
+    dense, layers = DenseFeaturizer.build(tiny_backbone, None).features(x)
+    assert torch.equal(dense, layers[tiny_backbone.depth - 1])
+    with pytest.raises(ValueError, match="exactly 1"):
+        build_upsampler(dict(type="none", factor=2), tiny_backbone.spec)
+
+
+def test_fixed_factor_is_declared_and_used_by_the_benchmark(tiny_spec):
+    from brixel_plugins.benchmark import build_method, parse_method
+    from brixel_plugins.upsamplers import UPSAMPLERS
+
+    assert UPSAMPLERS["brixel"].fixed_factor == UPSAMPLERS["brixel_lean"].fixed_factor == 4
+    assert UPSAMPLERS["lift"].fixed_factor is None
+    with pytest.raises(ValueError, match="exactly 4"):
+        build_upsampler(dict(type="brixel", factor=2), tiny_spec)
+    assert build_method(parse_method("brixel"), tiny_spec, 2).factor == 4  # its own factor
+    assert build_method(parse_method("lift"), tiny_spec, 8).factor == 8
+    with pytest.raises(ValueError, match="exactly 4"):  # asked for explicitly: refused, not ignored
+        build_method(parse_method("brixel:factor=2"), tiny_spec, 2)
+
+
+def test_a_file_by_path_and_by_config_is_one_upsampler(tmp_path, tiny_spec):
+    torch.manual_seed(0)
+    lift = build_upsampler(dict(type="lift", factor=4), tiny_spec)
+    path = save_upsampler(tmp_path / "lift.safetensors", lift)
+    for cfg in (path, str(path), dict(weights=str(path)), dict(type="lift", weights=str(path), factor=4)):
+        up = build_upsampler(cfg, tiny_spec)
+        assert up.factor == 4 and up.weight_file == str(path)
+        assert all(torch.equal(up.state_dict()[k], v) for k, v in lift.state_dict().items())
+    with pytest.raises(WeightFileError, match="built with zero_start=False, but the config asks for zero_start=True"):
+        build_upsampler(dict(type="lift", weights=str(path), zero_start=True), tiny_spec)
+    with pytest.raises(WeightFileError, match="'lift' upsampler, but 'jbu' was asked for"):
+        build_upsampler(dict(type="jbu", weights=str(path)), tiny_spec)
+    with pytest.raises(WeightFileError, match="factor=2 in the config, 4 in the file; a lift upsampler works at "
+                                              "the factor it was trained at"):
+        build_upsampler(dict(type="lift", weights=str(path), factor=2), tiny_spec)
+
+
+def test_a_jbu_stack_serves_at_the_factor_of_its_first_layers(tmp_path, tiny_backbone):
+    torch.manual_seed(0)
+    jbu16 = build_upsampler(dict(type="jbu", factor=16, zero_start=True), tiny_backbone.spec)
+    path = save_upsampler(tmp_path / "jbu16.safetensors", jbu16)
+    for factor, layers in ((2, 1), (4, 2), (8, 3), (16, 4)):
+        up = build_upsampler(dict(type="jbu", weights=str(path), factor=factor), tiny_backbone.spec)
+        assert up.factor == factor and len(up.primes) == layers
+        state = up.state_dict()
+        assert all(torch.equal(v, jbu16.state_dict()[k]) for k, v in state.items())  # its own weights
+        assert {k.split(".")[0] for k in state if k.startswith("up")} == {f"up{i + 1}" for i in range(layers)}
+    x = torch.randn(1, 3, 32, 32)
+    two = DenseFeaturizer.build(tiny_backbone, dict(type="jbu", weights=str(path), factor=2)).eval()
+    assert two(x).shape == (1, 64, 4, 4)  # stride 8
+    with pytest.raises(WeightFileError, match=r"factor=3 in the config, 16 in the file, a JBU stack of layers "
+                                              r"\[2, 2, 2, 2\] whose first layers give factors \[2, 4, 8, 16\] only"):
+        build_upsampler(dict(type="jbu", weights=str(path), factor=3), tiny_backbone.spec)
+
+
+# -- upsampler files whose metadata is damaged are refused (issue 21.3) -----------------------------
+def rewrite_metadata(src, dst, restamp: bool = False, **changes):
+    """Copy an upsampler file with metadata entries changed (None deletes one); ``restamp``
+    recomputes the digest, as a forger would, so the checks behind the digest are exercised."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = {**f.metadata(), **changes}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    if restamp:
+        from brixel_plugins.io import metadata_digest
+
+        meta["digest"] = metadata_digest(meta, tensors)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def edited_entry(path, key, **changes) -> str:
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        entry = json.loads(f.metadata()[key])
+    return json.dumps({k: v for k, v in {**entry, **changes}.items() if v is not None}, sort_keys=True)
+
+
+def test_brixel_file_without_its_config_is_refused(tmp_path, tiny_spec):
+    """Was loaded with the defaults (zero_start=False): a different function."""
+    good = save_upsampler(tmp_path / "b.safetensors", build_upsampler(dict(type="brixel", zero_start=True), tiny_spec))
+    bad = rewrite_metadata(good, tmp_path / "noconfig.safetensors", config=None)
+    with pytest.raises(WeightFileError, match="metadata has no 'config'"):
+        load_upsampler(bad, tiny_spec)
+
+
+def test_lift_file_with_zero_start_flipped_is_refused(tmp_path, tiny_spec):
+    """No tensor tells zero_start apart in LiFT: the digest does."""
+    good = save_upsampler(tmp_path / "l.safetensors", build_upsampler(dict(type="lift", zero_start=True), tiny_spec))
+    bad = rewrite_metadata(good, tmp_path / "flip.safetensors", config=edited_entry(good, "config", zero_start=False))
+    with pytest.raises(WeightFileError, match="does not match its 'digest'"):
+        load_upsampler(bad, tiny_spec)
+
+
+@pytest.mark.parametrize("factor", [2, 8])
+def test_lift_file_with_another_factor_recorded_is_refused(tmp_path, tiny_spec, factor):
+    good = save_upsampler(tmp_path / "l.safetensors", build_upsampler(dict(type="lift", factor=4), tiny_spec),
+                          extra={"factor": 4})
+    bad = rewrite_metadata(good, tmp_path / "f.safetensors", config=edited_entry(good, "config", factor=factor))
+    with pytest.raises(WeightFileError, match="does not match its 'digest'"):
+        load_upsampler(bad, tiny_spec)
+    # even with the digest recomputed, the factor its training record holds contradicts it
+    forged = rewrite_metadata(bad, tmp_path / "forged.safetensors", restamp=True)
+    with pytest.raises(WeightFileError, match=f"factor={factor} in its config, factor=4 in its training record"):
+        load_upsampler(forged, tiny_spec)
+
+
+def test_file_with_an_incomplete_config_is_refused_even_with_a_valid_digest(tmp_path, tiny_spec):
+    good = save_upsampler(tmp_path / "l.safetensors", build_upsampler(dict(type="lift", zero_start=True), tiny_spec))
+    forged = rewrite_metadata(good, tmp_path / "forged.safetensors", restamp=True,
+                              config=edited_entry(good, "config", zero_start=None))
+    with pytest.raises(WeightFileError, match=r"incomplete or altered \(no \['zero_start'\]\)"):
+        load_upsampler(forged, tiny_spec)
+
+
+def test_file_without_a_digest_is_refused(tmp_path, tiny_spec):
+    good = save_upsampler(tmp_path / "l.safetensors", build_upsampler(dict(type="lift"), tiny_spec))
+    with pytest.raises(WeightFileError, match="has no 'digest'"):
+        load_upsampler(rewrite_metadata(good, tmp_path / "nodigest.safetensors", digest=None), tiny_spec)
+    with pytest.raises(WeightFileError, match="older brixel_plugins .*export it again"):
+        load_upsampler(rewrite_metadata(good, tmp_path / "v1.safetensors", format="brixel_plugins.upsampler/1"),
+                       tiny_spec)

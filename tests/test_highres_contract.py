@@ -31,7 +31,7 @@ def test_featurizer_runs_backbone_at_working_size(tiny_backbone):
     assert f.working_hw((100, 150)) == (48, 80)
     assert dense.shape == (2, 64, 6, 10)
     assert sorted(layers) == [0, 3] and layers[0].shape == (2, 64, 3, 5)
-    torch.testing.assert_close(layers[3], tiny_backbone.last_layer(resize(image, (48, 80))))
+    torch.testing.assert_close(layers[3], tiny_backbone.last_layer_map(resize(image, (48, 80))))
     with pytest.raises(ValueError, match="not a multiple of 16"):
         DenseFeaturizer(tiny_backbone, f.upsampler)(image)
 
@@ -45,7 +45,7 @@ def test_real_pixels_methods_read_image_hr(tiny_backbone, kind):
     up = build_upsampler(dict(type=kind, factor=2), tiny_backbone.spec).eval()
     assert up.uses_image_hr
     if not up.calibrated:
-        up.calibrate(tiny_backbone.last_layer(torch.randn(4, 3, 32, 32)))
+        up.calibrate(tiny_backbone.last_layer_map(torch.randn(4, 3, 32, 32)))
         up.finish_calibration()
     hr = torch.randn(1, 3, 128, 128)
     work = resize(hr, (32, 32))

@@ -199,12 +199,13 @@ def test_featup_jitter_is_pad_zoom_crop_flip_one_draw_per_batch():
 
 
 def test_featup_downsampler_is_blurred_softmax_pooling_over_16_px_cells():
-    from brixel_plugins.distill.components import gaussian_blur
+    from brixel_plugins.ops.attention_downsampler import gaussian_blur
 
     cfg = Config.fromfile(str(CONFIGS / "jbu_vits16.py"))
     assert cfg.model.upsampler.factor == 16 and cfg.model.student_size == 224
     down = MODELS.build(cfg.model.objective.downsampler, default_args=dict(dim=8, factor=16))
-    assert (down.factor, down.blur_size, down.blur_sigma, down.logit_mask) == (16, 5, 1.0, 0.2)
+    assert (down.factor, down.kernel_size, down.padding) == (16, 16, 0)  # kernel = stride = factor
+    assert (down.blur_size, down.blur_sigma, down.logit_dropout, down.init) == (5, 1.0, 0.2, "featup")
     assert down.saliency[0].p == 0.2 and down.w.shape == (256,)
     assert 0 < (down.w - 1).abs().max() < 0.1 and 0 < down.b.abs().max() < 0.1  # noisy init
     x = torch.randn(1, 8, 32, 48)
@@ -300,3 +301,44 @@ def test_distill_config_names_its_backbone_and_a_registered_upsampler(path):
     assert cfg.model.upsampler.type in UPSAMPLERS
     assert cfg.model.upsampler.type.split("_")[0] in path.stem  # brixel_lean_*, featsharp_*, ...
     assert MODELS.get(cfg.model.objective.type) is not None
+
+
+# -- the demo's recipes ----------------------------------------------------------------------------
+DEMO_RECIPES = sorted((CONFIGS / "demo").glob("*.py")) + sorted((CONFIGS / "demo" / "compare").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", DEMO_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_demo_recipe_builds_under_the_demo_protocol(path, tmp_path):
+    """Every recipe of tools/demo.py and tools/compare_recipes.py is a config file that the demo
+    protocol turns into a distillation config (96 px student, 384 px teacher, its iterations,
+    validations evenly spaced) whose model builds (tiny backbone)."""
+    from brixel_plugins.distill.demo import STUDENT, TEACHER, demo_config
+
+    cfg = demo_config(str(path), None, "/train", "/val", str(tmp_path / "work"), iters=7)
+    assert cfg.demo.label.strip() and cfg.demo.batch_size == cfg.train_dataloader.batch_size == 2
+    assert (cfg.model.student_size, cfg.model.teacher_size) == (STUDENT, TEACHER)
+    assert (cfg.train_cfg.max_iters, cfg.train_cfg.val_interval, cfg.default_hooks.checkpoint.interval) == (7, 2, 7)
+    assert cfg.train_dataloader.dataset.root == "/train" and cfg.val_dataloader.dataset.val_root == "/val"
+    once = demo_config(str(path), None, "/train", "/val", str(tmp_path / "work"), validations=1)
+    assert once.train_cfg.max_iters == once.train_cfg.val_interval == cfg.demo.iters
+    model = MODELS.build({**cfg.model.to_dict(), "backbone": TINY})
+    assert model.upsampler.factor * STUDENT == TEACHER  # every recipe predicts DINOv3 at 4x
+
+
+def test_demo_recipes_carry_the_demo_departures():
+    from brixel_plugins.distill.demo import demo_config
+
+    lift = demo_config(str(CONFIGS / "demo" / "lift.py"), None, "/t", "/v", "/w")
+    assert lift.model.upsampler == dict(type="lift", factor=4, zero_start=True)
+    assert lift.model.objective.downscale == dict(type="AntialiasedResize") and lift.model.objective.lambda_l1 == 1.0
+    assert lift.train_dataloader.dataset.crop == "random" and lift.train_cfg.max_iters == 200
+    featsharp = demo_config(str(CONFIGS / "demo" / "featsharp.py"), None, "/t", "/v", "/w")
+    assert featsharp.model.objective == dict(type="LiftObjective", scales=1, lambda_l1=1.0)
+    assert featsharp.custom_hooks[0] == dict(type="PhiSStatsHook", num_batches=8)
+    release = demo_config(str(CONFIGS / "demo" / "compare" / "lift_release.py"), None, "/t", "/v", "/w")
+    assert release.train_dataloader.dataset.crop == dict(type="SquashResize")
+    assert release.model.objective.downscale == dict(type="StridedSubsample")
+    ours = demo_config(str(CONFIGS / "demo" / "compare" / "lift_ours.py"), None, "/t", "/v", "/w")
+    assert ours.train_dataloader.dataset.crop == "random" and ours.model.objective.colour_jitter is None
+    with pytest.raises(ValueError, match="not a demo recipe"):
+        demo_config(str(CONFIGS / "lift_vits16.py"), None, "/t", "/v", "/w")

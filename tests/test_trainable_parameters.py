@@ -18,7 +18,7 @@ TINY_SPEC = BackboneSpec("vits16", 64, 4, 2)
 TEACHER = 64  # px; the student gets TEACHER / factor
 
 
-PARAMETER_FREE = {"bilinear", "bicubic", "highres"}
+PARAMETER_FREE = {"none", "bilinear", "bicubic", "highres"}
 
 
 def test_every_learned_upsampler_has_a_vits16_config():
@@ -44,7 +44,7 @@ def test_one_step_reaches_every_trainable_parameter(method, photo):
                           "student_size": max(16, TEACHER // factor)})
     images = torch.cat([photo[..., :TEACHER, :TEACHER], photo[..., -TEACHER:, -TEACHER:].flip(-1)])
     for m in model.calibration_targets():  # statistics fitted before training (PHI-S)
-        m.calibrate(model.features(resize(images, TEACHER // factor)))
+        m.calibrate(model.last_layer_map(resize(images, TEACHER // factor)))
         m.finish_calibration()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and not any(n.startswith("backbone.") for n in trainable)

@@ -64,7 +64,7 @@ def test_figure_cells_hold_their_maps(tiny_backbone, tmp_path):
     for row, name in enumerate(["coffee", "chelsea"]):
         img = load_image(name)[1]
         lr, hi = square_input(img, size), square_input(img, hr)
-        low, ref = tiny_backbone.last_layer(lr)[0], tiny_backbone.last_layer(hi)[0]
+        low, ref = tiny_backbone.last_layer_map(lr)[0], tiny_backbone.last_layer_map(hi)[0]
         basis = PCABasis(ref)
         want = [np.asarray(Image.fromarray(denormalise(lr[0])).resize((px, px))), basis.rgb(low, (px, px)),
                 basis.rgb(ref, (px, px)), basis.rgb(F.interpolate(low[None], scale_factor=4, mode="bilinear")[0], (px, px))]

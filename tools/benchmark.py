@@ -45,6 +45,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs (the first one counts FLOPs)")
     p.add_argument("--runs", type=positive_int, default=10, help="timed runs per row")
+    p.add_argument("--compile", action="store_true",
+                   help="run every row's model through torch.compile (inductor; on CPU it needs a C++ compiler); "
+                        "FLOPs are counted before, the first warm-up compiles (minutes)")
+    p.add_argument("--throughput-batch", type=non_negative_int, default=8,
+                   help="images per batch for the images/s column, timed round-robin like the latency "
+                        "(not for highres); 0: skip it")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: torch's choice); 1 gives steadier timings on a busy machine")
     p.add_argument("--isolate", action="store_true",
@@ -72,7 +78,8 @@ def main(argv=None) -> int:
     sizes = sorted({args.target, *(args.sizes or [])})
     cfg = BenchConfig(arch=args.arch, weights=args.weights, backbone_overrides=parse_kv(args.backbone_overrides),
                       factor=args.factor, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                      warmup=args.warmup, runs=args.runs)
+                      warmup=args.warmup, runs=args.runs, throughput_batch=args.throughput_batch,
+                      compile=args.compile)
     if args.weights is None:
         print("note: random-init DINOv3 (no --weights): fine for cost, not for features", file=sys.stderr)
     try:
@@ -86,7 +93,9 @@ def main(argv=None) -> int:
     table = markdown_table([r for r in rows if r["target"] == args.target])
     (out / "benchmark.md").write_text(table + "\n")
     print(f"DINOv3 {rows[0]['arch']}, {args.target}x{args.target} tokens, {cfg.device}, {cfg.dtype}, "
-          f"batch {cfg.batch_size}, {cfg.runs} runs after {cfg.warmup} warm-ups\n")
+          f"batch {cfg.batch_size}, {cfg.runs} runs after {cfg.warmup} warm-ups"
+          + (f"; images/s at batch {cfg.throughput_batch}" if cfg.throughput_batch else "")
+          + ("; torch.compile" if cfg.compile else "") + "\n")
     print(table)
     print(f"\nGFLOPs count a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2); 'over backbone' = the row / DINOv3 "
           f"alone at the same input size - 1; peak memory: {rows[0]['mem_method']}")

@@ -20,8 +20,6 @@ import json
 import os
 import os.path as osp
 import shutil
-import subprocess
-import sys
 import time
 import warnings
 
@@ -31,14 +29,6 @@ DEMO = osp.join(ROOT, "work_dirs", "demo")
 BRIXEL = osp.join(DEMO, "brixel", "best_upsampler.safetensors")
 WORK = osp.join(DEMO, "detection")
 METHODS = ("bilinear", "brixel")
-
-
-def ensure_brixel_weights() -> None:
-    if osp.isfile(BRIXEL):
-        return
-    print(f"No BRIXEL weights at {BRIXEL}: running the distillation demo first (tools/demo.py --methods brixel)",
-          flush=True)
-    subprocess.run([sys.executable, osp.join(ROOT, "tools", "demo.py"), "--methods", "brixel"], cwd=ROOT, check=True)
 
 
 def backbone_weights() -> str:
@@ -60,29 +50,24 @@ def backbone_weights() -> str:
 
 def brixel_fit(weights: str) -> dict:
     """Does the BRIXEL file fit this backbone? Relative L1 error against DINOv3 at 4x the
-    resolution (a toy validation image at 96 px in, 384 px teacher), BRIXEL vs bilinear."""
+    resolution (a toy validation image at 96 px in, 384 px teacher), BRIXEL vs bilinear, scored
+    as the distillation's validation scores them."""
     import numpy as np
-    import torch
-    import torch.nn.functional as F
     from PIL import Image
 
     from brixel_plugins.backbones import FrozenDINOv3
-    from brixel_plugins.images import normalise, resize, to_tensor
+    from brixel_plugins.distill.metrics import relative_l1
+    from brixel_plugins.distill.model import held_out_maps
+    from brixel_plugins.images import normalise, to_tensor
     from brixel_plugins.io import load_upsampler
     from brixel_plugins.toydata.instances import split_files
 
     backbone = FrozenDINOv3("vits16", weights)
     up = load_upsampler(BRIXEL, backbone.spec).eval()
     _, images = split_files(osp.join(WORK, "toydata"), "val")
-    x = normalise(to_tensor(np.asarray(Image.open(sorted(images.iterdir())[0]).convert("RGB"))))
-    with torch.no_grad():
-        small, big = resize(x, 96), resize(x, 384)
-        target = backbone.last_layer(big)
-        last = backbone.last_layer(small)
-        layers = backbone.layers(small, up.layer_indices)
-        errors = {"brixel": (up(small, layers, backbone) - target).abs().mean(),
-                  "bilinear": (F.interpolate(last, scale_factor=4, mode="bilinear") - target).abs().mean()}
-    return {k: float(v / target.abs().mean()) for k, v in errors.items()}
+    x = normalise(to_tensor(np.array(Image.open(sorted(images.iterdir())[0]).convert("RGB"))))
+    pred, bilinear, target = held_out_maps(backbone, up, x, student_size=96)
+    return {"brixel": relative_l1(pred, target), "bilinear": relative_l1(bilinear, target)}
 
 
 def seconds_per_iteration(output_dir: str) -> float:
@@ -96,30 +81,72 @@ def seconds_per_iteration(output_dir: str) -> float:
     return sum(times) / len(times)
 
 
-def train_one(method: str, weights: str, iters: int) -> dict:
+def toy_config(method: str, weights: str, iters: int):
+    """The toy detector config of ``method`` on the demo's data and backbone, writing to WORK/method."""
     from detectron2.config import LazyConfig
-    from detectron2.utils.env import seed_all_rng
-
-    from brixel_plugins.d2 import engine
 
     cfg = LazyConfig.load(osp.join(ROOT, "configs", "d2", "toy", f"mask_rcnn_dinov3_vits16_{method}_toy.py"))
-    out = osp.join(WORK, method)
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(out)
     cfg.model.backbone.net.weights = weights
     if method == "brixel":
         cfg.model.backbone.net.upsampler_weights = BRIXEL
     for split in ("train", "test"):
         cfg.dataloader[split].dataset.names.root = osp.join(WORK, "toydata")
-    cfg.train.update(output_dir=out, max_iter=iters, eval_period=iters,
+    cfg.train.update(output_dir=osp.join(WORK, method), max_iter=iters, eval_period=iters,
                      checkpointer=dict(period=iters, max_to_keep=1))
+    return cfg
+
+
+def train_one(method: str, weights: str, iters: int) -> dict:
+    from detectron2.utils.env import seed_all_rng
+
+    from brixel_plugins.console import output_to
+    from brixel_plugins.d2 import engine
+
+    cfg = toy_config(method, weights, iters)
+    out = cfg.train.output_dir
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
     seed_all_rng(0)
     t0 = time.time()
-    results = engine.train(cfg)
+    with output_to(osp.join(out, "train.log")):  # detectron2's logs and COCOeval's tables
+        results = engine.train(cfg)
     wall = time.time() - t0
     return {"box_AP": results["bbox"]["AP"], "box_APs": results["bbox"]["APs"],
             "mask_AP": results["segm"]["AP"], "mask_APs": results["segm"]["APs"],
             "seconds_per_iter": seconds_per_iteration(out), "wall_seconds": wall}
+
+
+NUM_PICTURES = 6
+DRAW_THRESHOLD = 0.3  # lowest score drawn: the toy detectors' scores stay low after a few hundred steps
+
+
+def draw_detections(configs) -> str:
+    """The first validation pictures (never trained on) with their annotations and each
+    detector's detections (score >= DRAW_THRESHOLD) drawn by detectron2's Visualizer, side by
+    side in one grid, through tools/d2_infer.py's predictor. Returns the grid's path."""
+    import numpy as np
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils.visualizer import Visualizer
+
+    from brixel_plugins.d2.predictor import LazyPredictor
+    from brixel_plugins.images import load_rgb
+    from brixel_plugins.pca import save_grid
+
+    predictors = {m: LazyPredictor(cfg, osp.join(cfg.train.output_dir, "model_final.pth"), device="cpu")
+                  for m, cfg in configs.items()}
+    meta = next(iter(predictors.values())).metadata
+    records = DatasetCatalog.get(meta.name)[:NUM_PICTURES]
+    rows = []
+    for record in records:
+        image = np.asarray(load_rgb(record["file_name"]))
+        row = [image, Visualizer(image, meta, scale=2.0).draw_dataset_dict(record).get_image()]
+        for predictor in predictors.values():
+            found = predictor(image)
+            found = found[found.scores >= DRAW_THRESHOLD].to("cpu")
+            row.append(Visualizer(image, meta, scale=2.0).draw_instance_predictions(found).get_image())
+        rows.append(row)
+    labels = ["picture", "annotations", *(f"{m} (score >= {DRAW_THRESHOLD})" for m in predictors)]
+    return str(save_grid(rows, labels, osp.join(WORK, "pictures", "detections.png")))
 
 
 def parse_args(argv=None):
@@ -147,9 +174,11 @@ def main(argv=None):
     from detectron2.utils.logger import setup_logger
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    setup_logger(WORK, name="detectron2")  # training logs also go to work_dirs/demo/detection/log.txt
+    setup_logger(name="detectron2")  # its output goes to each run's train.log (train_one)
     iters = args.iters
-    ensure_brixel_weights()
+    from brixel_plugins.distill.demo import ensure_weights
+
+    ensure_weights(BRIXEL, ROOT)
     os.makedirs(WORK, exist_ok=True)
     toy_instances("train", root=osp.join(WORK, "toydata"))
     weights = backbone_weights()
@@ -178,6 +207,12 @@ def main(argv=None):
         "backbone_weights": os.environ.get("DINOV3_WEIGHTS") or "random init (seed 0)",
         "brixel_fit_rel_l1": fit, "results": rows})
     print(f"summary: {osp.join(DEMO, 'summary.json')} (key 'detection')")
+    print("Training and evaluation logs: " + ", ".join(osp.join(WORK, m, "train.log") for m in METHODS))
+    from brixel_plugins.console import output_to
+
+    with output_to(osp.join(WORK, "pictures", "predict.log")):
+        grid = draw_detections({m: toy_config(m, weights, iters) for m in METHODS})
+    print(f"Detections on held-out pictures ({' vs '.join(METHODS)}, tools/d2_infer.py's code): {grid}")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import argparse
 import glob
 import os
 import os.path as osp
-import subprocess
-import sys
 import time
 import uuid
 import warnings
@@ -36,22 +34,14 @@ RUNS = {  # label -> upsampler config
 }
 
 
-def ensure_brixel_weights() -> None:
-    if osp.isfile(BRIXEL_FILE):
-        return
-    print(f"{BRIXEL_FILE} is missing: running the distillation demo first (tools/demo.py --methods brixel)")
-    subprocess.run([sys.executable, osp.join(ROOT, "tools", "demo.py"), "--methods", "brixel"], check=True)
-
-
 def check_same_random_backbone(backbone) -> str:
     """Compare our random DINOv3 with the one the BRIXEL weights were distilled on, if its checkpoint
     holds it; raise if they differ (the BRIXEL file would then be meaningless here)."""
-    from brixel_plugins.engine import trusted_checkpoint_globals
+    from brixel_plugins.checkpoints import load_checkpoint_file
     import torch
 
     for ckpt in sorted(glob.glob(osp.join(DEMO, "brixel", "*.pth")), key=osp.getmtime, reverse=True):
-        with trusted_checkpoint_globals(ckpt):
-            state = torch.load(ckpt, map_location="cpu")["state_dict"]
+        state = load_checkpoint_file(ckpt)["state_dict"]  # weights_only, mmengine's classes allowed
         key = "backbone.model.patch_embed.proj.weight"
         if key in state:
             if not torch.equal(state[key], backbone.model.patch_embed.proj.weight):
@@ -77,16 +67,56 @@ def train_probe(label, upsampler, data_root, weights, iters):
     cfg.randomness = dict(seed=SEED)
     cfg.work_dir = osp.join(DEMO, "segmentation", label.split()[0].lower())
     cfg.experiment_name = f"demo_seg_{uuid.uuid4().hex[:6]}"
-    cfg.log_level = "WARNING"
-    runner = RUNNERS.build(cfg)
-    note = "" if weights else check_same_random_backbone(runner.model.backbone.backbone)
-    t0 = time.time()
-    runner.train()
+    from brixel_plugins.console import output_to
+
+    with output_to(osp.join(cfg.work_dir, "train.log")):  # mmengine's log: the console keeps the tables
+        runner = RUNNERS.build(cfg)
+        note = "" if weights else check_same_random_backbone(runner.model.backbone.backbone)
+        t0 = time.time()
+        runner.train()
     hub = runner.message_hub
+    trained = (cfg, osp.join(cfg.work_dir, f"iter_{iters}.pth"))
     return dict(mIoU=float(hub.get_scalar("val/mIoU").current()),
                 aAcc=float(hub.get_scalar("val/aAcc").current()),
                 seconds_per_iter=float(hub.get_scalar("train/time").mean()),
-                wall_seconds=round(time.time() - t0, 1), iterations=iters), note
+                wall_seconds=round(time.time() - t0, 1), iterations=iters), note, trained
+
+
+PICTURE_RUNS = ("bilinear 4x", "BRIXEL 4x")  # the runs drawn side by side
+NUM_PICTURES = 6
+
+
+def draw_predictions(trained, data_root: str) -> str:
+    """The first validation pictures (never trained on) with their label map and each run's
+    prediction drawn over them, side by side in one grid; per run, the class maps and overlays
+    tools/infer.py would write. Returns the grid's path."""
+    import numpy as np
+    from PIL import Image
+
+    from brixel_plugins.images import load_rgb
+    from brixel_plugins.mmseg.inference import load_segmentor, overlay, predict, save_class_map, save_rgb
+    from brixel_plugins.pca import save_grid
+
+    pictures = sorted(glob.glob(osp.join(data_root, "img_dir", "val", "*.png")))[:NUM_PICTURES]
+    out = osp.join(DEMO, "segmentation", "pictures")
+    models = {label: load_segmentor(cfg, checkpoint) for label, (cfg, checkpoint) in trained.items()}
+    meta = next(iter(models.values())).dataset_meta
+    rows = []
+    for path in pictures:
+        name = osp.splitext(osp.basename(path))[0]
+        image = np.asarray(load_rgb(path))
+        truth = np.asarray(Image.open(osp.join(data_root, "ann_dir", "val", name + ".png"))).astype(np.int64)
+        row = [image, overlay(image, truth, meta, with_labels=False)]
+        for label, model in models.items():
+            classes = predict(model, image)
+            run = label.split()[0].lower()
+            save_class_map(classes, meta["palette"], osp.join(out, run, "maps", name + ".png"))
+            drawn = overlay(image, classes, meta, with_labels=False)
+            save_rgb(drawn, osp.join(out, run, "overlays", name + ".png"))
+            row.append(drawn)
+        rows.append(row)
+    grid = save_grid(rows, ["picture", "label map", *models], osp.join(out, "predictions.png"))
+    return str(grid)
 
 
 def parse_args(argv=None):
@@ -115,7 +145,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     iters = args.iters
     weights = os.environ.get("DINOV3_WEIGHTS")
-    ensure_brixel_weights()
+    from brixel_plugins.distill.demo import ensure_weights
+
+    ensure_weights(BRIXEL_FILE, ROOT)
     if not weights:
         print("!! No DINOV3_WEIGHTS: DINOv3 ViT-S is a RANDOM init (the distillation demo's); the table "
               "shows the machinery, not real features")
@@ -127,9 +159,9 @@ def main(argv=None):
           + ", ".join(f"{c} {100 * f:.1f}%" for c, f in freq.items()))
     print(f"Linear probe (Dropout2d -> BN -> 1x1 conv) on frozen DINOv3 ViT-S, {iters} iterations of batch 8, "
           f"AdamW lr 1e-2, CPU\n")
-    results, notes = {}, set()
+    results, notes, trained = {}, set(), {}
     for label, upsampler in RUNS.items():
-        results[label], note = train_probe(label, upsampler, data_root, weights, iters)
+        results[label], note, trained[label] = train_probe(label, upsampler, data_root, weights, iters)
         notes.add(note)
         r = results[label]
         print(f"  {label:<18} mIoU {r['mIoU']:6.2f}   {r['seconds_per_iter']:.3f} s/iter", flush=True)
@@ -142,6 +174,12 @@ def main(argv=None):
         results=results, dinov3_weights=weights or "random init (seed 0)", dataset=dict(root=data_root, **freq),
         config=osp.relpath(TOY_CONFIG, ROOT), brixel_weights=osp.relpath(BRIXEL_FILE, ROOT)))
     print(f"Summary: {osp.join(DEMO, 'summary.json')} (key 'segmentation')")
+    print("Training logs: " + ", ".join(osp.join(cfg.work_dir, "train.log") for cfg, _ in trained.values()))
+    from brixel_plugins.console import output_to
+
+    with output_to(osp.join(DEMO, "segmentation", "pictures", "predict.log")):
+        grid = draw_predictions({k: trained[k] for k in PICTURE_RUNS}, data_root)
+    print(f"Predictions on held-out pictures ({' vs '.join(PICTURE_RUNS)}, tools/infer.py's code): {grid}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Distil an upsampler on a frozen DINOv3 (mmengine Runner); writes upsampler-only safetensors.
 
     python tools/distill.py configs/distill/brixel_vits16.py --data-root DIR [--weights FILE]
-        [--work-dir DIR] [--resume] [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
-    torchrun --nproc-per-node N tools/distill.py CONFIG --launcher pytorch ...
+        [--work-dir DIR] [--resume [CHECKPOINT]] [--amp [auto|bf16|off]] [--cfg-options k=v ...]
+        [--launcher none|pytorch|slurm]
+    torchrun --nproc-per-node N tools/distill.py CONFIG --launcher pytorch ...   # N GPUs, or N CPU processes
 
 Outputs in the work dir: checkpoints (``iter_*.pth``, ``best_val_loss_*.pth``, written
 atomically), ``best_upsampler.safetensors`` / ``upsampler.safetensors`` (what MMSeg and Detectron2
@@ -13,27 +14,25 @@ from __future__ import annotations
 import argparse
 import os
 
-from brixel_plugins.engine.tool import add_runner_arguments, init_cpu_process_group, load_config, parse_runner_args
+from brixel_plugins.engine.tool import (add_amp_argument, add_resume_argument, add_runner_arguments, apply_amp,
+                                        apply_resume, exit_on_explained_errors, init_cpu_process_group, load_config,
+                                        parse_runner_args)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Self-distillation of a feature upsampler on frozen DINOv3")
     p.add_argument("config", help="e.g. configs/distill/brixel_vits16.py")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from the latest checkpoint in the work dir (or from the given file)")
+    add_resume_argument(p)
     p.add_argument("--data-root", help="folder of training images (sets train and val dataset roots)")
     p.add_argument("--val-root", help="separate folder of validation images")
     p.add_argument("--weights", help="DINOv3 weight file (sets model.backbone.weights); default: "
                                      "$DINOV3_WEIGHTS, else the config's value (random init if None)")
-    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
-                   help="bf16 autocast via mmengine's AmpOptimWrapper; auto = on with CUDA")
+    add_amp_argument(p)
     add_runner_arguments(p, "where checkpoints, logs and exported weights go (default: work_dirs/<config name>)")
     return parse_runner_args(p, argv)
 
 
 def build_config(args):
-    import torch
-
     cfg = load_config(args)
     if args.data_root:
         cfg.train_dataloader.dataset.root = args.data_root
@@ -44,17 +43,8 @@ def build_config(args):
     weights = args.weights or os.environ.get("DINOV3_WEIGHTS")
     if weights:
         cfg.model.backbone.weights = weights
-    if args.resume == "auto":
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume:
-        cfg.resume, cfg.load_from = True, args.resume
-    cuda = torch.cuda.is_available()
-    amp = args.amp == "bf16" or (args.amp == "auto" and cuda)
-    if amp:
-        if not cuda:
-            raise SystemExit("--amp bf16 needs CUDA (mmengine's AmpOptimWrapper); use --amp off on CPU")
-        cfg.optim_wrapper.type = "AmpOptimWrapper"
-        cfg.optim_wrapper.dtype = "bfloat16"
+    apply_resume(cfg, args.resume)
+    apply_amp(cfg, args.amp)
     return cfg
 
 
@@ -62,14 +52,10 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
     from brixel_plugins.distill.runner import DistillRunner
-    from brixel_plugins.engine import CheckpointError, NonFiniteError
 
     init_cpu_process_group(args.launcher)
-    runner = DistillRunner.from_cfg(cfg)
-    try:
-        runner.train()
-    except (NonFiniteError, CheckpointError) as e:  # already explained: no traceback, exit status 1
-        raise SystemExit(f"error: {e}") from None
+    with exit_on_explained_errors():
+        DistillRunner.from_cfg(cfg).train()
 
 
 if __name__ == "__main__":

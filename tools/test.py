@@ -12,8 +12,8 @@ import argparse
 import numbers
 import os.path as osp
 
-from brixel_plugins.engine.tool import (add_runner_arguments, build_runner, init_cpu_process_group, load_config,
-                                        parse_runner_args)
+from brixel_plugins.engine.tool import (add_runner_arguments, build_runner, exit_on_explained_errors,
+                                        init_cpu_process_group, load_config, parse_runner_args)
 
 
 def parse_args(argv=None):
@@ -53,8 +53,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
     init_cpu_process_group(args.launcher)
-    runner = build_runner(cfg)
-    metrics = runner.test()
+    with exit_on_explained_errors():
+        metrics = build_runner(cfg).test()
     print({k: round(float(v), 4) if isinstance(v, numbers.Real) else v for k, v in metrics.items()})
 
 

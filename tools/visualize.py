@@ -17,14 +17,14 @@ import warnings
 
 from brixel_plugins.benchmark import parse_kv
 from brixel_plugins.cli import positive_int, torch_device
-from brixel_plugins.pca_figure import SKIMAGE_PHOTOS, compare_methods
+from brixel_plugins.pca_figure import EXAMPLE_PHOTOS, compare_methods
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("images", nargs="*", default=list(SKIMAGE_PHOTOS),
-                   help=f"image files or scikit-image photo names (default: {' '.join(SKIMAGE_PHOTOS)})")
+    p.add_argument("images", nargs="*", default=list(EXAMPLE_PHOTOS),
+                   help=f"image files or scikit-image photo names (default: {' '.join(EXAMPLE_PHOTOS)})")
     p.add_argument("--arch", default="vits16")
     p.add_argument("--weights", default=None, help="DINOv3 weight file (without it the features are random)")
     p.add_argument("--methods", default="bilinear,lift",

@@ -245,8 +245,9 @@ class FrozenDINOv3(nn.Module):
 
     layers = forward
 
-    def last_layer(self, x: torch.Tensor) -> torch.Tensor:
-        """The last layer's normalised map (B, D, H/16, W/16): the distillation target."""
+    def last_layer_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's normalised map (B, D, H/16, W/16): the distillation target (its index
+        is ``spec.last_layer``)."""
         return self.forward(x, [self.depth - 1])[self.depth - 1]
 
     def last_block_keys(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -25,12 +25,26 @@ class WeightFileError(ValueError):
     """A weight file is missing, unreadable, corrupt or made for another model."""
 
 
+_sha256_cache: Dict[Tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: os.PathLike | str) -> str:
+    """The sha256 (hex) of a file, computed once per process for a given (path, size, mtime):
+    the hash-suffix check and the training records of checkpoints read a ViT-L file once."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _sha256_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _sha256_cache[key] = h.hexdigest()
+    return _sha256_cache[key]
+
+
 def sha256_prefix(path: Path, n: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
+    return file_sha256(path)[:n]
 
 
 def verify_hash_suffix(path: Path) -> Optional[str]:
@@ -38,6 +52,8 @@ def verify_hash_suffix(path: Path) -> Optional[str]:
     m = HASH_SUFFIX.search(path.name)
     if not m:
         return None
+    if not path.is_file():  # the project's "not found", not the hash check's raw FileNotFoundError
+        raise WeightFileError(f"weight file not found: {path}")
     want = m.group(1)
     got = sha256_prefix(path, len(want))
     if got != want:

@@ -9,7 +9,7 @@ Conventions:
 - Counted by torch: mm/addmm/bmm/baddbmm (Linear, einsum, matmul), convolutions (transposed
   too) and the CUDA attention kernels (flash / efficient / cuDNN).
 - Added here (:data:`EXTRA_FLOPS`), because they matter for these models and torch does not
-  count them: CPU fused attention (without it a CPU run would miss all of DINOv3's attention),
+  count them: the in-place ``addmm_`` / ``baddbmm_`` (counted like ``addmm`` / ``baddbmm``), CPU fused attention (without it a CPU run would miss all of DINOv3's attention),
   bilinear / bicubic interpolation (2 FLOPs per tap per output value; antialiased downsampling
   has more taps, so that is a lower bound) and ``grid_sample`` (bilinear: 4 taps, the sampling
   of deformable attention).
@@ -39,6 +39,11 @@ def sdpa_cpu_flops(q, k, v, *args, out_shape=None, **kwargs) -> int:
     return 2 * b * h * l * s * e + 2 * b * h * l * s * ev
 
 
+def matmul_add_flops(acc, a, b, *args, out_shape=None, **kwargs) -> int:
+    """``acc += a @ b`` (in place, batched or not): 2 FLOPs per multiply-add, as torch counts addmm."""
+    return 2 * math.prod(a) * b[-1]
+
+
 def _taps(n: int) -> Callable:
     def count(*args, out_shape=None, **kwargs) -> int:
         # A weighted sum of n input values per output value: n multiply-adds.
@@ -58,6 +63,10 @@ def _extra_flops() -> Dict[Any, Callable]:
         "upsample_bicubic2d": _taps(16),
         "_upsample_bicubic2d_aa": _taps(16),
         "grid_sampler_2d": _taps(4),
+        # in-place matrix multiply-adds (a projection written onto a residual): torch counts addmm
+        # and baddbmm but not their in-place forms, which would drop a whole projection's FLOPs
+        "addmm_": matmul_add_flops,
+        "baddbmm_": matmul_add_flops,
     }
     out = {}
     for name, fn in table.items():  # only ops this torch build has; never override torch's own counts

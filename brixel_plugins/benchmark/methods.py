@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from ..upsamplers import Upsampler, build_upsampler, list_upsamplers
+from ..upsamplers import UPSAMPLERS, Upsampler, UpsamplerConfig, build_upsampler, list_upsamplers
 
 DEFAULT_METHODS = ("bilinear", "jbu", "lift", "featsharp", "brixel", "brixel_lean")
 
@@ -74,25 +74,20 @@ def check_methods(methods: Sequence[MethodSpec]) -> None:
                            f"{', '.join(list_upsamplers())} (or give an upsampler .safetensors file)")
 
 
-def build_method(method: MethodSpec, spec, factor: int) -> Upsampler:
-    """Build the upsampler of ``method`` at ``factor`` for backbone ``spec``.
-
-    A method whose constructor takes no ``factor`` (fixed-factor models) is built as is and
-    used at its own factor; a weight file is used at the factor it was saved with.
-    """
-    from ..io import load_upsampler
-
+def method_config(method: MethodSpec, factor: int) -> UpsamplerConfig:
+    """The upsampler config of ``method`` at ``factor``: a weight file as saved; a registered name
+    at ``factor`` unless its options say otherwise or the method has a fixed factor (BRIXEL: 4)."""
     if method.path is not None:
-        return load_upsampler(method.path, spec)
-    opts = dict(method.options)
-    opts.setdefault("factor", factor)
-    try:
-        return build_upsampler({"type": method.name, **opts}, spec)
-    except (TypeError, ValueError) as e:
-        if "factor" not in str(e) or "factor" in method.options:
-            raise
-        opts.pop("factor")  # a fixed-factor method (BRIXEL: 4) at its own factor
-        return build_upsampler({"type": method.name, **opts}, spec)
+        return method.path
+    cfg = {"type": method.name, **method.options}
+    if UPSAMPLERS[method.name].fixed_factor is None:
+        cfg.setdefault("factor", factor)
+    return cfg
+
+
+def build_method(method: MethodSpec, spec, factor: int) -> Upsampler:
+    """Build the upsampler of ``method`` (see :func:`method_config`) for backbone ``spec``."""
+    return build_upsampler(method_config(method, factor), spec)
 
 
 @torch.no_grad()
@@ -103,5 +98,5 @@ def prepare_upsampler(up: Upsampler, backbone, image: torch.Tensor) -> None:
     backbone's features of ``image`` (B,3,H,W). Cost does not depend on the values.
     """
     if not up.calibrated:
-        up.calibrate(backbone.last_layer(image))
+        up.calibrate(backbone.last_layer_map(image))
         up.finish_calibration()

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 CSV_FIELDS = ("method", "target", "factor", "input_px", "backbone_passes", "backbone_px", "trainable_params",
               "frozen_params", "gflops", "gmacs", "backbone_gflops", "upsampler_gflops", "flop_overhead_pct",
               "flop_ratio", "latency_ms", "iqr_ms", "min_ms", "max_ms", "runs", "latency_overhead_pct", "speedup",
+              "throughput_batch", "images_per_s",
               "peak_mib", "mem_method", "batch_size", "device", "dtype", "arch")
 
 
@@ -26,17 +27,25 @@ def _pct(v: float) -> str:
     return "" if v != v else f"{v:+.0f}%"  # NaN (no backbone row at this size): empty
 
 
+def _num(v: float) -> str:
+    return "" if v != v else f"{v:.3g}"  # NaN (not measured): empty
+
+
+def _throughput_batch(rows: Sequence[Mapping[str, Any]]) -> int:
+    return max((r.get("throughput_batch", 0) for r in rows), default=0)
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """One line per row; the overhead columns compare with DINOv3 alone at the row's input size."""
     head = ["method", "factor", "input px", "backbone passes", "trainable M", "GFLOPs", "FLOPs over backbone",
             "latency ms (median)", "IQR ms", "latency over backbone", "highres / row FLOPs", "speed-up vs highres",
-            "peak MiB"]
+            f"images/s (batch {_throughput_batch(rows)})", "peak MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], r["factor"], r["input_px"], r["backbone_px"], f"{r['trainable_params'] / 1e6:.3f}",
                  f"{r['gflops']:.3g}", _pct(r["flop_overhead_pct"]), f"{r['latency_ms']:.1f}", f"{r['iqr_ms']:.1f}",
                  _pct(r["latency_overhead_pct"]), f"{r['flop_ratio']:.1f}x", f"{r['speedup']:.2f}x",
-                 f"{r['peak_mib']:.0f}"]
+                 _num(r.get("images_per_s", float("nan"))), f"{r['peak_mib']:.0f}"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 

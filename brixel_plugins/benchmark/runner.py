@@ -9,7 +9,9 @@ Every row produces that map from the same low-resolution image (``target / facto
   passes itself; the ``backbone_px`` column shows them).
 
 Per row: parameters, FLOPs (:mod:`.flops`), latency (median and inter-quartile range of
-``runs`` timed runs after ``warmup`` untimed ones), peak memory (:mod:`.memory`); then
+``runs`` timed runs after ``warmup`` untimed ones), throughput (images per second at
+``throughput_batch``, median of ``runs`` timed batches; not for ``highres``, the slowest row by
+far, which has its latency), peak memory (:mod:`.memory`); then
 :func:`add_ratios` relates each row to ``highres`` (FLOP ratio, speed-up) and to ``backbone``
 (the overhead in percent: what the upsampler adds to the backbone it serves).
 
@@ -51,12 +53,14 @@ class BenchConfig:
     warmup: int = 2
     runs: int = 10
     seed: int = 0
+    throughput_batch: int = 8  # images per batch of the throughput timing; 0: no throughput
+    compile: bool = False  # every row's model through torch.compile (inductor) after its FLOPs are counted
 
     def __post_init__(self):
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
-        if self.runs < 1 or self.warmup < 0 or self.batch_size < 1:
-            raise ValueError("need runs >= 1, warmup >= 0, batch_size >= 1")
+        if self.runs < 1 or self.warmup < 0 or self.batch_size < 1 or self.throughput_batch < 0:
+            raise ValueError("need runs >= 1, warmup >= 0, batch_size >= 1, throughput_batch >= 0")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast around a whole forward (backbone and upsampler), else nothing."""
@@ -114,12 +118,16 @@ class Prepared:
     fields: Dict[str, Any]  # the rest of the row (sizes, parameters)
     times: List[float] = field(default_factory=list)
     backbone_flops: int = 0  # of ``flops``, those spent in the backbone
+    # the row's computation on any image batch (the throughput timing); None: no throughput
+    run: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    batch_times: List[float] = field(default_factory=list)
 
 
 def _prepare(label: str, forward: Callable[[], torch.Tensor], backbone, cfg: BenchConfig, resident_bytes: int,
-             **fields) -> Prepared:
-    """Count FLOPs and backbone passes on one call (also the first warm-up), finish the warm-up,
-    then take the peak memory of one more call."""
+             model: Optional[torch.nn.Module] = None, **fields) -> Prepared:
+    """Count FLOPs and backbone passes on one call (also the first warm-up), compile ``model`` in
+    place if ``cfg.compile`` (its first call, a warm-up, compiles), finish the warm-up, then take
+    the peak memory of one more call."""
     dev = torch.device(cfg.device)
     counter = _PassCounter(backbone)
     try:
@@ -129,7 +137,9 @@ def _prepare(label: str, forward: Callable[[], torch.Tensor], backbone, cfg: Ben
     passes, pass_text = counter.describe(cfg.batch_size)
     mem = PeakMemory(dev)
     if dev.type != "meta":  # the meta device counts FLOPs only (seconds even for ViT-H+ at 1024 px)
-        for _ in range(max(cfg.warmup - 1, 0)):
+        if cfg.compile:
+            model.compile()
+        for _ in range(max(cfg.warmup - 1, int(cfg.compile))):
             forward()
         with PeakMemory(dev, resident_bytes) as mem:
             forward()
@@ -137,7 +147,9 @@ def _prepare(label: str, forward: Callable[[], torch.Tensor], backbone, cfg: Ben
 
 
 def time_rows(rows: Sequence[Prepared], cfg: BenchConfig) -> None:
-    """``cfg.runs`` timed calls of every row, round-robin (see the module docstring)."""
+    """``cfg.runs`` timed calls of every row, round-robin (see the module docstring); then, as
+    many batches of ``cfg.throughput_batch`` images through every row that has a ``run``, also
+    round-robin, after one untimed batch each."""
     dev = torch.device(cfg.device)
     if dev.type == "meta":
         for r in rows:
@@ -145,11 +157,24 @@ def time_rows(rows: Sequence[Prepared], cfg: BenchConfig) -> None:
         return
     for _ in range(cfg.runs):
         for r in rows:
-            _sync(dev)
-            t0 = time.perf_counter()
-            r.forward()
-            _sync(dev)
-            r.times.append(time.perf_counter() - t0)
+            r.times.append(_timed(r.forward, dev))
+    if not cfg.throughput_batch:
+        return
+    batches = {id(r): _image(cfg, r.fields["input_px"], cfg.throughput_batch) for r in rows if r.run is not None}
+    batched = [r for r in rows if id(r) in batches]
+    for r in batched:
+        r.run(batches[id(r)])
+    for _ in range(cfg.runs):
+        for r in batched:
+            r.batch_times.append(_timed(lambda: r.run(batches[id(r)]), dev))
+
+
+def _timed(forward: Callable[[], Any], dev: torch.device) -> float:
+    _sync(dev)
+    t0 = time.perf_counter()
+    forward()
+    _sync(dev)
+    return time.perf_counter() - t0
 
 
 def _row(p: Prepared, cfg: BenchConfig, backbone) -> Dict[str, Any]:
@@ -163,6 +188,9 @@ def _row(p: Prepared, cfg: BenchConfig, backbone) -> Dict[str, Any]:
         "backbone_gflops": p.backbone_flops * per_img / 1e9,
         "upsampler_gflops": (p.flops.total - p.backbone_flops) * per_img / 1e9,
         "latency_ms": statistics.median(p.times) * 1e3, "iqr_ms": (q[2] - q[0]) * 1e3,
+        "throughput_batch": cfg.throughput_batch if p.batch_times else 0,
+        "images_per_s": (cfg.throughput_batch / statistics.median(p.batch_times) if p.batch_times
+                         else float("nan")),
         "min_ms": min(p.times) * 1e3, "max_ms": max(p.times) * 1e3, "runs": len(p.times),
         "peak_mib": p.memory.peak_bytes / 2 ** 20, "mem_method": p.memory.method,
         "batch_size": cfg.batch_size, "device": str(torch.device(cfg.device)), "dtype": cfg.dtype,
@@ -170,9 +198,9 @@ def _row(p: Prepared, cfg: BenchConfig, backbone) -> Dict[str, Any]:
     }
 
 
-def _image(cfg: BenchConfig, px: int) -> torch.Tensor:
+def _image(cfg: BenchConfig, px: int, batch: Optional[int] = None) -> torch.Tensor:
     gen = torch.Generator().manual_seed(cfg.seed)  # content does not change the cost
-    return torch.randn(cfg.batch_size, 3, px, px, generator=gen).to(cfg.device)
+    return torch.randn(batch or cfg.batch_size, 3, px, px, generator=gen).to(cfg.device)
 
 
 def prepare_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone) -> Prepared:
@@ -193,30 +221,45 @@ def prepare_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone) -> 
         raise ValueError(f"{method.label} fits statistics from data before it runs (PHI-S), which the meta "
                          f"device cannot do: count its FLOPs with --device cpu")
 
-    def forward():
+    def run(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), cfg.autocast():
-            return model(image)
+            return model(images)
 
     label = method.label if method.path is None else f"{up.method}:{method.label}"
-    p = _prepare(label, forward, backbone, cfg, module_bytes(model), target=target, factor=f, input_px=px,
-                 trainable_params=sum(t.numel() for t in up.parameters()))
+    p = _prepare(label, lambda: run(image), backbone, cfg, module_bytes(model), model=model, target=target, factor=f,
+                 input_px=px, trainable_params=sum(t.numel() for t in up.parameters()))
+    p.run = None if method.name == REFERENCE else run
     if tuple(p.out.shape[-2:]) != (target, target):
         raise RuntimeError(f"{method.label} returned {tuple(p.out.shape)}, expected a {target}x{target} map")
     p.backbone_flops = p.flops.in_backbone()
     return p
 
 
+class LastLayer(torch.nn.Module):
+    """The backbone row's model: DINOv3's last-layer map, as a module (what ``--compile`` compiles)."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.last_layer_map(images)
+
+
 def prepare_backbone_row(px: int, target: int, cfg: BenchConfig, backbone) -> Prepared:
     """DINOv3 alone on the ``px`` image (its last layer): what every upsampler row adds to."""
     image = _image(cfg, px)
 
-    def forward():
+    model = LastLayer(backbone)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), cfg.autocast():
-            return backbone.last_layer(image)
+            return model(images)
 
     # factor 1: no upsampling; all of it is backbone
-    p = _prepare(BACKBONE, forward, backbone, cfg, module_bytes(backbone), target=target, factor=1, input_px=px,
-                 trainable_params=0)
+    p = _prepare(BACKBONE, lambda: run(image), backbone, cfg, module_bytes(backbone), model=model, target=target,
+                 factor=1, input_px=px, trainable_params=0)
+    p.run = run
     p.backbone_flops = p.flops.total
     return p
 

@@ -1,33 +1,51 @@
-"""Detector checkpoints without the frozen backbone, written atomically, resumed from the newest good one."""
+"""Detector checkpoints without the frozen backbone, written atomically, read safely, checked against
+the model, resumed from the newest good one (the rules of :mod:`brixel_plugins.checkpoints`)."""
 from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import hooks
 
-from ..utils import atomic_path
+from ..checkpoints import (RECORD_KEY, CheckpointError, check_records, load_checkpoint_file, refuse_or_warn,
+                           restricted_pickle_load, resume_candidates, resume_newest, state_dict_problems)
+from ..utils import atomic_path, remove_stale_temp_files, write_text_atomic
 from .backbone import DINOv3Backbone
 
 logger = logging.getLogger(__name__)
 
 LAST = "last_checkpoint"
+# what PeriodicCheckpointer writes: model_0004999.pth ... model_final.pth
+PERIODIC_CHECKPOINT = re.compile(r"^model_(\d+|final)\.pth$")
+
+
+def looks_like_dinov3(state: Dict[str, Any]) -> bool:
+    """A DINOv3 weight file (Meta's or timm's layout), not a detector checkpoint."""
+    return "patch_embed.proj.weight" in state and any(k.startswith("blocks.") for k in state)
 
 
 class FrozenBackboneCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` for detectors over :class:`DINOv3Backbone`.
 
     - Frozen parts that load from their own files (the DINOv3 weights; a frozen upsampler's
-      export) are not written into checkpoints: the config rebuilds them from those files, and
-      the checkpoint records which files they were (a mismatch at load is logged). A 300M-param
-      ViT-L is thus not copied into every checkpoint. Random-init frozen parts are kept, since
-      nothing else could restore them.
+      export) are not written into checkpoints: the config rebuilds them from those files. A
+      300M-param ViT-L is thus not copied into every checkpoint. Random-init frozen parts are kept,
+      since nothing else could restore them.
+    - Loading is checked: the backbone's training record (DINOv3 arch and file hash, upsampler
+      method, config and file hash) must match the model's, and every tensor's shape and the key
+      sets must agree (another ``num_classes``, another upsampler); a mismatch is an error naming
+      both sides unless ``BRIXEL_PARTIAL_LOAD=1``. A DINOv3 weight file passed as a detector
+      checkpoint is refused with the config key that takes it.
+    - Files are read safely: ``.pth`` with torch's ``weights_only``, ``.pkl`` (Detectron2's model
+      zoo) with an unpickler that builds numpy arrays and plain types only.
     - Checkpoints and the ``last_checkpoint`` tag are written to a temporary file, flushed to
       disk and renamed into place: a crash mid-write leaves the previous files intact.
-    - ``resume_or_load(..., resume=True)`` tries the tagged checkpoint, then every other
-      ``*.pth`` in the directory, newest first, and resumes from the first that loads.
+    - ``resume_or_load(..., resume=True)`` tries the tagged checkpoint, then the periodic ones,
+      newest first, and resumes from the first that loads.
     """
 
     def external_weights(self) -> Dict[str, str]:
@@ -58,34 +76,63 @@ class FrozenBackboneCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        with atomic_path(os.path.join(self.save_dir, LAST)) as tmp:
-            tmp.write_text(last_filename_basename)
+        write_text_atomic(os.path.join(self.save_dir, LAST), last_filename_basename)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".pkl"):
+            import pickle
+
+            try:
+                with self.path_manager.open(filename, "rb") as f:
+                    data = restricted_pickle_load(f)
+            except pickle.UnpicklingError as e:
+                raise CheckpointError(f"cannot load {filename}: {e}") from e
+            if not isinstance(data, dict):
+                raise CheckpointError(f"{filename} holds a {type(data).__name__}, not a dict of weights")
+            if "model" in data and "__author__" in data:
+                return data
+            data = data.get("blobs", data)
+            return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")},
+                    "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pyth"):
+            raise CheckpointError(f"{filename}: pycls .pyth checkpoints are not read here; convert the weights to a "
+                                  f".pth state dict")
+        return super()._load_file(filename)
+
+    def _torch_load(self, f: str) -> Dict[str, Any]:
+        loaded = load_checkpoint_file(f)
+        if not isinstance(loaded, dict):
+            raise CheckpointError(f"{f} holds a {type(loaded).__name__}, not a checkpoint dict")
+        state = loaded.get("model", loaded)
+        if isinstance(state, dict) and looks_like_dinov3(state):
+            raise CheckpointError(
+                f"{f} is a DINOv3 weight file, not a detector checkpoint. DINOv3 stays frozen and loads from "
+                f"model.backbone.net.weights={f}; train.init_checkpoint takes a checkpoint written by "
+                f"tools/d2_train.py (or Detectron2's model zoo).")
+        return loaded
 
     def _load_model(self, checkpoint: Dict[str, Any]):
-        recorded = checkpoint.pop("external_weights", {})
+        checkpoint.pop("external_weights", None)
+        state = checkpoint["model"]
+        # fvcore's loader takes tensors only: the training records are checked here, first
+        check_records(self.model, {k: state.pop(k) for k in list(state) if k.rsplit(".", 1)[-1] == RECORD_KEY})
+        external = tuple(self.external_weights())
+        if not checkpoint.get("matching_heuristics", False):
+            own = {k: v for k, v in self.model.state_dict().items() if not k.startswith(external)}
+            refuse_or_warn(state_dict_problems(own, state), "the checkpoint does not fit this model")
         incompatible = super()._load_model(checkpoint)
-        external = self.external_weights()
-        for prefix, path in recorded.items():
-            now = external.get(prefix + ".")
-            if now is None:
-                logger.warning("the checkpoint's %s came from %s, which this model does not load; those "
-                               "weights are not in the checkpoint", prefix, path)
-            elif os.path.abspath(now) != os.path.abspath(path):
-                logger.warning("the checkpoint was trained with %s from %s; this model loads it from %s",
-                               prefix, path, now)
-        skip = tuple(external)
+        skip = external + tuple(k for k in self.model.state_dict() if k.rsplit(".", 1)[-1] == RECORD_KEY)
         return incompatible._replace(missing_keys=[k for k in incompatible.missing_keys if not k.startswith(skip)])
 
     # -- resuming ----------------------------------------------------------------------------
     def resume_candidates(self) -> List[str]:
         """Checkpoints in ``save_dir`` to resume from, best first: the tagged one, then the
-        other ``*.pth`` files, newest first."""
+        periodic ones, newest step first (the rule every trainer here shares)."""
         if not self.save_dir or not os.path.isdir(self.save_dir):
             return []
-        files = sorted((os.path.join(self.save_dir, f) for f in os.listdir(self.save_dir) if f.endswith(".pth")),
-                       key=os.path.getmtime, reverse=True)
-        tagged = self.get_checkpoint_file() if super().has_checkpoint() else ""
-        return ([tagged] if tagged in files else []) + [f for f in files if f != tagged]
+        tagged = self.get_checkpoint_file() if super().has_checkpoint() else None
+        return resume_candidates(self.save_dir, tagged, PERIODIC_CHECKPOINT)
 
     def has_checkpoint(self) -> bool:
         return bool(self.resume_candidates())
@@ -96,13 +143,32 @@ class FrozenBackboneCheckpointer(DetectionCheckpointer):
         candidates = self.resume_candidates() if resume else []
         if not candidates:
             return self.load(path, checkpointables=[])
-        failures = []
-        for f in candidates:
-            try:
-                return self.load(f)
-            except Exception as e:  # unreadable or not ours: fall back to the next newest
-                self._parsed_url_during_load = None  # DetectionCheckpointer.load resets it only on success
-                logger.warning("cannot resume from %s (%s: %s); trying an older checkpoint", f, type(e).__name__, e)
-                failures.append(f"{os.path.basename(f)}: {type(e).__name__}: {e}")
-        raise RuntimeError(f"resume: no checkpoint in {self.save_dir} could be loaded ("
-                           + "; ".join(failures) + "). Delete or move them, or train without --resume.")
+
+        def load(f):
+            self._parsed_url_during_load = None  # DetectionCheckpointer.load resets it only on success
+            return self.load(f)
+
+        return resume_newest(candidates, load, logger, self.save_dir)[1]
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """Detectron2's hook, whose ``max_to_keep`` also counts the periodic checkpoints written before a
+    resume (detectron2 only remembers those of the current process, so older ones were never pruned),
+    and which removes the temporary files of writes a kill interrupted, as the mmengine trainers do."""
+
+    def before_train(self):
+        super().before_train()
+        folder = self.checkpointer.save_dir
+        if not folder or not os.path.isdir(folder):
+            return
+        for path in remove_stale_temp_files(folder):
+            logger.info("removed the temporary file of an interrupted write: %s", path)
+        if self.max_to_keep is None:
+            return
+        pattern = re.compile(rf"^{re.escape(self.file_prefix)}_(\d+)\.pth$")
+        found = sorted((int(m.group(1)), os.path.join(folder, n)) for n in os.listdir(folder) if (m := pattern.match(n)))
+        self.recent_checkpoints = [p for _, p in found]
+        while len(self.recent_checkpoints) > self.max_to_keep:
+            old = self.recent_checkpoints.pop(0)
+            logger.info("max_to_keep=%d: removing %s, written before the resume", self.max_to_keep, old)
+            self.path_manager.rm(old)

@@ -49,7 +49,7 @@ def build_dinov3_vitdet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbo
                          upsampler_weights=c.UPSAMPLER_WEIGHTS or None, train_upsampler=c.TRAIN_UPSAMPLER,
                          working_scale=c.WORKING_SCALE)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    if upsampler is None and net.working_scale == 1:
+    if net.upsampler.method == "none" and net.working_scale == 1:
         return ViTDetFeaturePyramid(net, "last_feat", out_channels, scale_factors=(4.0, 2.0, 1.0, 0.5),
                                     top_block=LastLevelMaxPool(), norm="LN", square_pad=c.SQUARE_PAD)
     return UpsampledFeaturePyramid(net, out_channels, top_block=LastLevelMaxPool(), norm="LN",

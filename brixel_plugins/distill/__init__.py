@@ -3,17 +3,20 @@
 Importing this package registers everything configs name under ``default_scope='brixel_plugins'``.
 """
 from . import registry  # noqa: F401  (first: the registries)
-from . import components  # noqa: F401  (the recipes' registered building blocks)
+from . import components, transforms  # noqa: F401  (the recipes' registered building blocks)
 from . import data, hooks, losses, metrics, model, objectives, runner  # noqa: F401
 from . import optim  # noqa: F401  (parameter groups, clipping schedules)
 from .data import ImageFolderDataset, ResumableSampler
 from .hooks import ExportUpsamplerHook, PhiSStatsHook
-from .objectives import BrixelObjective, DistillObjective, LiftObjective, MultiViewObjective
+from .objectives import (BrixelObjective, DistillObjective, FeatSharpObjective, FeatUpObjective, LiftObjective,
+                         MultiViewObjective)
+from .transforms import BrixelReleaseCanvas, ShortSideCentreCrop, SquashResize
 from .metrics import DistillMetric, fidelity, format_table, map_metrics
 from .model import DistillDataPreprocessor, DistillModel
 from .runner import DistillDDP, DistillLoop, DistillRunner
 
 __all__ = ["ImageFolderDataset", "ResumableSampler", "ExportUpsamplerHook", "PhiSStatsHook", "DistillObjective",
-           "BrixelObjective", "LiftObjective", "MultiViewObjective", "DistillMetric", "fidelity",
+           "BrixelObjective", "LiftObjective", "MultiViewObjective", "FeatSharpObjective", "FeatUpObjective",
+           "BrixelReleaseCanvas", "ShortSideCentreCrop", "SquashResize", "DistillMetric", "fidelity",
            "format_table", "map_metrics", "DistillDataPreprocessor", "DistillModel", "DistillDDP",
            "DistillLoop", "DistillRunner"]

@@ -18,27 +18,11 @@ from mmengine.dist import get_dist_info, sync_random_seed
 from mmengine.logging import print_log
 from torch.utils.data import Dataset, Sampler
 
-from ..images import load_rgb
+from ..images import load_rgb, skimage_photo_files
 from . import transforms  # noqa: F401  (registers the releases' crop policies)
 from .registry import DATA_SAMPLERS, DATASETS, TRANSFORMS
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff")
-
-# Photos bundled in the scikit-image wheel (others in skimage.data are fetched on demand and
-# are not available offline). Colour photographs first; a few grey ones are converted to RGB.
-SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                  "motorcycle_right.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg",
-                  "camera.png", "coins.png", "moon.png", "page.png", "brick.png", "grass.png",
-                  "gravel.png", "clock_motion.png", "text.png", "cell.png")
-
-
-def skimage_photo_files() -> List[str]:
-    """Paths of the photos actually present in the installed scikit-image."""
-    import skimage.data
-
-    root = Path(skimage.data.__file__).parent
-    return [str(root / n) for n in SKIMAGE_PHOTOS if (root / n).is_file()]
-
 
 def list_images(root: Union[str, Path], list_file: Optional[Union[str, Path]] = None) -> List[str]:
     """Sorted image paths under ``root`` (recursive), or the ones named in ``list_file``
@@ -96,14 +80,14 @@ def split_files(files: Sequence[str], num_val: Union[int, float], seed: int = 0)
 
 
 def cover_crop_box(w: int, h: int, size: int) -> Tuple[int, int, int]:
-    """The release's fixed crop: (side, left, top) of the centred square that is resized to ``size``."""
+    """``crop='center'``: (side, left, top) of the centred square of the short side, resized to ``size``."""
     side = min(w, h)
     return side, (w - side) // 2, (h - side) // 2
 
 
 def pad_to_square(im, size: int):
-    """Images smaller than ``size`` on both sides are padded (black, centred) to a square first, as
-    in the release, so that resizing to cover does not crop away their content."""
+    """Images smaller than ``size`` on both sides are padded (black, centred) to a square first
+    (``crop='center'`` and ``'random'``), so that the square crop does not cut away their content."""
     from PIL import Image
 
     w, h = im.size
@@ -126,9 +110,11 @@ class ImageFolderDataset(Dataset):
         split: ``'all'``, ``'train'`` or ``'val'`` of a held-out split of ``num_val`` images.
         val_root: a separate validation folder: ``split='val'`` reads it, ``'train'`` all of ``root``.
         size: output side (the teacher resolution).
-        crop: ``'center'`` (the release: pad small, resize to cover, centre crop) or ``'random'``
+        crop: ``'center'`` (images smaller than ``size`` on both sides padded to a square, then
+            the centred square of the short side resized to ``size``, bicubic), ``'random'``
             (random square of ``scale`` x the short side at a random place, random h-flip), or a
-            release policy from :mod:`.transforms`, e.g. ``dict(type='BrixelReleaseCanvas')``.
+            release's policy from :mod:`.transforms`, e.g. ``dict(type='BrixelReleaseCanvas')``
+            (the BRIXEL release's canvas, which ``'center'`` is not).
     """
 
     def __init__(self, root: Optional[str] = None, size: int = 1024, source: str = "folder",

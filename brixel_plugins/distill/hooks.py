@@ -13,17 +13,13 @@ import torch
 from mmengine.dist import all_gather_object, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 
+from ..engine import unwrap_model
 from ..images import normalise, resize
 from ..io import save_upsampler
 from ..utils import atomic_path
 from .metrics import format_table
 from .registry import HOOKS
-
-
-def unwrap(model):
-    return model.module if is_model_wrapper(model) else model
 
 
 # message-hub key (saved in checkpoints): {path: reason} of training images that failed to decode
@@ -52,18 +48,25 @@ def export_metadata(runner, model, metrics: Optional[Dict[str, float]], kind: st
 class ExportUpsamplerHook(Hook):
     """After each validation: table to the log, JSON history to ``work_dir/val_metrics.json``,
     ``best_upsampler.safetensors`` when the validation loss improves; after training
-    ``upsampler.safetensors`` (the last weights). Upsampler parameters and buffers only."""
+    ``upsampler.safetensors`` (the last weights). Upsampler parameters and buffers only.
+
+    Each export is one atomic file holding its weights and the validation metrics of those
+    weights. A run killed after its last checkpoint (during the final validation or the export)
+    resumes at the end with no metrics in memory: the export then validates again first, so the
+    file never lands without them."""
 
     priority = "LOW"
 
     def __init__(self, best_name: str = "best_upsampler.safetensors", last_name: str = "upsampler.safetensors"):
         self.best_name, self.last_name = best_name, last_name
         self.last_metrics: Optional[Dict[str, float]] = None
+        self.validated_at: Optional[int] = None  # iteration of the last validation, on every rank
 
     def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
+        self.validated_at = runner.iter
         if not metrics or not is_main_process():
             return
-        model = unwrap(runner.model)
+        model = unwrap_model(runner.model)
         m = {k.split("/", 1)[1] if k.startswith("distill/") else k: float(v) for k, v in metrics.items()}
         m["iteration"] = runner.iter
         self.last_metrics = m
@@ -85,9 +88,12 @@ class ExportUpsamplerHook(Hook):
             runner.logger.info(f"new best validation loss {m['loss']:.5f}: wrote {path}")
 
     def after_train(self, runner) -> None:
+        if (self.validated_at != runner.iter and runner.val_loop is not None
+                and runner.iter >= getattr(runner.train_loop, "val_begin", 1)):
+            runner.val_loop.run()  # every rank: validation is distributed
         if not is_main_process():
             return
-        model = unwrap(runner.model)
+        model = unwrap_model(runner.model)
         path = Path(runner.work_dir) / self.last_name
         save_upsampler(path, model.upsampler, export_metadata(runner, model, self.last_metrics, "last"))
         runner.logger.info(f"wrote upsampler weights {path}")
@@ -156,7 +162,7 @@ class PhiSStatsHook(Hook):
         self.num_batches = int(num_batches)
 
     def before_train(self, runner) -> None:
-        model = unwrap(runner.model)
+        model = unwrap_model(runner.model)
         targets = model.calibration_targets()
         if not targets:
             return
@@ -169,7 +175,7 @@ class PhiSStatsHook(Hook):
             for k, batch in enumerate(runner.train_dataloader):
                 if k >= self.num_batches:
                     break
-                feats = model.features(resize(normalise(batch["image"].to(dev)), model.student_size))
+                feats = model.last_layer_map(resize(normalise(batch["image"].to(dev)), model.student_size))
                 count += feats.shape[0] * feats.shape[-2] * feats.shape[-1]
                 for t in targets:
                     t.calibrate(feats)

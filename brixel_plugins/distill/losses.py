@@ -6,8 +6,7 @@ Targets never receive gradients: each term detaches what it derives from the tar
 """
 from __future__ import annotations
 
-import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -142,46 +141,7 @@ def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(pred, target.detach(), dim=1, eps=1e-8)).mean()
 
 
-# -- multi-view consistency (FeatUp / FeatSharp) -------------------------------------------------
-
-def random_homographies(n: int, max_zoom: float = 1.8, max_shift: float = 1.0, max_rotate_deg: float = 10.0,
-                        max_perspective: float = 0.1, flip: bool = True,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """(n, 3, 3) maps from output to input normalised coordinates ([-1, 1]): a random zoom-in
-    (1..max_zoom), crop position inside the image, small rotation, small perspective, flip."""
-    def u(lo, hi):
-        return lo + (hi - lo) * torch.rand(n, generator=generator)
-
-    zoom = u(1.0, max_zoom)
-    scale = 1.0 / zoom  # output covers 1/zoom of the input
-    room = (1 - scale) * max_shift
-    tx, ty = u(-1, 1) * room, u(-1, 1) * room
-    th = u(-1, 1) * math.radians(max_rotate_deg)
-    sx = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
-    c, s = torch.cos(th), torch.sin(th)
-    m = torch.zeros(n, 3, 3)
-    m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = scale * c * sx, -scale * s, tx
-    m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = scale * s * sx, scale * c, ty
-    m[:, 2, 0], m[:, 2, 1], m[:, 2, 2] = u(-1, 1) * max_perspective, u(-1, 1) * max_perspective, 1.0
-    return m
-
-
-def homography_grid(hmat: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Sampling grid (n, H, W, 2) for ``F.grid_sample`` from (n, 3, 3) output->input maps."""
-    h, w = size
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    pts = torch.stack([xx, yy, torch.ones_like(xx)], -1).to(hmat)  # (H, W, 3)
-    out = torch.einsum("nij,hwj->nhwi", hmat, pts)
-    return out[..., :2] / out[..., 2:].clamp_min(1e-6)
-
-
-def warp(x: torch.Tensor, hmat: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Apply output->input homographies to a batch at its own resolution (border padding)."""
-    grid = homography_grid(hmat.to(x.device), x.shape[-2:])
-    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=False)
-
+# -- multi-view consistency (FeatUp / FeatSharp; the views: components/homography.py) ------------
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean (pred - target)^2 in float32."""

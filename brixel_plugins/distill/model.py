@@ -3,7 +3,7 @@ upsampler, and a registered objective, as an mmengine BaseModel.
 
 The objective (``objective=dict(type='BrixelObjective' | 'LiftObjective' | 'MultiViewObjective',
 ...)``, see :mod:`brixel_plugins.distill.objectives`) decides what a training step compares; it
-reaches the networks only through :meth:`DistillModel.features`, :meth:`DistillModel.target`
+reaches the networks only through :meth:`DistillModel.last_layer_map`, :meth:`DistillModel.target`
 and :meth:`DistillModel.student`.
 
 Validation (``mode='predict'``) always compares the upsampler at ``student_size`` with the
@@ -12,7 +12,7 @@ enlargement of the student's last layer, both scored by the objective's ``val_lo
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,37 @@ from ..upsamplers import Upsampler, build_upsampler
 from .metrics import map_metrics
 from .objectives import DistillObjective
 from .registry import MODELS
+
+
+def run_upsampler(backbone: FrozenDINOv3, upsampler: Upsampler, image: torch.Tensor,
+                  image_hr: Optional[torch.Tensor] = None, last: Optional[torch.Tensor] = None):
+    """(the upsampler's map of ``image``, the backbone's last layer of ``image`` if it was
+    computed, else None): the backbone runs (without gradient) for the layers the upsampler reads,
+    except the last layer when ``last`` holds it already."""
+    last_i = backbone.depth - 1
+    known = {} if last is None else {last_i: last}
+    wanted = sorted(set(upsampler.layer_indices) - set(known))
+    with torch.no_grad():
+        layers = {**known, **(backbone.layers(image, wanted) if wanted else {})}
+    return upsampler(image, layers, backbone, image_hr=image_hr), layers.get(last_i)
+
+
+@torch.no_grad()
+def held_out_maps(backbone: FrozenDINOv3, upsampler: Upsampler, image: torch.Tensor,
+                  student_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What validation scores (:func:`~brixel_plugins.distill.metrics.map_metrics`, the objective's
+    ``val_loss``): the upsampler's map of ``image`` at ``student_size`` (with the image at the
+    teacher size as ``image_hr``), the bilinear enlargement of the backbone's last layer at
+    ``student_size``, and the teacher, the backbone at ``student_size * factor``; all float32
+    (B, D, f*h, f*w)."""
+    hr = resize(image, student_size * upsampler.factor)
+    low_image = resize(image, student_size)
+    target = backbone.last_layer_map(hr)
+    pred, low = run_upsampler(backbone, upsampler, low_image, image_hr=hr)
+    if low is None:
+        low = backbone.last_layer_map(low_image)
+    base = F.interpolate(low.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+    return pred.float(), base, target
 
 
 @MODELS.register_module()
@@ -64,31 +95,21 @@ class DistillModel(BaseModel):
 
     # -- what objectives call ----------------------------------------------------------------
     @torch.no_grad()
-    def features(self, image: torch.Tensor) -> torch.Tensor:
+    def last_layer_map(self, image: torch.Tensor) -> torch.Tensor:
         """The frozen backbone's last-layer map of ``image``: (B, D, H/16, W/16)."""
-        return self.backbone.last_layer(image)
+        return self.backbone.last_layer_map(image)
 
     def target(self, image: torch.Tensor, feats: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The teacher map the upsampler's output is compared with:
-        ``upsampler.target_transform(features(image))`` (``feats``: those features, if known)."""
-        return self.upsampler.target_transform(self.features(image) if feats is None else feats)
+        ``upsampler.target_transform(last_layer_map(image))`` (``feats``: that map, if known)."""
+        return self.upsampler.target_transform(self.last_layer_map(image) if feats is None else feats)
 
     def student(self, image: torch.Tensor, image_hr: Optional[torch.Tensor] = None,
                 last: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The upsampler's map of ``image`` (B, 3, H, W) -> (B, D, f*H/16, f*W/16); ``image_hr``
         is the same picture at a higher resolution (for methods that read real pixels);
         ``last`` the backbone's last layer of ``image`` if already computed (not recomputed)."""
-        return self._student(image, image_hr, last)[0]
-
-    def _student(self, image, image_hr=None, last=None):
-        """(upsampler output, the backbone's last layer of ``image``)."""
-        last_i = self.backbone.depth - 1
-        known = {} if last is None else {last_i: last}
-        wanted = sorted(set(self.upsampler.layer_indices) - set(known))
-        with torch.no_grad():
-            layers = {**known, **(self.backbone.layers(image, wanted) if wanted else {})}
-        out = self.upsampler(image, layers, self.backbone, image_hr=image_hr)
-        return out, layers.get(last_i)
+        return run_upsampler(self.backbone, self.upsampler, image, image_hr, last)[0]
 
     # -- calibration (statistics fitted from data before training) ---------------------------
     def calibration_targets(self) -> List[nn.Module]:
@@ -108,14 +129,7 @@ class DistillModel(BaseModel):
 
     @torch.no_grad()
     def _predict(self, img: torch.Tensor) -> List[dict]:
-        s = self.student_size
-        hr = resize(img, s * self.upsampler.factor)
-        target = self.features(hr)
-        pred, low = self._student(resize(img, s), image_hr=hr)
-        if low is None:
-            low = self.features(resize(img, s))
-        pred = pred.float()
-        base = F.interpolate(low.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+        pred, base, target = held_out_maps(self.backbone, self.upsampler, img, self.student_size)
         out = []
         for i in range(img.shape[0]):
             p, t, q = pred[i:i + 1], target[i:i + 1], base[i:i + 1]

@@ -1,5 +1,6 @@
-"""mmengine pieces for exact distillation: the runner, the loop, and CPU-capable DDP (checkpoint
-safety, trusted loading and non-finite checks come from :mod:`brixel_plugins.engine`).
+"""mmengine pieces for exact distillation: the runner and the loop (checkpoint safety, trusted
+loading, non-finite checks, the DDP wrapper and the trainable-only optimizer come from
+:mod:`brixel_plugins.engine`).
 
 Exact resume: the data a step sees is a pure function of (seed, epoch, index) (see data.py),
 the loop fast-forwards the sampler without decoding skipped images, and the global torch RNG is
@@ -14,12 +15,10 @@ from typing import Iterator, Optional
 import torch
 from mmengine.dist import get_rank
 from mmengine.logging import print_log
-from mmengine.model import MMDistributedDataParallel
-from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.runner.base_loop import BaseLoop
 
-from ..engine import SafeRunner
-from .registry import LOOPS, MODEL_WRAPPERS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS, RUNNERS
+from ..engine import FrozenBackboneDDP, SafeRunner
+from .registry import LOOPS, MODEL_WRAPPERS, RUNNERS
 
 
 @RUNNERS.register_module()
@@ -115,32 +114,5 @@ class DistillLoop(BaseLoop):
         self._iter += 1
 
 
-# -- DDP that also runs on CPU (gloo) -------------------------------------------------------------
-@MODEL_WRAPPERS.register_module()
-class DistillDDP(MMDistributedDataParallel):
-    """mmengine's DDP wrapper; drops ``device_ids`` for CPU modules (the Runner always passes
-    ``LOCAL_RANK``, which DDP rejects for a module on the CPU)."""
-
-    def __init__(self, module, device_ids=None, **kwargs):
-        on_cpu = next(module.parameters()).device.type == "cpu"
-        super().__init__(module=module, device_ids=None if on_cpu else device_ids, **kwargs)
-
-
-# -- the optimizer sees trainable modules only ----------------------------------------------------
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class DistillOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """Like mmengine's default, but the optimizer gets only parameters that train (upsampler and
-    training-only modules such as the attention downsampler), never the frozen backbone's
-    (mmengine's default hands every parameter to the optimizer, frozen or not)."""
-
-    def __call__(self, model):
-        if self.paramwise_cfg:
-            raise ValueError("DistillOptimWrapperConstructor does not support paramwise_cfg")
-        inner = model.module if hasattr(model, "module") else model
-        params = [p for n, p in inner.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
-        if not params:
-            raise ValueError("nothing to train: the upsampler has no trainable parameters")
-        wrapper_cfg = dict(self.optim_wrapper_cfg)
-        wrapper_cfg.setdefault("type", "OptimWrapper")
-        optimizer = OPTIMIZERS.build(dict(self.optimizer_cfg, params=params))
-        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args=dict(optimizer=optimizer))
+# configs written before the engine's wrapper served every trainer name it DistillDDP
+DistillDDP = MODEL_WRAPPERS.register_module(name="DistillDDP", module=FrozenBackboneDDP)

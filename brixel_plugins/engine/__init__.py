@@ -1,5 +1,6 @@
-"""mmengine pieces every trainer of this project shares (distillation, MMSegmentation): nothing is
-lost, nothing NaN is written. Framework-neutral: imports mmengine only.
+"""mmengine pieces every trainer of this project shares (distillation, MMSegmentation; Detectron2 for
+DDP and the optimizer check): nothing is lost, nothing NaN is written, frozen parts never train, N
+processes on CPU or CUDA. Framework-neutral: imports mmengine only.
 
 Importing this package registers its components in mmengine's *root* registries, so a config of any
 scope (``default_scope='brixel_plugins'`` or ``'mmseg'``) names them without a prefix; a config makes
@@ -14,20 +15,28 @@ How a trainer uses them (config)::
         type='SafeCheckpointHook',       # CheckpointHook's arguments; new file first, then pointer,
         backend_args=dict(backend='atomic_local'), ...))   # then deletions; atomic file writes
     custom_hooks = [dict(type='NonFiniteLossHook', max_skipped_steps=0)]  # stop on NaN/Inf loss
+    optim_wrapper = dict(constructor='TrainableOptimWrapperConstructor', ...)  # frozen never optimised
+    model_wrapper_cfg = dict(type='FrozenBackboneDDP', sync_bn=True)  # N processes, CPU (gloo) or CUDA
 
-and, in the tool, ``except NonFiniteError as e: raise SystemExit(f'error: {e}')`` for a clear
-message and a non-zero exit. The plain functions (``non_finite_losses``, ``first_non_finite``,
-``unloadable_reason``, ``trusted_checkpoint_globals``) serve trainers that do not use mmengine.
+and, in the tool, :mod:`brixel_plugins.engine.tool` (shared options, ``error: ...`` and a non-zero
+exit for the errors that explain themselves). The plain functions (``non_finite_losses``, ``first_non_finite``,
+and :mod:`brixel_plugins.checkpoints`: safe reading, the resume rule, training records) serve
+trainers that do not use mmengine (Detectron2's checkpointer uses the same ones).
 """
 from .checkpoint import SafeCheckpointHook
-from .files import AtomicLocalBackend, remove_stale_temp_files, write_text_atomic
+from .files import AtomicLocalBackend
+from ..utils import remove_stale_temp_files, write_text_atomic
 from ..checks import first_non_finite
 from .finite import NonFiniteError, NonFiniteLossHook, non_finite_losses
-from .loading import (CheckpointError, SafeRunner, checkpoint_globals, resume_candidates,
-                      trusted_checkpoint_globals, unloadable_reason)
+from .loading import (CheckpointError, CheckpointMismatchError, SafeRunner, checkpoint_globals, plain_checkpoint,
+                      resume_candidates, trusted_checkpoint_globals, unloadable_reason)
 from .log_processor import UnsmoothedValLogProcessor
+from .optim import TrainableOptimWrapperConstructor, check_trainable_only, trainable_named_parameters
+from .parallel import FrozenBackboneDDP, model_device, unwrap_model
 
 __all__ = ["SafeCheckpointHook", "AtomicLocalBackend", "remove_stale_temp_files", "write_text_atomic",
            "NonFiniteError", "NonFiniteLossHook", "first_non_finite", "non_finite_losses", "CheckpointError",
+           "CheckpointMismatchError", "plain_checkpoint",
            "SafeRunner", "checkpoint_globals", "resume_candidates", "trusted_checkpoint_globals",
-           "unloadable_reason", "UnsmoothedValLogProcessor"]
+           "unloadable_reason", "UnsmoothedValLogProcessor", "TrainableOptimWrapperConstructor",
+           "check_trainable_only", "trainable_named_parameters", "FrozenBackboneDDP", "model_device", "unwrap_model"]

@@ -6,22 +6,27 @@ writing the new one, and writes ``last_checkpoint`` in place; a kill in between 
 Here the new checkpoint is written first (atomically with ``backend_args=dict(backend='atomic_local')``),
 then the pointer (atomically), and only then are old files (outdated periodic ones, the previous
 best) deleted. Stale temporary files of killed
-writes are removed when training starts, and a model holding NaN/Inf is never saved.
+writes are removed when training starts, and a model holding NaN/Inf is never saved. Checkpoints hold
+tensors and plain data only (any ``weights_only`` loader reads them), and after a resume the best
+checkpoints of the abandoned part of the run are deleted (mmengine tracks only its current best).
 """
 from __future__ import annotations
 
+import os
 import os.path as osp
+import re
 from contextlib import contextmanager
 from typing import Iterator, List
 
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
-from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from .files import remove_stale_temp_files, write_text_atomic
 from ..checks import first_non_finite
+from ..utils import remove_stale_temp_files, write_text_atomic
 from .finite import NonFiniteError
+from .loading import plain_checkpoint
+from .parallel import unwrap_model
 
 
 class _DeferredRemovals:
@@ -51,9 +56,31 @@ class SafeCheckpointHook(CheckpointHook):
             for folder in dict.fromkeys((self.out_dir, runner.work_dir)):
                 for path in remove_stale_temp_files(folder):
                     runner.logger.info(f"removed the temporary file of an interrupted write: {path}")
+            if runner.iter > 0 or runner.epoch > 0:  # resumed
+                for path in self._untracked_best_checkpoints():
+                    runner.logger.info(f"removed {path}: a best checkpoint of the run after the checkpoint "
+                                       f"this one resumed from")
+                    self._remove(path)
+
+    def _untracked_best_checkpoints(self):
+        """``best_<key>_<step file>`` files in ``out_dir`` that are not the best the resumed run
+        tracks: written after the checkpoint it resumed from (or not deleted before a kill)."""
+        if self.save_best is None or not osp.isdir(self.out_dir):
+            return []
+        step = re.escape(self.filename_tmpl).replace(r"\{\}", r"\d+")
+        keys = "|".join(re.escape(k.replace("/", "_")) for k in self.key_indicators)
+        pattern = re.compile(rf"^best_(?:{keys})_{step}$")
+        # by name: a work dir moved or copied before the resume keeps its tracked best
+        keep = {osp.basename(p) for p in (getattr(self, "best_ckpt_path", None),
+                                          *getattr(self, "best_ckpt_path_dict", {}).values()) if p}
+        return [osp.join(self.out_dir, n) for n in sorted(os.listdir(self.out_dir)) if pattern.match(n) and n not in keep]
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        # the lowest priority of all hooks: what the others added is converted too
+        plain_checkpoint(checkpoint)
 
     def _check_finite(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         # what training changes: trainable parameters and buffers (frozen weights cannot diverge)
         trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         bad = first_non_finite(trained + list(model.named_buffers()))

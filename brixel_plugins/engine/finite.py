@@ -19,10 +19,10 @@ from typing import Dict, Mapping
 import torch
 from mmengine.dist import all_reduce, get_world_size
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..checks import first_non_finite
+from .parallel import unwrap_model
 
 
 class NonFiniteError(RuntimeError):
@@ -77,7 +77,7 @@ class NonFiniteLossHook(Hook):
             return
         iteration = runner.iter + 1  # the log's numbering
         what = describe_losses(bad) if bad else "a loss term on another rank"
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         weights = first_non_finite((n, p) for n, p in model.named_parameters() if p.requires_grad)
         self.skipped_in_a_row += 1
         if weights is None and self.skipped_in_a_row <= self.max_skipped_steps:

@@ -1,111 +1,43 @@
-"""Loading mmengine checkpoints safely: torch's ``weights_only`` unpickler with exactly the globals
-mmengine's own checkpoints need, clear errors for unreadable files, and ``resume`` that falls back
-to the newest loadable checkpoint (saying which it skipped and why).
+"""mmengine checkpoints that any ``weights_only`` loader reads, loaded with their training record
+checked, and ``resume`` that falls back to the newest loadable checkpoint.
 
-mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; torch >= 2.6 then refuses its own
-checkpoints (message-hub HistoryBuffers, numpy arrays/scalars/dtypes). Rather than turning the safe
-unpickler off, we allow exactly these globals and refuse a file naming anything else.
+torch >= 2.6 loads with ``weights_only=True`` by default, and mmengine 0.10.7 calls ``torch.load``
+without the argument: stock mmengine checkpoints (message-hub ``HistoryBuffer`` objects, numpy
+arrays) are then refused by mmseg's ``init_model``, ``MMSegInferencer`` and stock ``tools/test.py``.
+Rather than allow-listing those classes process-wide (``HistoryBuffer.__setstate__`` installs
+whatever the file names as class-level statistics methods), :class:`SafeRunner` writes checkpoints
+whose message hub is plain data (:func:`plain_checkpoint`) and turns it back into
+``HistoryBuffer`` objects when it resumes (:func:`restore_checkpoint`). Checkpoints written by
+stock mmengine still load through :class:`SafeRunner`, with exactly their classes allowed for that
+one load.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import re
-from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Dict
 
+import numpy as np
 import torch
+from mmengine.logging import HistoryBuffer
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-_TRUSTED_PREFIXES = ("numpy.dtypes.",)
-_TRUSTED = (
-    "mmengine.logging.history_buffer.HistoryBuffer",
-    "numpy.dtype", "numpy.ndarray",
-    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
-    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
-    # HistoryBuffer pickles its statistics methods as getattr(HistoryBuffer, 'min'); torch's
-    # unpickler still refuses to *call* anything that is not allow-listed, so getattr can only
-    # fetch attributes of the objects above.
-    "builtins.getattr",
-)
+from ..checkpoints import (CheckpointError, CheckpointMismatchError, check_records, checkpoint_globals,  # noqa: F401
+                           is_zip_checkpoint, load_checkpoint_file, refuse_or_warn, resume_newest, state_dict_problems,
+                           trusted_checkpoint_globals, unloadable_reason)
+from ..checkpoints import resume_candidates as _candidates
+from ..weight_files import config_folder
+from .parallel import unwrap_model
 
 # the periodic checkpoints of mmengine's CheckpointHook (default filename_tmpl); best_* files
 # hold no optimizer state, so resuming from them would not continue the run
 PERIODIC_CHECKPOINT = re.compile(r"^(?:iter|epoch)_(\d+)\.pth$")
+_HISTORY_BUFFER = "__mmengine_history_buffer__"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be loaded (missing, empty, truncated, or holding untrusted objects)."""
-
-
-def _resolve(name: str):
-    mod, _, attr = name.rpartition(".")
-    return getattr(importlib.import_module(mod), attr)
-
-
-def checkpoint_globals(path: str) -> List[str]:
-    """Names of the non-tensor globals a torch checkpoint file would unpickle (reads no tensors)."""
-    return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-
-
-def is_zip_checkpoint(path: str) -> bool:
-    """torch.save's format since 1.6 (a zip archive); older files are one pickle stream, which
-    torch.load still reads but which cannot be inspected without loading."""
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
-
-
-def _untrusted(names: List[str]) -> List[str]:
-    return [n for n in names if n not in _TRUSTED and not n.startswith(_TRUSTED_PREFIXES)]
-
-
-def unloadable_reason(path: str) -> Optional[str]:
-    """Why the local file ``path`` cannot be loaded as a checkpoint, or None if it can be tried.
-
-    Cheap: reads the zip directory and the pickle, not the tensors (a truncated file has lost its
-    zip directory, which sits at the end)."""
-    if not os.path.isfile(path):
-        return "file not found"
-    size = os.path.getsize(path)
-    if size == 0:
-        return "empty file (0 bytes)"
-    if not is_zip_checkpoint(path):
-        return None  # the legacy format: torch.load (weights_only) is the check
-    try:
-        names = checkpoint_globals(path)
-    except Exception as e:  # torch raises several types for bad bytes
-        msg = (str(e).strip().splitlines() or [""])[0][:200]
-        return f"not a readable torch checkpoint ({size} bytes, truncated or corrupt): {type(e).__name__}: {msg}"
-    bad = _untrusted(names)
-    if bad:
-        return (f"would unpickle objects outside what mmengine checkpoints hold: {bad} (if you trust the "
-                f"file, load it yourself with torch.load(weights_only=False))")
-    return None
-
-
-@contextmanager
-def trusted_checkpoint_globals(path: Optional[str]) -> Iterator[None]:
-    """Allow the globals mmengine's checkpoints need while ``path`` is loaded, or refuse it.
-    Paths that are not local files (URLs, ``open-mmlab://``) load with torch's defaults."""
-    names = checkpoint_globals(path) if path and os.path.isfile(path) and is_zip_checkpoint(path) else []
-    bad = _untrusted(names)
-    if bad:
-        raise CheckpointError(
-            f"{path} would unpickle objects outside what mmengine checkpoints hold: {bad}. "
-            f"Refusing to load it with weights_only=False; if you trust the file, load it yourself.")
-    allowed = [_resolve(n) for n in names]
-    if "numpy.dtype" in names:
-        # numpy.dtype('f8') rebuilds as an instance of numpy.dtypes.Float64DType, which the
-        # unpickler checks too although the file never names it: allow numpy's dtype classes
-        import numpy.dtypes
-
-        allowed += [v for v in vars(numpy.dtypes).values() if isinstance(v, type) and issubclass(v, numpy.dtype)]
-    with torch.serialization.safe_globals(allowed):
-        yield
-
-
-def read_pointer(work_dir: str) -> Optional[str]:
+def read_pointer(work_dir: str):
     """The checkpoint path mmengine's ``last_checkpoint`` file names, or None (missing / empty)."""
     pointer = os.path.join(work_dir, "last_checkpoint")
     if not os.path.isfile(pointer):
@@ -114,58 +46,97 @@ def read_pointer(work_dir: str) -> Optional[str]:
         return f.read().strip() or None
 
 
-def resume_candidates(work_dir: str) -> List[str]:
+def resume_candidates(work_dir: str):
     """Checkpoints to resume from, best first: the one ``last_checkpoint`` names, then the periodic
     ``iter_N.pth`` / ``epoch_N.pth`` beside it and in ``work_dir``, newest (largest N) first."""
     named = read_pointer(work_dir)
-    folders = [work_dir] + ([os.path.dirname(named)] if named and os.path.dirname(named) else [])
-    found: List[Tuple[int, str]] = []
-    for folder in dict.fromkeys(os.path.abspath(f) for f in folders):
-        if os.path.isdir(folder):
-            for name in os.listdir(folder):
-                m = PERIODIC_CHECKPOINT.match(name)
-                if m:
-                    found.append((int(m.group(1)), os.path.join(folder, name)))
-    ordered = ([named] if named else []) + [p for _, p in sorted(found, reverse=True)]
-    out, seen = [], set()
-    for p in ordered:
-        if os.path.abspath(p) not in seen:
-            seen.add(os.path.abspath(p))
-            out.append(p)
-    return out
+    extra = [os.path.dirname(named)] if named and os.path.dirname(named) else []
+    return _candidates(work_dir, named, PERIODIC_CHECKPOINT, extra)
+
+
+# -- checkpoints of plain data -------------------------------------------------------------------
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, HistoryBuffer):
+        return {_HISTORY_BUFFER: {"log_history": obj._log_history.tolist(),
+                                  "count_history": obj._count_history.tolist(), "max_length": obj.max_length}}
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_plain(v) for v in obj)
+    return obj
+
+
+def _from_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {_HISTORY_BUFFER}:
+            return HistoryBuffer(**obj[_HISTORY_BUFFER])
+        return {k: _from_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def plain_checkpoint(checkpoint: Dict[str, Any]) -> None:
+    """Make a checkpoint mmengine is about to save plain data (in place): message-hub
+    ``HistoryBuffer`` objects become marked dicts, numpy arrays tensors, numpy scalars Python numbers.
+    Any ``weights_only`` loader then reads it (mmseg's init_model, stock tools/test.py, torch.load)."""
+    for key in ("message_hub", "meta"):
+        if key in checkpoint:
+            checkpoint[key] = _to_plain(checkpoint[key])
+
+
+def restore_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+    """Undo :func:`plain_checkpoint` for mmengine's ``resume`` (HistoryBuffers back in the message hub)."""
+    hub = checkpoint.get("message_hub")
+    if isinstance(hub, dict) and isinstance(hub.get("log_scalars"), dict):
+        hub["log_scalars"] = {k: _from_plain(v) for k, v in hub["log_scalars"].items()}
+    return checkpoint
 
 
 @RUNNERS.register_module()
 class SafeRunner(Runner):
-    """mmengine's Runner with checkpoint loading that keeps torch's safe unpickler, clear errors for
-    unreadable checkpoints, and auto-resume (``resume=True``, no ``load_from``) that takes the newest
-    loadable checkpoint, logging each one it skipped and why. Configs of any scope select it with
-    ``runner_type='SafeRunner'``; trainers may subclass it."""
+    """mmengine's Runner whose checkpoints hold only tensors and plain data, loaded with torch's safe
+    unpickler, checked against the model (training record, tensor shapes, keys: a checkpoint of
+    another model is an error unless ``BRIXEL_PARTIAL_LOAD=1``), and auto-resume (``resume=True``,
+    no ``load_from``) that takes the newest loadable checkpoint, logging each one it skipped and
+    why. Weight files of the config are also looked for relative to the config's folder. Configs of
+    any scope select it with ``runner_type='SafeRunner'`` (mmseg's stock tools/train.py honours it);
+    trainers may subclass it."""
 
-    def load_checkpoint(self, filename: str, map_location="cpu", *args, **kwargs):
+    def __init__(self, *args, **kwargs):
+        cfg = kwargs.get("cfg")
+        with config_folder(getattr(cfg, "filename", None)):
+            super().__init__(*args, **kwargs)
+
+    def load_checkpoint(self, filename: str, map_location="cpu", strict: bool = False,
+                        revise_keys: list = [(r"^module.", "")]):  # noqa: B006  mmengine's signature
         if os.path.exists(filename) or not re.match(r"^[a-z0-9+.-]+://", filename):
-            reason = unloadable_reason(filename)
-            if reason:
-                raise CheckpointError(f"cannot load checkpoint {filename}: {reason}")
-        with trusted_checkpoint_globals(filename):
-            return super().load_checkpoint(filename, map_location, *args, **kwargs)
+            checkpoint = load_checkpoint_file(filename, map_location)
+        else:  # URLs, open-mmlab://: mmengine's loaders with torch's defaults
+            from mmengine.runner.checkpoint import _load_checkpoint
+
+            checkpoint = _load_checkpoint(filename, map_location=map_location)
+        restore_checkpoint(checkpoint)
+        self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
+        model = unwrap_model(self.model)
+        state = checkpoint.get("state_dict", checkpoint)
+        revised = dict(state)
+        for pattern, replacement in revise_keys:
+            revised = {re.sub(pattern, replacement, k): v for k, v in revised.items()}
+        check_records(model, revised)
+        refuse_or_warn(state_dict_problems(model.state_dict(), revised), f"checkpoint {filename} does not fit "
+                       f"this model")
+        checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
+        self._has_loaded = True
+        self.logger.info(f"Load checkpoint from {filename}")
+        return checkpoint
 
     def load_or_resume(self) -> None:
         if self._has_loaded or not self._resume or self._load_from is not None:
             return super().load_or_resume()
-        skipped = []
-        for path in resume_candidates(self.work_dir):
-            reason = unloadable_reason(path)
-            if reason is None:
-                for bad, why in skipped:
-                    self.logger.warning(f"resume: skipped checkpoint {bad}: {why}")
-                self.logger.info(f"resuming from {path}"
-                                 + (f" (the newest loadable of {len(skipped) + 1})" if skipped else ""))
-                self.resume(path)
-                self._has_loaded = True
-                return
-            skipped.append((path, reason))
-        if skipped:
-            raise CheckpointError(f"resume: no loadable checkpoint in {self.work_dir}: "
-                                  + "; ".join(f"{p}: {why}" for p, why in skipped))
-        self.logger.info(f"resume: no checkpoint in {self.work_dir} yet; starting from the beginning")
+        path, _ = resume_newest(resume_candidates(self.work_dir), self.resume, self.logger, self.work_dir)
+        if path is None:
+            self.logger.info(f"resume: no checkpoint in {self.work_dir} yet; starting from the beginning")
+        self._has_loaded = True

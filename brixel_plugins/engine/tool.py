@@ -1,10 +1,40 @@
-"""What the mmengine command-line tools share (tools/distill.py, tools/train.py, tools/test.py):
-the usual options, the config they build, and the CPU process group under torchrun."""
+"""What the command-line tools share (tools/distill.py, tools/train.py, tools/test.py,
+tools/d2_train.py): the options with one meaning everywhere, the config they build, the process
+group under torchrun, and one way to stop with ``error: ...`` instead of a traceback.
+
+    --resume [CHECKPOINT]    continue from the newest loadable checkpoint of the work dir, or CHECKPOINT
+    --amp [auto|bf16|off]    bf16 autocast: auto (default) = on with CUDA; bare --amp = bf16 (needs CUDA)
+                             (tools/train.py's old flag --amp and tools/distill.py's --amp off keep working)
+    --launcher none|pytorch|slurm|mpi    pytorch under torchrun (one process per GPU, or per CPU slot)
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import os.path as osp
+from typing import Iterator, Optional
+
+
+def add_resume_argument(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue from the newest loadable checkpoint in the work dir, or from CHECKPOINT")
+    return p
+
+
+def add_amp_argument(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--amp", nargs="?", const="bf16", default="auto", choices=["auto", "bf16", "off"],
+                   help="bf16 autocast: auto (default) = on with CUDA, off without (Detectron2: the config's "
+                        "train.amp.enabled, ours on with CUDA); --amp alone = bf16, which needs CUDA")
+    return p
+
+
+def add_launcher_argument(p: argparse.ArgumentParser,
+                          choices=("none", "pytorch", "slurm", "mpi")) -> argparse.ArgumentParser:
+    p.add_argument("--launcher", choices=list(choices), default="none",
+                   help="job launcher: pytorch under torchrun (see docs: multi-GPU and multi-node)")
+    p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    return p
 
 
 def add_runner_arguments(p: argparse.ArgumentParser, work_dir_help: str) -> argparse.ArgumentParser:
@@ -14,15 +44,40 @@ def add_runner_arguments(p: argparse.ArgumentParser, work_dir_help: str) -> argp
     p.add_argument("--work-dir", help=work_dir_help)
     p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
                    help="override config entries, e.g. train_cfg.max_iters=100 model.backbone.weights=FILE")
-    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher")
-    p.add_argument("--local-rank", "--local_rank", type=int, default=0)
-    return p
+    return add_launcher_argument(p)
 
 
 def parse_runner_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return args
+
+
+def amp_enabled(choice: str) -> bool:
+    """``--amp`` as a yes/no: ``auto`` follows CUDA; ``bf16`` without CUDA is an error."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if choice == "bf16" and not cuda:
+        raise SystemExit("error: --amp bf16 (bf16 autocast) needs CUDA; use --amp off (or nothing) on CPU")
+    return choice == "bf16" or (choice == "auto" and cuda)
+
+
+def apply_resume(cfg, resume: Optional[str]) -> None:
+    """``--resume`` into an mmengine config: ``auto`` = newest loadable checkpoint of the work dir."""
+    if resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif resume:
+        cfg.resume, cfg.load_from = True, resume
+
+
+def apply_amp(cfg, choice: str) -> bool:
+    """``--amp`` into an mmengine config (mmengine's ``AmpOptimWrapper`` in bfloat16); True if on."""
+    if not amp_enabled(choice):
+        return False
+    cfg.optim_wrapper.type = "AmpOptimWrapper"
+    cfg.optim_wrapper.dtype = "bfloat16"
+    return True
 
 
 def load_config(args: argparse.Namespace):
@@ -58,3 +113,23 @@ def build_runner(cfg):
     from mmengine.runner import Runner
 
     return RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+
+
+def explained_errors() -> tuple:
+    """The errors whose message already says what went wrong and what to do: a tool prints them
+    as ``error: ...`` and exits with status 1, without a traceback."""
+    from ..backbones.weights import WeightFileError
+    from .finite import NonFiniteError
+    from .loading import CheckpointError
+
+    return CheckpointError, NonFiniteError, WeightFileError
+
+
+@contextlib.contextmanager
+def exit_on_explained_errors(extra: tuple = ()) -> Iterator[None]:
+    """``with exit_on_explained_errors(): runner.train()``: an error of :func:`explained_errors`
+    (or of ``extra``) becomes ``error: <message>`` on stderr and exit status 1."""
+    try:
+        yield
+    except explained_errors() + tuple(extra) as e:
+        raise SystemExit(f"error: {e}") from None

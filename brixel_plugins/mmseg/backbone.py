@@ -13,41 +13,24 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ..backbones.dinov3 import FrozenDINOv3
+from ..checkpoints import RecordsTraining
 from ..featurizer import DenseFeaturizer
-from ..io import load_upsampler
-from ..upsamplers import Upsampler, build_upsampler
-
-# ``upsampler=None``: the backbone's own stride-16 last layer (a factor-1 "upsampler" is the identity)
-NO_UPSAMPLER = dict(type="bilinear", factor=1)
-
-
-def build_config_upsampler(cfg: Optional[dict], backbone: FrozenDINOv3) -> Upsampler:
-    """The upsampler a config names: ``None``, ``dict(type=..., **kwargs)`` (built by name), or
-    ``dict(type=..., weights=FILE)`` (an export of tools/distill.py or tools/convert_weights.py,
-    refused with a clear message when it was made for another method or backbone; any other key
-    given must agree with the file)."""
-    cfg = dict(NO_UPSAMPLER if cfg is None else cfg)
-    weights = cfg.pop("weights", None)
-    if weights is None:
-        return build_upsampler(cfg, backbone.spec)
-    up = load_upsampler(weights, backbone.spec, method=cfg.pop("type", None))
-    clash = {k: (v, up.config.get(k)) for k, v in cfg.items() if up.config.get(k) != v}
-    if clash:
-        raise ValueError(f"upsampler config disagrees with {weights}: " + ", ".join(
-            f"{k}={v!r} in the config, {f!r} in the file" for k, (v, f) in clash.items())
-            + "; drop these keys (the file says how the upsampler is built)")
-    return up
+from ..upsamplers import Upsampler, UpsamplerConfig, build_upsampler
+from ..weight_files import find_upsampler_file, find_weight_file
 
 
 @MODELS.register_module()
-class DINOv3Featurizer(BaseModule):
+class DINOv3Featurizer(RecordsTraining, BaseModule):
     """Frozen DINOv3 + upsampler for MMSegmentation heads and necks.
 
     Args:
         arch: Meta's DINOv3 name (``vits16``, ``vitb16``, ``vitl16``, ``vith16plus``, ...).
         weights: DINOv3 weight file (Meta's official ``.pth`` or timm layout); None = random init.
         upsampler: None (the stride-16 last layer), ``dict(type='bilinear', factor=4)``,
-            ``dict(type='brixel', weights='.../best_upsampler.safetensors')``, ...
+            ``dict(type='brixel', weights='.../best_upsampler.safetensors')``, ... (an export of
+            tools/distill.py or tools/convert_weights.py, refused with a clear message when it was
+            made for another method or backbone; any other key given must agree with the file);
+            see :func:`~brixel_plugins.upsamplers.build_upsampler`.
         train_upsampler: fine-tune the upsampler with the head; by default it stays frozen
             (parameters without gradients, eval mode) like the backbone.
         out_indices: extra stride-16 backbone layers to return after the dense map (negative
@@ -62,10 +45,12 @@ class DINOv3Featurizer(BaseModule):
 
     Checkpoints hold only what trains: the frozen DINOv3 (and a frozen upsampler) are left out of
     ``state_dict()`` and reloaded from their own files when the model is built, so a ViT-L run does
-    not write 1.2 GB of copies per checkpoint.
+    not write 1.2 GB of copies per checkpoint. Weight files are found by the lookup rule of
+    :mod:`brixel_plugins.weight_files`, and every checkpoint records what it was trained with
+    (:class:`~brixel_plugins.checkpoints.RecordsTraining`, checked when it is loaded).
     """
 
-    def __init__(self, arch: str = "vits16", weights: Optional[str] = None, upsampler: Optional[dict] = None,
+    def __init__(self, arch: str = "vits16", weights: Optional[str] = None, upsampler: UpsamplerConfig = None,
                  train_upsampler: bool = False, out_indices: Sequence[int] = (),
                  working_size: Optional[Union[int, Sequence[int]]] = None, working_scale: Optional[float] = None,
                  autocast: Optional[str] = None, init_cfg=None, **overrides):
@@ -73,8 +58,10 @@ class DINOv3Featurizer(BaseModule):
             raise ValueError("DINOv3Featurizer takes no init_cfg: DINOv3 loads `weights`, the upsampler its "
                              "own file; an initialiser would overwrite both")
         super().__init__()
+        weights = None if weights is None else find_weight_file(weights, "model.backbone.weights")
+        upsampler = find_upsampler_file(upsampler, "model.backbone.upsampler.weights")
         backbone = FrozenDINOv3(arch, weights, autocast=autocast, **overrides)
-        up = build_config_upsampler(upsampler, backbone)
+        up = build_upsampler(upsampler, backbone.spec)
         self.featurizer = DenseFeaturizer(backbone, up, working_size=working_size, working_scale=working_scale)
         self.train_upsampler = bool(train_upsampler)
         if self.train_upsampler and not any(True for _ in up.parameters()):

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["PhiS", "hadamard", "equal_diagonal_rotation"]
+__all__ = ["PhiS", "PhiSCalibration", "hadamard", "equal_diagonal_rotation"]
 
 
 def _is_prime(n: int) -> bool:
@@ -275,3 +275,26 @@ class PhiS(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, fitted={bool(self.fitted)}"
+
+
+class PhiSCalibration:
+    """The calibration protocol of upsamplers and distillation objectives (``calibrated``,
+    ``calibrate(feats)``, ``finish_calibration()``) for a module whose data-fitted statistics are
+    those of its PHI-S normaliser ``self.phi_s`` (``None``: nothing to fit). Mixed in before the
+    base class: ``class FeatSharp(PhiSCalibration, Upsampler)``."""
+
+    phi_s: Optional[PhiS]
+
+    @property
+    def calibrated(self) -> bool:
+        return self.phi_s is None or self.phi_s.calibrated
+
+    def calibrate(self, feats: torch.Tensor) -> None:
+        """Accumulate statistics from backbone last-layer maps (B, C, h, w)."""
+        if self.phi_s is not None:
+            self.phi_s.calibrate(feats)
+
+    def finish_calibration(self) -> None:
+        """Fit from the statistics of every process (see :meth:`PhiS.finish_calibration`)."""
+        if self.phi_s is not None:
+            self.phi_s.finish_calibration()

@@ -21,6 +21,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..images import skimage_photos
 from .common import write_dataset_once
 
 CATEGORIES = ("disc", "square", "triangle", "bar")
@@ -133,23 +134,14 @@ def coco_annotation(instance: Dict, ann_id: int, image_id: int) -> Dict:
                 segmentation=[instance["polygon"].ravel().tolist()])
 
 
-def load_photos() -> List[np.ndarray]:
-    """The photos bundled with scikit-image, as RGB uint8 arrays (others are fetched on demand
-    and are unavailable offline, so only files present in the installed package are read)."""
-    import skimage.data
-    from PIL import Image
+# the background photos (of brixel_plugins.images.SKIMAGE_PHOTOS): the generated data depend on them
+BACKGROUND_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                     "motorcycle_right.png", "brick.png", "grass.png", "gravel.png", "camera.png")
 
-    folder = Path(skimage.data.__file__).parent
-    names = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-             "motorcycle_right.png", "brick.png", "grass.png", "gravel.png", "camera.png")
-    photos = []
-    for name in names:
-        if (folder / name).is_file():
-            with Image.open(folder / name) as im:
-                photos.append(np.asarray(im.convert("RGB")))
-    if not photos:
-        raise FileNotFoundError(f"no bundled scikit-image photos in {folder}; the toy dataset needs them")
-    return photos
+
+def load_photos() -> List[np.ndarray]:
+    """The background photos present in the installed scikit-image, as RGB uint8 arrays."""
+    return skimage_photos(BACKGROUND_PHOTOS)
 
 
 def write_split(folder: Path, split: str, split_id: int, count: int, photos, size: Tuple[int, int], seed: int) -> None:

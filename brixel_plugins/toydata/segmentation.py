@@ -18,6 +18,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..images import skimage_photos
 from .common import write_dataset_once
 
 CLASSES = ("background", "dot", "stroke", "ring", "square")
@@ -97,17 +98,14 @@ def make_sample(photos: Sequence[np.ndarray], rng: np.random.Generator, size: in
     return np.clip(img, 0, 255).round().astype(np.uint8), label
 
 
-# Photos bundled in the scikit-image wheel (available offline); grey ones become RGB.
-BACKGROUND_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
-                     "immunohistochemistry", "retina", "camera", "brick", "grass", "gravel", "coins")
+# the background photos (of brixel_plugins.images.SKIMAGE_PHOTOS): the generated data depend on them
+BACKGROUND_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg",
+                     "ihc.png", "retina.jpg", "camera.png", "brick.png", "grass.png", "gravel.png", "coins.png")
 
 
 def load_photos() -> List[np.ndarray]:
-    """The background photos as RGB uint8 arrays."""
-    import skimage.data
-
-    photos = [np.asarray(getattr(skimage.data, name)()) for name in BACKGROUND_PHOTOS]
-    return [np.repeat(p[..., None], 3, axis=2) if p.ndim == 2 else p[..., :3] for p in photos]
+    """The background photos present in the installed scikit-image, as RGB uint8 arrays."""
+    return skimage_photos(BACKGROUND_PHOTOS)
 
 
 def write_toy_segmentation(root: Union[str, Path], num_train: int = 64, num_val: int = 16,

@@ -1,8 +1,8 @@
 """Upsampler registry. Importing this package registers every method."""
-from .base import UPSAMPLERS, Upsampler, build_upsampler, list_upsamplers, register_upsampler
-from . import interpolate  # noqa: F401  bilinear, bicubic, highres
+from .base import UPSAMPLERS, Upsampler, UpsamplerConfig, build_upsampler, list_upsamplers, register_upsampler
+from . import interpolate  # noqa: F401  none, bilinear, bicubic, highres
 
-__all__ = ["UPSAMPLERS", "Upsampler", "build_upsampler", "list_upsamplers", "register_upsampler"]
+__all__ = ["UPSAMPLERS", "Upsampler", "UpsamplerConfig", "build_upsampler", "list_upsamplers", "register_upsampler"]
 from . import lift  # noqa: F401
 from . import brixel, brixel_lean  # noqa: F401
 from . import jbu, featsharp  # noqa: F401

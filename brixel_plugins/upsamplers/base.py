@@ -23,23 +23,29 @@ on. The output grid is always ``factor`` x the token grid of ``image``, whatever
 Each upsampler declares what it needs, so that :class:`~brixel_plugins.featurizer.DenseFeaturizer`
 (and every consumer built on it) runs the backbone once and never cares which upsampler it holds:
 
-- ``factor``: integer upsampling factor f of the token grid (output stride 16 / f).
+- ``factor``: integer upsampling factor f of the token grid (output stride 16 / f);
+  ``fixed_factor`` (class attribute): the only factor a method builds at (BRIXEL: 4; ``none``: 1),
+  None where the constructor's ``factor`` is free.
 - ``layer_indices``: absolute backbone layers it reads (empty if it reads none).
 - ``needs_image``: whether it uses the (ImageNet-normalised) image at all.
 - ``uses_image_hr``: whether its pixels come from ``image_hr`` when one is given.
 - ``calls_backbone``: whether it runs the frozen backbone itself (FeatSharp's tiles, ``highres``).
 - ``calibrated`` / ``calibrate(feats)`` / ``finish_calibration()``: statistics fitted from
   backbone features before training (FeatSharp's PHI-S); trivially calibrated for the rest.
-- ``zero_start`` (learned methods, a constructor option saved with the weights):
-  :meth:`Upsampler.from_interpolation` makes the untrained output exactly bilinear interpolation
-  (the method's last projection starts at zero).
+- ``zero_start`` (learned methods, a constructor option saved with the weights): the untrained
+  output is exactly bilinear interpolation. One mechanism for every learned method, the
+  :meth:`Upsampler.forward` template ``output = base + detail``: the base class computes the base
+  once (with ``zero_start`` the bilinear enlargement of the map the method upsamples) and hands
+  it to the method's :meth:`Upsampler.detail_map`, whose last step starts at zero
+  (:func:`zero_init` on its projection, or a :class:`DetailGate`).
 - ``target_transform(feats)``: the teacher's features in the space the output is trained in
   (identity except for methods that learn a correction of the teacher).
 """
 from __future__ import annotations
 
 import copy
-from typing import Callable, ClassVar, Dict, Mapping, Optional, Tuple, Type
+import os
+from typing import Callable, ClassVar, Dict, Mapping, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -105,29 +111,77 @@ class DetailGate(nn.Module):
         return f"dim={self.gate.numel()}, gain={self.gain:g}"
 
 
-def build_upsampler(cfg: Mapping, spec: BackboneSpec) -> "Upsampler":
-    """Build from ``dict(type='brixel', **kwargs)`` for a backbone described by ``spec``."""
+UpsamplerConfig = Union[None, str, os.PathLike, Mapping]
+
+
+def build_upsampler(cfg: UpsamplerConfig, spec: BackboneSpec) -> "Upsampler":
+    """The one way from a config to an upsampler, for a backbone described by ``spec``:
+
+    - ``None``: the ``none`` upsampler (the backbone's own stride-16 last layer, factor 1);
+    - ``dict(type='brixel', **kwargs)``: built by registry name, untrained;
+    - a path, or ``dict(weights=FILE, type=..., **kwargs)``: the weight file (an export of
+      tools/distill.py or tools/convert_weights.py), which says how the upsampler is built;
+      ``type`` and the other keys, when given, must agree with it, except ``factor``, which asks
+      for the file's upsampler at another factor where the method can derive one
+      (:meth:`Upsampler.at_factor`: a JBU stack's first layers). Anything else is refused with
+      :class:`WeightFileError` naming both values.
+    """
+    if cfg is None:
+        cfg = {"type": "none"}
+    elif isinstance(cfg, (str, os.PathLike)):
+        cfg = {"weights": cfg}
+    elif not isinstance(cfg, Mapping):
+        raise TypeError(f"an upsampler config is None, a weight file or a dict(type=...), got {cfg!r}")
     cfg = dict(copy.deepcopy(cfg))
+    weights = cfg.pop("weights", None)
+    if weights is not None:
+        return _from_file(weights, spec, cfg)
     name = cfg.pop("type", None)
     if name not in UPSAMPLERS:
         raise KeyError(f"unknown upsampler type {name!r}; registered: {list(list_upsamplers())}")
     return UPSAMPLERS[name](spec, **cfg)
 
 
+def _from_file(path, spec: BackboneSpec, wanted: Dict) -> "Upsampler":
+    """The upsampler of weight file ``path``, checked against the config keys ``wanted``."""
+    from ..io import load_upsampler  # the file format module builds through build_upsampler
+
+    up = load_upsampler(path, spec, method=wanted.pop("type", None))
+    factor = wanted.pop("factor", up.factor)
+    clash = {k: (v, up.config.get(k)) for k, v in wanted.items() if up.config.get(k) != v}
+    if clash:
+        raise WeightFileError(
+            f"{path} holds a {up.method} upsampler built with "
+            + ", ".join(f"{k}={have!r}" for k, (_, have) in clash.items()) + ", but the config asks for "
+            + ", ".join(f"{k}={want!r}" for k, (want, _) in clash.items())
+            + "; drop these keys from the config (the file says how the upsampler is built) or use a matching file")
+    return up if factor == up.factor else up.at_factor(factor, source=str(path))
+
+
 class Upsampler(nn.Module):
     """Base class. Subclasses call ``super().__init__(spec, factor, **config)`` where
     ``config`` holds every constructor argument needed to rebuild the module (it is saved in
-    weight files), and implement :meth:`forward`."""
+    weight files). Learned methods implement :meth:`detail_map` (and :meth:`residual` if their
+    output adds to a base of their own) and keep the :meth:`forward` template, which is where the
+    zero start lives; fixed baselines (no parameters, no zero start) override :meth:`forward`."""
 
     method: ClassVar[str] = ""
+    # the one factor a method is built for (BRIXEL: 4), None where any factor the class accepts works
+    fixed_factor: ClassVar[Optional[int]] = None
     needs_image: ClassVar[bool] = False
     uses_image_hr: ClassVar[bool] = False
     calls_backbone: ClassVar[bool] = False
+    # set by io.load_upsampler: the file the weights came from, and its training record
+    weight_file: Optional[str] = None
+    file_metadata: Mapping = {}
 
     def __init__(self, spec: BackboneSpec, factor: int, layer_indices: Tuple[int, ...] = (), **config):
         super().__init__()
         if int(factor) != factor or factor < 1:
             raise ValueError(f"{type(self).__name__}: factor must be a positive integer, got {factor!r}")
+        if self.fixed_factor is not None and factor != self.fixed_factor:
+            raise ValueError(f"{type(self).__name__} upsamples by exactly {self.fixed_factor} (fixed by the method), "
+                             f"got factor={factor!r}")
         self.spec = spec
         self.factor = int(factor)
         self.layer_indices = tuple(int(i) for i in layer_indices)
@@ -135,8 +189,10 @@ class Upsampler(nn.Module):
         if bad:
             raise ValueError(f"{type(self).__name__}: layers {bad} do not exist in a depth-{spec.depth} backbone")
         self.config = dict(factor=self.factor, **config)
-        # a start that cannot be worse than interpolation (see from_interpolation)
+        # a start that cannot be worse than interpolation (see forward)
         self.zero_start = bool(config.get("zero_start", False))
+        if self.zero_start and not self.layer_indices:  # FeatSharp: the base enlarges the last layer
+            self.layer_indices = (spec.depth - 1,)
 
     @property
     def embed_dim(self) -> int:
@@ -167,23 +223,42 @@ class Upsampler(nn.Module):
     def finish_calibration(self) -> None:
         """Fit from the accumulated statistics; afterwards ``calibrated`` is True."""
 
-    # -- training hooks ----------------------------------------------------------------------
-    def interpolation_base(self, last: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        """Bilinear enlargement of the last-layer map ``last`` (B, D, h, w) to ``size``."""
-        return F.interpolate(last, size=size, mode="bilinear", align_corners=False)
+    # -- the output: base + detail (the zero start lives here and nowhere else) ----------------
+    def interpolation_base(self, source: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Bilinear enlargement of ``source`` (B, D, h, w) to ``size``, channels-last (on CPU ~30x
+        faster than on an NCHW map of hundreds of channels; the same values)."""
+        source = source.contiguous(memory_format=torch.channels_last)
+        return F.interpolate(source, size=tuple(size), mode="bilinear", align_corners=False)
 
-    def from_interpolation(self, detail: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """The zero start (``zero_start=True``: the default of new trainings, off for the authors'
-        weights): ``interpolation_base(last) + detail``, where ``detail`` (B, D, f*h, f*w) ends in a
-        learned projection the method zero-initialises (:func:`zero_init`): LiFT's ``outc``,
-        BRIXEL's ``head.out_conv``, or a :class:`DetailGate` on the method's difference to the
-        base (JBU, FeatSharp). At step 0
-        the output IS bilinear interpolation; training adds detail from there, so the start
-        cannot be worse than interpolation. Without ``zero_start`` it returns ``detail`` as is
-        (the method's own output)."""
-        if not self.zero_start:
-            return detail
-        return self.interpolation_base(last, detail.shape[-2:]).to(detail.dtype) + detail
+    def source_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor]) -> Optional[torch.Tensor]:
+        """The map (B, D, h', w') the output's base enlarges: the deepest layer the method reads
+        (the last of ``layer_indices``; None if it reads none). LiFT overrides it: the input of
+        its last 2x application."""
+        return layers[self.layer_indices[-1]] if self.layer_indices else None
+
+    def residual(self, source: torch.Tensor, size: Tuple[int, int]) -> Optional[torch.Tensor]:
+        """The method's own base without ``zero_start``, (B, D, *size) from ``source``: BRIXEL's
+        released enlargement, BRIXEL-lean's bilinear one. None (the default): the method's
+        output is its detail alone (LiFT, JBU, FeatSharp as released)."""
+        return None
+
+    def output_base(self, source: Optional[torch.Tensor], size: Tuple[int, int]) -> Optional[torch.Tensor]:
+        """What the detail is added to, (B, D, *size) or None. With ``zero_start`` (the default of
+        new trainings, off for the authors' weights) the bilinear enlargement of ``source``
+        (:meth:`interpolation_base`): the method's detail starts at zero, so at step 0 the output
+        IS bilinear interpolation and training adds detail from there; the start cannot be worse
+        than interpolation. Otherwise the method's :meth:`residual`."""
+        if self.zero_start:
+            return self.interpolation_base(source, size)
+        return self.residual(source, size)
+
+    @staticmethod
+    def compose(base: Optional[torch.Tensor], detail: torch.Tensor) -> torch.Tensor:
+        """``base + detail`` in ``detail``'s dtype (``detail`` alone without a base). Added in place:
+        ``detail`` is the fresh output of a method's last op (a projection or a gate, which keep
+        their inputs, not their output, for backward), and the output map is the largest tensor of
+        a forward (BRIXEL-lean at 512 px: 25 MB), so this saves an allocation and a pass."""
+        return detail if base is None else detail.add_(base)
 
     def target_transform(self, feats: torch.Tensor) -> torch.Tensor:
         """The teacher's features (N, D, h, w) mapped into the space this upsampler's output is
@@ -194,6 +269,13 @@ class Upsampler(nn.Module):
         trained against the same de-biased space its own low-res and tile inputs live in.
         Must be differentiable in its own parameters (they train through it) and keep the shape."""
         return feats
+
+    def at_factor(self, factor: int, source: str = "this upsampler") -> "Upsampler":
+        """This trained upsampler at another ``factor``, where the method can derive one from its
+        weights (a JBU stack keeps its first layers); by default refused with :class:`WeightFileError`."""
+        raise WeightFileError(f"{source}: factor={factor} in the config, {self.factor} in the file; a "
+                              f"{self.method} upsampler works at the factor it was trained at: drop 'factor' "
+                              f"from the config or use a file trained at factor {factor}")
 
     def for_export(self) -> "Upsampler":
         """This upsampler as weight files hold it (``save_upsampler`` writes this): ``self``, or
@@ -228,8 +310,20 @@ class Upsampler(nn.Module):
         return image_hr if (self.uses_image_hr and image_hr is not None) else image
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
-                backbone: Optional[nn.Module] = None,
-                image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:  # pragma: no cover - abstract
+                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The template of every learned upsampler: ``output_base(source) + detail_map(...)``, the
+        base computed once, here, and handed to the method (JBU and FeatSharp gate their difference
+        to it)."""
+        source = self.source_map(image, layers)
+        base = self.output_base(source, self.output_size(tuple(image.shape[-2:])))
+        return self.compose(base, self.detail_map(image, layers, source, base, backbone=backbone, image_hr=image_hr))
+
+    def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: Optional[torch.Tensor],
+                   base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,
+                   image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:  # pragma: no cover - abstract
+        """What the method adds to ``base`` (B, D, f*h, f*w), given the arguments of :meth:`forward`,
+        the :meth:`source_map` ``source`` and the :meth:`output_base` ``base`` (None: the method's
+        plain output). With ``zero_start`` it must be zero at initialisation."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:

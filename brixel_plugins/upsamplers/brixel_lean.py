@@ -47,7 +47,7 @@ counts them by hand).
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 from timm.models.convnext import ConvNeXtBlock
@@ -55,6 +55,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..ops.deform_attn import MSDeformAttn
+from ..ops.layout import run_folded
 from .base import Upsampler, register_upsampler, zero_init
 from .brixel import (Extractor, LayerNorm2d, check_taps, conv_bn_relu, default_taps, init_weights,
                      reference_points, resize_to, to_map, to_tokens)
@@ -80,14 +81,13 @@ class BrixelLean(Upsampler):
         zero_start: ``out_conv`` starts at zero, so the untrained output is bilinear interpolation.
     """
 
+    fixed_factor = 4  # its stem and head are built for it
     needs_image = True
 
     def __init__(self, spec: BackboneSpec, factor: int = 4, layer_indices: Optional[Sequence[int]] = None,
                  query_dim: Optional[int] = None, width: int = 96, n_heads: int = 8, n_points: int = 4,
                  head_blocks: int = 1, mlp_ratio: float = 2.0, drop_path: float = 0.1, taps_per_extractor: int = 2,
                  zero_start: bool = False):
-        if factor != 4:
-            raise ValueError(f"BRIXEL-lean upsamples by exactly 4 (its stem and head are built for it), got factor={factor}")
         d = spec.embed_dim
         step = 2 * n_heads
         query_dim = int(query_dim or max(step, round(d / 3 / step) * step))
@@ -138,15 +138,27 @@ class BrixelLean(Upsampler):
         if self.zero_start:
             zero_init(self.out_conv)
 
-    def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
-                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def interpolation_base(self, source: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        # channels-last like the head's output, so that adding the two is one pass over memory
+        return super().interpolation_base(source.contiguous(memory_format=torch.channels_last), size)
+
+    def residual(self, source: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """The head adds to the bilinear enlargement of the last tapped layer, with or without zero start."""
+        return self.interpolation_base(source, size)
+
+    def source_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        return check_taps(self, image, layers)[-1]
+
+    def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: torch.Tensor,
+                   base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,
+                   image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
         taps = check_taps(self, image, layers)
         h, w = taps[-1].shape[-2:]
         size1, size2 = (4 * h, 4 * w), (2 * h, 2 * w)
         # channels-last maps throughout: tokens and maps are views of each other (no copies)
         image = image.contiguous(memory_format=torch.channels_last)
-        s1 = resize_to(self.stem(image), size1)
-        q = to_tokens(resize_to(self.query_in(self.down(s1)), size2)) + self.level_embed
+        s1 = resize_to(run_folded(self.stem, image), size1)
+        q = to_tokens(resize_to(self.query_in(run_folded(self.down, s1)), size2)) + self.level_embed
         ref = reference_points([size2], image.device)
         feats = [proj(to_tokens(tap)) for proj, tap in zip(self.tap_proj, taps)]
         k = self.taps_per_extractor
@@ -155,11 +167,7 @@ class BrixelLean(Upsampler):
             q = extractor(q, ref, group[0] if k == 1 else torch.cat(group, 1), [(h, w)] * k, [size2])
         x = self.fuse_norm(s1 + resize_to(to_map(self.query_out(q), size2), size1))
         x = self.head_norm.ln(self.trunk(x).permute(0, 2, 3, 1))  # (B, 4h, 4w, width)
-        # out_conv fused with the residual: base + x @ W^T in one pass over the D-wide output; its
-        # bias is added before the enlargement (bilinear weights sum to 1: the same result)
-        last = taps[-1] + self.out_conv.bias.view(1, -1, 1, 1).to(taps[-1].dtype)
-        base = self.interpolation_base(last.contiguous(memory_format=torch.channels_last), size1)
-        base = base.permute(0, 2, 3, 1).to(x.dtype).contiguous()  # (B, 4h, 4w, D); a no-op unless 1x1
+        # out_conv as one matmul on the channels-last map: (B, 4h, 4w, D) viewed as (B, D, 4h, 4w)
         weight = self.out_conv.weight.flatten(1).to(x.dtype)  # (D, width)
-        base.view(-1, base.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())  # in place: no copy
-        return base.permute(0, 3, 1, 2)  # (B, D, 4h, 4w), channels-last memory
+        out = torch.addmm(self.out_conv.bias.to(x.dtype), x.reshape(-1, x.shape[-1]), weight.t())
+        return out.view(*x.shape[:-1], -1).permute(0, 3, 1, 2)

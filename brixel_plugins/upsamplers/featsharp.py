@@ -15,7 +15,7 @@ user's resolution ``image_hr``:
    the training grid; resized bilinearly to other grids).
 3. Low-res path: :class:`~brixel_plugins.upsamplers.jbu.FeatSharpJBUStack` by u (one JBU per
    prime factor; bilinear source upsampling, no fixups), guided by the picture resized to the
-   output grid (u*h x u*w) and average-pooled per level.
+   output grid (u*h x u*w; bilinear without antialiasing, as released) and average-pooled per level.
 4. Tile path: tile maps stitched to (u*h, u*w) + ``tile_pos`` (1, C, u, u) (learned, zeros),
    entry (ty, tx) added to every pixel of tile (ty, tx).
 5. Fusion: :class:`FusionBlock` on cat[JBU map, tile map] (2C channels), keeping C.
@@ -40,8 +40,9 @@ from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from ..images import resize
 from ..ops.local_attention import LocalAttention2d
-from ..ops.phi_s import PhiS
-from ..ops.spectral_reparam import bake_spectral_reparam, bake_spectral_state_dict, spectral_reparametrize
+from ..ops.phi_s import PhiS, PhiSCalibration
+from ..ops.spectral_reparam import (SpectralStateError, bake_spectral_reparam, bake_spectral_state_dict,
+                                    spectral_reparametrize)
 from .base import DetailGate, Upsampler, register_upsampler
 from .jbu import FeatSharpJBUStack
 
@@ -113,7 +114,7 @@ class FusionBlock(nn.Module):
 
 
 @register_upsampler("featsharp")
-class FeatSharp(Upsampler):
+class FeatSharp(PhiSCalibration, Upsampler):  # calibration = PHI-S's own statistics
     """FeatSharp by an integer ``factor`` u >= 2:
     ``forward(image (B,3,H,W), layers (unused), backbone, image_hr=None) -> (B, C, u*H/16, u*W/16)``.
 
@@ -129,8 +130,9 @@ class FeatSharp(Upsampler):
             otherwise; same result).
         zero_start: start new trainings from bilinear interpolation (not the release): the output
             is ``bilinear(last) + detail(FeatSharp - bilinear(last))`` with ``detail`` a
-            :class:`~.base.DetailGate` starting at 0 and ``last`` the backbone's last layer of the working
-            image (then read from ``layers``: one more low-res backbone pass).
+            :class:`~.base.DetailGate` starting at 0 and ``last`` the backbone's last layer of the
+            working image (the :meth:`Upsampler.forward` template; it declares the last layer in
+            ``layer_indices``, so it is read from ``layers``: one more low-res backbone pass).
 
     Runs the backbone itself (1 + u^2 passes at H x W in one batch). Before training or use,
     PHI-S must be fitted (:meth:`calibrate` on backbone features, then :meth:`finish_calibration`);
@@ -150,7 +152,7 @@ class FeatSharp(Upsampler):
         debias_hw = [int(v) for v in debias_hw]
         if len(debias_hw) != 2 or min(debias_hw) < 1:
             raise ValueError(f"debias_hw must be two positive integers, got {debias_hw}")
-        super().__init__(spec, factor, (spec.depth - 1,) if zero_start else (), window=int(window),
+        super().__init__(spec, factor, (), window=int(window),
                          num_heads=int(num_heads), debias_hw=debias_hw, spectral_reparam=bool(spectral_reparam),
                          flex_attention=bool(flex_attention), zero_start=bool(zero_start))
         u = self.factor
@@ -214,33 +216,24 @@ class FeatSharp(Upsampler):
         return self.tile_pos.to(dtype).repeat_interleave(h, dim=2).repeat_interleave(w, dim=3)
 
     def guidance(self, big: torch.Tensor, out_hw: Tuple[int, int]) -> torch.Tensor:
-        """The picture resized to the output grid (bilinear, antialiased): the JBU's guidance."""
-        return F.interpolate(big, size=tuple(out_hw), mode="bilinear", align_corners=False, antialias=True)
-
-    # the calibration protocol is PHI-S's own (statistics from backbone last-layer maps)
-    @property
-    def calibrated(self) -> bool:
-        return self.phi_s.calibrated
-
-    def calibrate(self, feats: torch.Tensor) -> None:
-        self.phi_s.calibrate(feats)
-
-    def finish_calibration(self) -> None:
-        self.phi_s.finish_calibration()
+        """The picture resized to the output grid, bilinear without antialiasing as the release
+        resizes it (its JBU was trained on that sampling of the pixels): the JBU's guidance."""
+        return F.interpolate(big, size=tuple(out_hw), mode="bilinear", align_corners=False)
 
     # -- forward -----------------------------------------------------------------------------
-    def forward(self, image: torch.Tensor, layers: Optional[Mapping[int, torch.Tensor]] = None,
-                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: Optional[torch.Tensor],
+                   base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,
+                   image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
         if backbone is None:
             raise ValueError("featsharp runs the backbone on its tiles: pass backbone= (DenseFeaturizer does)")
         if not self.calibrated:
             raise RuntimeError(
-                "FeatSharp's PHI-S normaliser is not fitted: call calibrate(backbone.last_layer(x)) on "
+                "FeatSharp's PHI-S normaliser is not fitted: call calibrate(backbone.last_layer_map(x)) on "
                 "a few batches of images, then finish_calibration() (the distillation tool does this), or load a "
                 "trained FeatSharp weight file")
         b = image.shape[0]
         low, big = self.views(image, image_hr)
-        feats = self.normalised(backbone.last_layer(torch.cat([low, self.tiles(big)], dim=0)))
+        feats = self.normalised(backbone.last_layer_map(torch.cat([low, self.tiles(big)], dim=0)))
         lo, tile_maps = feats[:b], feats[b:]
         h, w = lo.shape[-2:]
         out_hw = (self.factor * h, self.factor * w)
@@ -248,11 +241,8 @@ class FeatSharp(Upsampler):
         tiled = self.stitch(tile_maps, b) + self.tile_embedding(h, w, feats.dtype)
         x = self.block(torch.cat([hi, tiled], dim=1).permute(0, 2, 3, 1))
         out = self.phi_s.inverse(x.permute(0, 3, 1, 2).contiguous())
-        if not self.zero_start:
-            return out
-        last = layers[self.last_layer]  # detail = a per-channel share of what FeatSharp changes
-        out = self.detail(out - self.interpolation_base(last, out.shape[-2:]).to(out.dtype))
-        return self.from_interpolation(out, last)
+        # zero start: a per-channel share of what FeatSharp changes, starting at none
+        return out if base is None else self.detail(out - base.to(out.dtype))
 
     # -- export and the authors' checkpoints ---------------------------------------------------
     def for_export(self) -> "FeatSharp":
@@ -270,7 +260,9 @@ class FeatSharp(Upsampler):
         Supported: the code-default JBU + LayerNorm FeatSharp with one fusion level,
         ``upsampler.[module.]ups.0.{tile_pos, jbu.ups.i.*, block.*}``, ``normalizer.{mean, alpha,
         rotation, inv_rotation}`` (PHI-S) and ``bias_buffer.[module.]buffer`` (the de-bias map,
-        whose grid replaces ``debias_hw``); spectral-reparametrised weights are baked. Refused
+        whose grid replaces ``debias_hw``), with or without a leading DDP ``module.``; weights
+        spectrally reparametrised by the release (``parametrizations.weight.original`` and
+        ``parametrizations.weight.0.[parts.i.]{sn_scale, _u, _v, _sn_version}``) are baked. Refused
         with a :class:`WeightFileError` naming it: the shipped configs' JAFAR-input / no-LayerNorm
         variant (``featsharp.no-ln.inputs-jafar-tiles``), and anything else that does not fit.
         """
@@ -278,7 +270,10 @@ class FeatSharp(Upsampler):
             sd = sd["model_state"]
         sd = {k.replace(".module.", ".").removeprefix("module."): v for k, v in sd.items()
               if isinstance(v, torch.Tensor)}
-        sd = bake_spectral_state_dict(sd)
+        try:
+            sd = bake_spectral_state_dict(sd)
+        except SpectralStateError as e:
+            raise WeightFileError(f"{source} is not a FeatSharp checkpoint this loader reads: {e}") from e
         level = "upsampler.ups.0."
         ups = {k[len(level):]: v for k, v in sd.items() if k.startswith(level)}
         if not ups:

@@ -1,4 +1,4 @@
-"""Baselines: fixed interpolation of the last layer, and DINOv3 run on an enlarged image."""
+"""Baselines: the last layer itself, its fixed interpolation, and DINOv3 run on an enlarged image."""
 from __future__ import annotations
 
 from typing import Mapping, Optional
@@ -10,6 +10,21 @@ from torch import nn
 from ..backbones.dinov3 import BackboneSpec
 from ..images import resize
 from .base import Upsampler, register_upsampler
+
+
+@register_upsampler("none")
+class NoUpsampler(Upsampler):
+    """No upsampling: the backbone's own stride-16 last layer, (B,D,h,w) -> (B,D,h,w). What
+    ``build_upsampler(None, spec)`` gives, so every consumer has one code path with or without
+    an upsampler."""
+
+    fixed_factor = 1
+
+    def __init__(self, spec: BackboneSpec, factor: int = 1):
+        super().__init__(spec, factor, (spec.depth - 1,))
+
+    def forward(self, image, layers, backbone=None, image_hr=None):
+        return layers[self.last_layer]
 
 
 @register_upsampler("bilinear")
@@ -55,4 +70,4 @@ class HighResBackbone(Upsampler):
         if backbone is None:
             raise ValueError("highres needs the backbone: call it through DenseFeaturizer")
         big = resize(self.pixels(image, image_hr), [s * self.factor for s in image.shape[-2:]])
-        return backbone.last_layer(big)
+        return backbone.last_layer_map(big)

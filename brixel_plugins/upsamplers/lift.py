@@ -26,6 +26,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
+from ..ops.layout import channels_last, pointwise, run_folded
 from .base import Upsampler, register_upsampler, zero_init
 
 IMAGE_WIDTH = 32  # channels of the image branch (fixed in the release)
@@ -43,7 +44,7 @@ class _DoubleConv(nn.Module):
         self.double_conv = nn.Sequential(*_conv_bn_relu(cin, cout, 1, False), *_conv_bn_relu(cout, cout, 1, False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.double_conv(x)
+        return run_folded(self.double_conv, x)
 
 
 class _Up(nn.Module):
@@ -70,8 +71,10 @@ class LiFT(Upsampler):
         spec: the backbone it upsamples (C = ``spec.embed_dim``, must be even).
         factor: 2, 4 or 8 (2 ** number of recursive applications of the one 2x module).
         zero_start: each 2x step adds its output to the bilinear 2x enlargement of its input
-            and ``outc`` starts at zero (:meth:`Upsampler.from_interpolation`): the untrained
-            module is bilinear interpolation. The authors' files need the default False.
+            and ``outc`` starts at zero: the untrained module is bilinear interpolation (2x at a
+            time). The last step is the :meth:`Upsampler.forward` template on the input of that
+            step (:meth:`source_map`); the earlier ones compose the same base and detail.
+            The authors' files need the default False.
 
     Parameters: 1,187,280 at C=384 (ViT-S), 4,417,296 at C=768 (ViT-B), independent of factor.
     """
@@ -99,25 +102,39 @@ class LiFT(Upsampler):
             zero_init(self.outc)
 
     def step(self, feats: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """One 2x application: feats (B,C,h,w), image (B,3,p*h,p*w) -> (B,C,2h,2w)."""
-        imgs_1 = self.scale_adapter(self.image_convs_1(image))
-        imgs_2 = self.image_convs_2(imgs_1)
+        """The detail of one 2x application: feats (B,C,h,w), image (B,3,p*h,p*w) -> (B,C,2h,2w)."""
+        # channels-last throughout (brixel_plugins.ops.layout): on CPU the max pooling alone runs
+        # ~20x faster there, and the convolutions skip oneDNN's reorders of NCHW maps
+        imgs_1 = self.scale_adapter(run_folded(self.image_convs_1, channels_last(image)))
+        imgs_2 = run_folded(self.image_convs_2, imgs_1)
         if imgs_2.shape[-2:] != feats.shape[-2:]:
             raise ValueError(f"LiFT: image {tuple(image.shape[-2:])} gives an image branch at "
                              f"{tuple(imgs_2.shape[-2:])}, features are {tuple(feats.shape[-2:])}; "
                              f"the image must be {self.spec.patch_size}x the feature grid")
-        return self.from_interpolation(self.outc(self.up1(torch.cat([feats, imgs_2], dim=1), imgs_1)), feats)
+        return pointwise(self.outc, self.up1(torch.cat([channels_last(feats), imgs_2], dim=1), imgs_1))
 
-    def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
-                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = layers[self.last_layer]
+    @staticmethod
+    def step_image(image: torch.Tensor, k: int) -> torch.Tensor:
+        """The image step ``k`` reads: features at 2^k x the token grid need it at 2^k x its size."""
         h, w = image.shape[-2:]
-        for k in range(self.steps):
-            # Step k: features at 2^k x the token grid need the image at 2^k x its size.
-            img = image if k == 0 else F.interpolate(image, size=(h << k, w << k), mode="bicubic",
-                                                     align_corners=False)
-            x = self.step(x, img)
+        if k == 0:
+            return image
+        # channels-last like the convolutions that read it (on CPU faster than NCHW + a conversion)
+        return F.interpolate(channels_last(image), size=(h << k, w << k), mode="bicubic", align_corners=False)
+
+    def source_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """The input of the last 2x step: the last layer after the earlier steps, each of which is
+        ``output_base + detail`` on its own input."""
+        x = layers[self.last_layer]
+        for k in range(self.steps - 1):
+            size = (2 * x.shape[-2], 2 * x.shape[-1])
+            x = self.compose(self.output_base(x, size), self.step(x, self.step_image(image, k)))
         return x
+
+    def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: torch.Tensor,
+                   base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,
+                   image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.step(source, self.step_image(image, self.steps - 1))
 
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
         """Released keys are ours; refuse a file made for another feature dim."""

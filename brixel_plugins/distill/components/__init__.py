@@ -1,17 +1,21 @@
 """Registered building blocks of the distillation recipes (``MODELS`` / ``TRANSFORMS``, scope
 ``brixel_plugins``), each one idea, shared by the objectives that use it: learned uncertainty
-weighting, view jitters, colour jitter, feature spaces, random projections, the CRF term,
-FeatUp's learned downsampler, the backbone facet compared, how lower scales are made."""
+weighting, homography views (ours and FeatSharp's) and FeatUp's jitter, colour jitter, feature
+spaces, random projections, the CRF term, the learned attention downsampler, the backbone facet
+compared, how lower scales are made. Importing this package registers every one of them
+(``brixel_plugins.distill`` imports it before anything that builds them)."""
 from .colour import ColourJitter
 from .crf import SampledCRFLoss
-from .downsampler_featup import FeatUpAttentionDownsampler, gaussian_blur
+from .downsampler import FEATSHARP, FEATUP, AttentionDownsampler
 from .facets import LastBlockKeys, LastLayerTokens
 from .feature_space import ChannelNorm
+from .homography import FeatSharpJitter, HomographyJitter, homography_grid, random_homographies, warp
 from .jitter_featup import FeatUpJitter, JitterParams
 from .projection import RandomProjection
 from .scales import AntialiasedResize, StridedSubsample
 from .uncertainty import UncertaintyWeighting
 
-__all__ = ["ColourJitter", "SampledCRFLoss", "FeatUpAttentionDownsampler", "gaussian_blur", "ChannelNorm",
+__all__ = ["ColourJitter", "SampledCRFLoss", "AttentionDownsampler", "FEATSHARP", "FEATUP", "ChannelNorm",
+           "FeatSharpJitter", "HomographyJitter", "homography_grid", "random_homographies", "warp",
            "FeatUpJitter", "JitterParams", "RandomProjection", "UncertaintyWeighting",
            "LastBlockKeys", "LastLayerTokens", "AntialiasedResize", "StridedSubsample"]

@@ -13,7 +13,7 @@ class LastLayerTokens:
     """The last layer's normalised patch tokens: what every consumer of the upsamplers feeds them."""
 
     def __call__(self, distiller, image: torch.Tensor) -> torch.Tensor:
-        return distiller.features(image)
+        return distiller.last_layer_map(image)
 
     def __repr__(self) -> str:
         return "LastLayerTokens()"

@@ -29,7 +29,8 @@ __all__ = ["UncertaintyWeighting"]
 
 @MODELS.register_module()
 class UncertaintyWeighting(nn.Module):
-    """``forward(err (B, K, h, w), feats (B, C, h, w)) -> scalar``; ``log_variance(feats) -> (B, 1, h, w)``.
+    """``forward(err (B, K, h, w), feats (B, C, h, w)) -> scalar`` (the mean of ``nll_map``);
+    ``log_variance(feats) -> (B, 1, h, w)``.
 
     Args:
         dim: channels C of the features the uncertainty is predicted from.
@@ -76,12 +77,17 @@ class UncertaintyWeighting(nn.Module):
         s = self.log_variance_scale * (self.net(feats.float()) + self.offset)
         return s if self.min_log_variance is None else s.clamp_min(self.min_log_variance)
 
-    def forward(self, err: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    def nll_map(self, err: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The per-pixel loss ``error_weight * exp(-s) * err + s / 2`` (B, K, h, w), float32, for
+        objectives that weight or sum it themselves (FeatSharp: validity and seam weights)."""
         if err.shape[0] != feats.shape[0] or err.shape[-2:] != feats.shape[-2:]:
             raise ValueError(f"UncertaintyWeighting: error map {tuple(err.shape)} and features "
                              f"{tuple(feats.shape)} must share batch and spatial size")
         s = self.log_variance(feats)
-        return (self.error_weight * torch.exp(-s) * err.float() + s / 2).mean()
+        return self.error_weight * torch.exp(-s) * err.float() + s / 2
+
+    def forward(self, err: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        return self.nll_map(err, feats).mean()
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, log_variance_scale={self.log_variance_scale}, offset={self.offset}, "

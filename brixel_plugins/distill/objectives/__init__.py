@@ -3,9 +3,9 @@ The contract every objective implements is in :mod:`.base`."""
 from .base import DistillObjective
 from .brixel import BrixelObjective
 from .lift import LiftObjective
-from .multiview import HomographyJitter, MultiViewObjective
+from .multiview import MultiViewObjective
 from .featsharp import FeatSharpObjective
 from .featup import FeatUpObjective
 
-__all__ = ["DistillObjective", "BrixelObjective", "LiftObjective", "MultiViewObjective", "HomographyJitter",
+__all__ = ["DistillObjective", "BrixelObjective", "LiftObjective", "MultiViewObjective",
            "FeatSharpObjective", "FeatUpObjective"]

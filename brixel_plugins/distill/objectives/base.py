@@ -19,13 +19,14 @@ The contract (shapes: B images, D channels, h x w = token grid of the student im
     dataloader's size ``distiller.teacher_size``. The objective resizes what it needs and runs
     the networks only through the distiller:
 
-    - ``distiller.features(x)``: the frozen backbone's last-layer map of ``x`` (no gradient).
-    - ``distiller.target(x)``: ``upsampler.target_transform(features(x))``, the teacher map in
+    - ``distiller.last_layer_map(x)``: the frozen backbone's last-layer map of ``x`` (no gradient).
+    - ``distiller.target(x)``: ``upsampler.target_transform(last_layer_map(x))``, the teacher map in
       the space the upsampler's output is compared in (identity except for methods that learn
       a correction of the teacher, e.g. FeatSharp's de-bias buffer).
-    - ``distiller.student(x, image_hr=None, layers=None)``: the upsampler's output for ``x``
-      (B, D, f*h, f*w), running the backbone for the layers it reads unless ``layers`` is given.
-      ``image_hr`` is the same picture at a higher resolution (methods with
+    - ``distiller.student(x, image_hr=None, last=None)``: the upsampler's output for ``x``
+      (B, D, f*h, f*w), running the backbone (without gradient) for the layers it reads;
+      ``last``: the backbone's last layer of ``x`` when the objective has it already (not
+      recomputed). ``image_hr`` is the same picture at a higher resolution (methods with
       ``uses_image_hr`` take their pixels from it): objectives pass the teacher-resolution
       image, which is what the user's full-resolution picture is at inference.
 
@@ -57,11 +58,13 @@ Recipes the objectives are written to carry (exact values in ``docs/recipes.md``
   resolution; the scale-free default and ``release=True`` (the authors' formula).
 - ``LiftObjective``: LiFT's multi-scale cosine; release options (targets, colour jitter,
   strided scales) are constructor options of this class.
-- ``MultiViewObjective``: FeatUp / FeatSharp multi-view consistency. Release recipes plug in
-  as registered sub-components and options of this class (or a subclass registered under its
-  own name), e.g. FeatSharp's jitters returning validity masks, seam weights on tile borders,
-  a learned uncertainty ``exp(-s) * mse + s / 2``, FeatUp's random 30-d projections and CRF
-  term. Anything such a component trains (uncertainty net, downsampler) is a submodule of the
+- ``MultiViewObjective``: multi-view consistency (homography views, a learned attention
+  downsampler, PHI-S space); ``FeatSharpObjective`` is its subclass with FeatSharp's release
+  pieces (shared zoom and jitters with validity masks, seam weights on tile borders, a learned
+  uncertainty ``exp(-s) * mse + s / 2``).
+- ``FeatUpObjective``: FeatUp's JBU recipe (its jitter, ChannelNorm space, random 30-d
+  projections, learned uncertainty, CRF term). The pieces the recipes share are one
+  registered component each in :mod:`brixel_plugins.distill.components`. Anything such a component trains (uncertainty net, downsampler) is a submodule of the
   objective, so the optimizer sees it (``DistillOptimWrapperConstructor`` takes every trainable
   parameter outside the backbone) and checkpoints hold it; what the upsampler exports stays
   the upsampler alone.

@@ -40,9 +40,9 @@ class BrixelObjective(DistillObjective):
       eps is relative to the teacher's spectrum).
 
     Multiplying pred and target by any constant leaves every term unchanged, so a lambda means
-    the same relative weight for any backbone. The spectrum is centred before binning
-    (``shift_spectrum=True``) so the kept bins are the high frequencies; the PCA is exact on
-    every 3rd token (deterministic).
+    the same relative weight for any backbone. The spectrum is centred before binning (the
+    release's is not: :func:`~brixel_plugins.distill.losses.radial_profile`'s ``shift``) so the kept
+    bins are the high frequencies; the PCA is exact on every 3rd token (deterministic).
 
     **Release (``release=True``)**: the authors' formula exactly: raw L1, raw edge MSE with
     the PCA on a random third of the tokens by randomised low-rank PCA (q = k + 16, 2 power

@@ -8,11 +8,10 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ...ops.phi_s import PhiS
+from ...ops.attention_downsampler import FEATSHARP
 from ...upsamplers.featsharp import low_res_view
-from ..components.jitter_featsharp import FeatSharpJitter  # noqa: F401  (registers it)
-from ..registry import MODELS, TRANSFORMS
-from .base import DistillObjective
+from ..registry import MODELS
+from .multiview import MultiViewObjective
 
 __all__ = ["FeatSharpObjective", "seam_weights"]
 
@@ -32,7 +31,7 @@ def seam_weights(h: int, w: int, factor: int, weight: float = 2.0, band: int = 2
 
 
 @MODELS.register_module()
-class FeatSharpObjective(DistillObjective):
+class FeatSharpObjective(MultiViewObjective):
     """One training step on images (B, 3, T, T), T >= ``factor * student_size`` = u*R:
 
     1. ``big`` = the jitter's shared zoom-in and crop of each image at u*R (the real pixels the
@@ -49,52 +48,36 @@ class FeatSharpObjective(DistillObjective):
        like the features and average-pooled to the cell) and ``s`` the log-variance the
        ``uncertainty`` component predicts from the target features.
 
-    PHI-S here is the objective's own, fitted by the calibration pass from the same features as
-    the upsampler's (a rotation and one scale: the loss is the feature-space MSE in units of the
-    features' mean channel variance). ``val_loss`` is the plain MSE in that space.
+    PHI-S here is the objective's own (:class:`MultiViewObjective`'s, always on), fitted by the
+    calibration pass from the same features as the upsampler's (a rotation and one scale: the
+    loss is the feature-space MSE in units of the features' mean channel variance). ``val_loss``
+    is the plain MSE in that space.
 
     Args:
         num_jitters: jittered views besides the main view (5 as released).
-        jitter: a ``TRANSFORMS`` config, default :class:`FeatSharpJitter` (release values).
+        jitter: a ``TRANSFORMS`` config, default
+            :class:`~brixel_plugins.distill.components.homography.FeatSharpJitter` (release values).
         downsampler: a ``MODELS`` config built with ``dim`` and ``factor``; default FeatSharp's
-            attention downsampler (9x9 window, padding 4, 5x5 Gaussian blur, 20% logit dropout).
+            attention downsampler (``FEATSHARP``: 9x9 window, padding 4, 5x5 Gaussian blur, 20%
+            logit dropout).
         uncertainty: a ``MODELS`` config built with ``dim``; default a 5x5 conv net C -> 256 -> 1.
             ``None`` turns the uncertainty off (err weighted as is).
         seam_weight, seam_band: the tile-border weighting (2.0 on 2-px bands).
     """
 
+    default_jitter = dict(type="FeatSharpJitter")
+    default_downsampler = dict(type="AttentionDownsampler", **FEATSHARP)
+    min_jitters = 0  # the main view is always compared
+
     def __init__(self, embed_dim: int, factor: int, num_jitters: int = 5, jitter: Optional[dict] = None,
                  downsampler: Optional[dict] = None, uncertainty: Optional[dict] = dict(type="UncertaintyWeighting",
                                                                                        kernel_size=5, hidden=256),
                  seam_weight: float = 2.0, seam_band: int = 2):
-        super().__init__(embed_dim, factor)
-        if int(num_jitters) < 0:
-            raise ValueError(f"FeatSharpObjective: num_jitters must be >= 0, got {num_jitters!r}")
-        self.num_jitters = int(num_jitters)
-        self.jitter = TRANSFORMS.build(jitter or dict(type="FeatSharpJitter"))
-        down = downsampler or dict(type="AttentionDownsampler", kernel_size=9, padding=4, blur_size=5, blur_sigma=1.0,
-                                   logit_dropout=0.2, init_noise=0.01, dropout=0.0)
-        self.downsampler = MODELS.build(down, default_args=dict(dim=self.embed_dim, factor=self.factor))
+        super().__init__(embed_dim, factor, num_jitters, jitter, downsampler, phi_s=True)
         self.uncertainty = None if uncertainty is None else MODELS.build(uncertainty,
                                                                          default_args=dict(dim=self.embed_dim))
         self.seam_weight, self.seam_band = float(seam_weight), int(seam_band)
-        self.phi_s = PhiS(self.embed_dim)
 
-    # -- the space maps are compared in (PHI-S) ----------------------------------------------
-    def loss_space(self, x: torch.Tensor) -> torch.Tensor:
-        return self.phi_s(x.float())
-
-    @property
-    def calibrated(self) -> bool:
-        return self.phi_s.calibrated
-
-    def calibrate(self, feats: torch.Tensor) -> None:
-        self.phi_s.calibrate(feats)
-
-    def finish_calibration(self) -> None:
-        self.phi_s.finish_calibration()
-
-    # -- training ----------------------------------------------------------------------------
     def view_loss(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
                   seam: torch.Tensor) -> torch.Tensor:
         """pred, target (B, C, h, w); valid, seam (B, 1, h, w) -> the weighted loss of one view."""
@@ -103,8 +86,7 @@ class FeatSharpObjective(DistillObjective):
         # with the views, so only a correction of the targets can explain it away)
         err = (pred - target).square().mean(1, keepdim=True)
         if self.uncertainty is not None:
-            s = self.uncertainty.log_variance(target.detach())
-            err = torch.exp(-s) * err + s / 2
+            err = self.uncertainty.nll_map(err, target.detach())
         return (valid * seam * err).sum() / valid.sum().clamp_min(1.0)
 
     def losses(self, distiller, image: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -126,6 +108,3 @@ class FeatSharpObjective(DistillObjective):
             cell_seam = F.avg_pool2d(warped[:, -1:] * valid, u) / cell_valid.clamp_min(1e-6)
             total = total + self.view_loss(pred, target, cell_valid, cell_seam)
         return {"loss_mv": total / (1 + self.num_jitters)}
-
-    def val_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(self.loss_space(pred), self.loss_space(target))

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import torch
 
 from ...images import resize
-from .. import components  # noqa: F401  (registers the recipe's components)
+from ...ops.attention_downsampler import FEATUP as FEATUP_DOWNSAMPLER
 from ..components.uncertainty import FEATUP as FEATUP_UNCERTAINTY
 from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective
@@ -43,7 +43,8 @@ class FeatUpObjective(DistillObjective):
     Args:
         num_jitters: views per step (5).
         jitter: a registered view jitter (``TRANSFORMS``) with ``sample(hw)`` / ``apply(x, params)``.
-        downsampler: a registered learned downsampler (``MODELS``) built with ``dim`` and ``factor``.
+        downsampler: a registered learned downsampler (``MODELS``) built with ``dim`` and ``factor``
+            (default: the attention downsampler with FeatUp's settings, ``FEATUP``).
         feature_space: a registered map ``(B, D, H, W) -> same`` (``MODELS``).
         projection: a registered random projection (``MODELS``), ``None``: compare all D channels.
         uncertainty: a registered uncertainty weighting (``MODELS``) built with ``dim``, ``None``:
@@ -61,7 +62,7 @@ class FeatUpObjective(DistillObjective):
             raise ValueError(f"FeatUpObjective: num_jitters must be >= 1, got {num_jitters!r}")
         self.num_jitters = int(num_jitters)
         self.jitter = TRANSFORMS.build(jitter or dict(type="FeatUpJitter"))
-        self.downsampler = MODELS.build(downsampler or dict(type="FeatUpAttentionDownsampler"),
+        self.downsampler = MODELS.build(downsampler or dict(type="AttentionDownsampler", **FEATUP_DOWNSAMPLER),
                                         default_args=dict(dim=self.embed_dim, factor=self.factor))
         self.space = MODELS.build(feature_space or dict(type="ChannelNorm"))
         self.projection = MODELS.build(projection) if projection else None
@@ -81,7 +82,7 @@ class FeatUpObjective(DistillObjective):
 
     def losses(self, distiller, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         img = resize(image, distiller.student_size)
-        last = distiller.features(img)
+        last = distiller.last_layer_map(img)
         rec = crf = None
         for v in range(self.num_jitters):
             hr = self.space(distiller.student(img, image_hr=image, last=last))

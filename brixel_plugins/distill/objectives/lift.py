@@ -7,7 +7,6 @@ from typing import Dict, Optional
 import torch
 
 from ...images import resize
-from .. import components  # noqa: F401  (registers the scale, facet and colour components)
 from .. import losses as L
 from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective

@@ -8,36 +8,20 @@ from typing import Dict, Optional
 import torch
 
 from ...images import resize
-from ...ops.attention_downsampler import AttentionDownsampler
-from ...ops.phi_s import PhiS
+from ...ops.phi_s import PhiS, PhiSCalibration
 from .. import losses as L
 from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective
 
-MODELS.register_module(module=AttentionDownsampler)
 
-
-@TRANSFORMS.register_module()
-class HomographyJitter:
-    """Random views: ``jitter(n) -> (n, 3, 3)`` output->input homographies in normalised
-    coordinates: zoom-in 1..``max_zoom``, a crop position inside the image (``max_shift`` of the
-    room left), rotation within +-``max_rotate_deg``, perspective within +-``max_perspective``,
-    optional horizontal flip. Draws from the global torch RNG (re-seeded every training step)."""
-
-    def __init__(self, max_zoom: float = 1.8, max_shift: float = 1.0, max_rotate_deg: float = 10.0,
-                 max_perspective: float = 0.1, flip: bool = True):
-        self.kw = dict(max_zoom=float(max_zoom), max_shift=float(max_shift), max_rotate_deg=float(max_rotate_deg),
-                       max_perspective=float(max_perspective), flip=bool(flip))
-
-    def __call__(self, n: int) -> torch.Tensor:
-        return L.random_homographies(n, **self.kw)
-
-    def __repr__(self) -> str:
-        return f"HomographyJitter({', '.join(f'{k}={v}' for k, v in self.kw.items())})"
+def _with_default(cfg: Optional[dict], default: dict) -> dict:
+    """A component config: ``cfg`` if it names a ``type``, else ``default`` updated with it."""
+    cfg = dict(cfg or {})
+    return cfg if cfg.get("type") else {**default, **cfg}
 
 
 @MODELS.register_module()
-class MultiViewObjective(DistillObjective):
+class MultiViewObjective(PhiSCalibration, DistillObjective):
     """``losses``: the image at ``student_size`` is upsampled once, ``hr`` (B, D, f*h, f*w). For
     each of ``num_jitters`` random views (homography H): ``pred = downsampler(warp(hr, H))``
     (B, D, h, w) and ``target = target(warp(image, H))`` (the backbone on the jittered view);
@@ -45,9 +29,12 @@ class MultiViewObjective(DistillObjective):
 
     Args:
         num_jitters: views per image.
-        jitter: a registered view sampler (``TRANSFORMS``), default :class:`HomographyJitter`.
+        jitter: a registered view sampler (``TRANSFORMS``) with ``jitter(n)`` and ``warp(x, H)``,
+            default :class:`~brixel_plugins.distill.components.homography.HomographyJitter`;
+            a dict without ``type`` sets options of the default.
         downsampler: a registered learned downsampler (``MODELS``) built with ``dim`` and
-            ``factor``, default the attention downsampler (at init exactly average pooling).
+            ``factor``, default the attention downsampler (at init exactly average pooling);
+            a dict without ``type`` sets options of the default.
         phi_s: compare maps after PHI-S standardisation, fitted before training by the
             calibration pass (``PhiSStatsHook``). PHI-S is a rotation times one scalar alpha,
             so the MSE there is the feature-space MSE divided by the features' mean channel
@@ -58,34 +45,24 @@ class MultiViewObjective(DistillObjective):
     the same space, without views (deterministic).
     """
 
+    default_jitter = dict(type="HomographyJitter")
+    default_downsampler = dict(type="AttentionDownsampler")
+    min_jitters = 1
+
     def __init__(self, embed_dim: int, factor: int, num_jitters: int = 5, jitter: Optional[dict] = None,
                  downsampler: Optional[dict] = None, phi_s: bool = True):
         super().__init__(embed_dim, factor)
-        if int(num_jitters) < 1:
-            raise ValueError(f"MultiViewObjective: num_jitters must be >= 1, got {num_jitters!r}")
+        if int(num_jitters) < self.min_jitters:
+            raise ValueError(f"{type(self).__name__}: num_jitters must be >= {self.min_jitters}, got {num_jitters!r}")
         self.num_jitters = int(num_jitters)
-        self.jitter = TRANSFORMS.build(dict(type="HomographyJitter", **(jitter or {})) if not (jitter or {}).get("type")
-                                       else jitter)
-        down = dict(type="AttentionDownsampler", **(downsampler or {})) if not (downsampler or {}).get("type") \
-            else dict(downsampler)
-        self.downsampler = MODELS.build(down, default_args=dict(dim=self.embed_dim, factor=self.factor))
+        self.jitter = TRANSFORMS.build(_with_default(jitter, self.default_jitter))
+        self.downsampler = MODELS.build(_with_default(downsampler, self.default_downsampler),
+                                        default_args=dict(dim=self.embed_dim, factor=self.factor))
         self.phi_s = PhiS(self.embed_dim) if phi_s else None
 
-    # -- the space maps are compared in ------------------------------------------------------
     def loss_space(self, x: torch.Tensor) -> torch.Tensor:
+        """The space maps are compared in: PHI-S (float32), or the features as they are."""
         return self.phi_s(x.float()) if self.phi_s is not None else x
-
-    @property
-    def calibrated(self) -> bool:
-        return self.phi_s is None or self.phi_s.calibrated
-
-    def calibrate(self, feats: torch.Tensor) -> None:
-        if self.phi_s is not None:
-            self.phi_s.calibrate(feats)
-
-    def finish_calibration(self) -> None:
-        if self.phi_s is not None:
-            self.phi_s.finish_calibration()
 
     # -- training and validation -------------------------------------------------------------
     def losses(self, distiller, image: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -94,8 +71,8 @@ class MultiViewObjective(DistillObjective):
         total = hr.new_zeros(())
         for _ in range(self.num_jitters):
             hmat = self.jitter(img.shape[0]).to(img.device)
-            target = self.loss_space(distiller.target(L.warp(img, hmat)))
-            pred = self.downsampler(L.warp(hr, hmat))
+            target = self.loss_space(distiller.target(self.jitter.warp(img, hmat)[0]))
+            pred = self.downsampler(self.jitter.warp(hr, hmat)[0])
             total = total + L.mse(pred, target)
         return {"loss_mv": total / self.num_jitters}
 

@@ -10,6 +10,10 @@ Files the variants read (change them with ``model.backbone.net.weights=...`` and
 - DINOv3: ``checkpoints/dinov3_<arch>_pretrain_lvd1689m-<hash>.pth`` (Meta's file names);
 - upsamplers: ``work_dirs/<method>_<arch>/best_upsampler.safetensors`` (tools/distill.py's
   export for configs/distill/<method>_<arch>.py); bilinear has no weights.
+
+The dense map's stride is the config's, not the file's (``DENSE_FACTOR``): 4 for BRIXEL and
+bilinear, 8 for LiFT, JBU and FeatSharp. A file at another factor is refused, except a JBU stack,
+whose first layers serve (the JBU recipe distils 16x = four 2x layers; the first is the 2x JBU).
 """
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
@@ -56,15 +60,18 @@ def dinov3_file(arch):
     return f"checkpoints/dinov3_{arch}_pretrain_lvd1689m-{ARCHS[arch].hash_suffix}.pth"
 
 
+# upsampling factor of each variant: dense map at stride 16 / factor (4 or 8, as documented)
+DENSE_FACTOR = dict(bilinear=4, brixel=4, lift=2, jbu=2, featsharp=2)
+
+
 def use_dinov3(model, arch, upsampler=None, square_pad=1024):
     """Put frozen DINOv3 ``arch`` + ``upsampler`` (a registered name, or None for plain ViTDet)
     under ``model``'s ViTDet pyramid, keeping the pyramid's stock settings (256 channels, LN,
     LastLevelMaxPool top block)."""
     net = dict(arch=arch, weights=dinov3_file(arch), autocast="bf16")
-    if upsampler == "bilinear":
-        net["upsampler"] = dict(type="bilinear", factor=4)
-    elif upsampler is not None:  # the factor is the file's (distilled: brixel 4; lift, jbu, featsharp 2)
-        net["upsampler"] = dict(type=upsampler)
+    if upsampler is not None:
+        net["upsampler"] = dict(type=upsampler, factor=DENSE_FACTOR[upsampler])
+    if upsampler not in (None, "bilinear"):
         net["upsampler_weights"] = f"work_dirs/{upsampler}_{arch}/best_upsampler.safetensors"
     backbone = model.backbone
     if upsampler is None:

@@ -26,7 +26,12 @@ dataloader.train.mapper.image_format = "RGB"
 dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 0
 dataloader.test.dataset.names = L(toy_instances)(split="val")
-dataloader.test.mapper.augmentations = []
+# pictures of any size fit the square padding, as at COCO's 1024: the longest side goes to
+# model.backbone.square_pad (image_size; the toy images have it already, other pictures, e.g.
+# tools/d2_infer.py's, are resized), and follows it when square_pad is overridden
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length="${model.backbone.square_pad}", max_size="${model.backbone.square_pad}"),
+]
 dataloader.test.num_workers = 0
 
 model.roi_heads.num_classes = 4

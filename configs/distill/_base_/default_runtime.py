@@ -34,9 +34,12 @@ custom_hooks = [dict(type='ExportUpsamplerHook')]
 visualizer = dict(type='Visualizer',
                   vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
 
-# used only when launched distributed; every trainable parameter reaches the loss
-# (tests/test_trainable_parameters.py), so DDP needs no search for unused ones
-model_wrapper_cfg = dict(type='brixel_plugins.DistillDDP', find_unused_parameters=False)
+# used only when launched distributed (torchrun ... --launcher pytorch; N GPUs or N CPU processes):
+# device ids from the model's device, the frozen DINOv3 out of the gradient buckets, no search for
+# unused parameters (every trainable one reaches the loss: tests/test_trainable_parameters.py),
+# BatchNorm synchronised over the global batch on CUDA as in the BRIXEL release (torch has no
+# SyncBatchNorm on the CPU: there each process normalises its own batch)
+model_wrapper_cfg = dict(type='FrozenBackboneDDP', find_unused_parameters=False, sync_bn=True)
 
 val_cfg = dict(type='ValLoop')
 val_evaluator = dict(type='DistillMetric')

@@ -18,4 +18,11 @@ default_hooks = dict(
                     save_best='mIoU', rule='greater', backend_args=dict(backend='atomic_local')),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
-custom_hooks = [dict(type='NonFiniteLossHook')]
+# LabelRangeHook: a label outside the model's classes stops the run naming its file, before the model sees it
+custom_hooks = [dict(type='NonFiniteLossHook'), dict(type='LabelRangeHook')]
+# multi-GPU / multi-node (torchrun ... --launcher pytorch): device ids from the model's device (N CPU
+# processes run on gloo too), the frozen DINOv3 and a frozen upsampler out of the gradient buckets, no
+# unused-parameter search, BN -> SyncBN on CUDA (torch's SyncBatchNorm has no CPU kernel: on the CPU
+# each process normalises its own batch and rank 0's running statistics are saved)
+model_wrapper_cfg = dict(type='FrozenBackboneDDP', broadcast_buffers=False, find_unused_parameters=False,
+                         sync_bn=True)

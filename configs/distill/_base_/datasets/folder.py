@@ -4,9 +4,10 @@
 # Optional: train_dataloader.dataset.list_file=FILE (one path per line, relative to root);
 # a separate validation folder with --val-root DIR; otherwise `num_val` images (an int, or a
 # fraction < 1) of the folder are held out, the same split for train and val (split_seed).
-# Images arrive at `size` px (the teacher resolution); small ones are padded, then resized to
-# cover and centre-cropped as in the BRIXEL release (crop='center'); crop='random' instead takes
-# a random square of scale x the short side and a random horizontal flip.
+# Images arrive at `size` px (the teacher resolution). crop='center': images smaller than that on
+# both sides are padded to a square, then the centred square of the short side is resized to it;
+# crop='random' takes a random square of scale x the short side and a random horizontal flip; a
+# release's own policy is a dict (the BRIXEL configs: dict(type='BrixelReleaseCanvas')).
 data_root = 'data/distill'
 num_val = 0.01
 image_size = 1024

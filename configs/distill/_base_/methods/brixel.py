@@ -21,7 +21,7 @@ model = dict(
 train_dataloader = dict(batch_size=16, dataset=dict(size=1024, crop=dict(_delete_=True, type='BrixelReleaseCanvas')))
 val_dataloader = dict(dataset=dict(size=1024, crop=dict(_delete_=True, type='BrixelReleaseCanvas')))
 
-optim_wrapper = dict(type='OptimWrapper', constructor='DistillOptimWrapperConstructor',
+optim_wrapper = dict(type='OptimWrapper', constructor='TrainableOptimWrapperConstructor',
                      optimizer=dict(type='Adam', lr=1e-4, weight_decay=0.0))
 # 1e-4 for epoch 0, x10 = 1e-3 from the first iteration of epoch 1 (MultiStepLR's milestone, converted
 # to iterations, takes effect at iteration epoch_length; ConstantLR(end=1) would switch one early)

@@ -27,11 +27,11 @@ train_dataloader = dict(batch_size=4, dataset=dict(size=student_size * factor, c
 val_dataloader = dict(dataset=dict(size=student_size * factor))
 
 optim_wrapper = dict(
-    type='WarmupClipOptimWrapper', constructor='ParamGroupsOptimWrapperConstructor',
+    type='WarmupClipOptimWrapper', constructor='TrainableOptimWrapperConstructor',
     optimizer=dict(type='NAdam', lr=5e-4),
     clip_grad=dict(max_norm=5.0), warmup_max_norm=1e-4, warmup_steps=10,
     paramwise_cfg=dict(groups=[
-        dict(pattern=r'parametrizations\.weight\.0\.(parts\.\d+\.)?scale$', lr=5e-5, weight_decay=0.01),
+        dict(pattern=r'parametrizations\.weight\.0\.(parts\.\d+\.)?sn_scale$', lr=5e-5, weight_decay=0.01),
         dict(pattern=r'^upsampler\.jbu\.', lr=1e-4),
         dict(pattern=r'^objective\.uncertainty\.', lr=1e-5),
     ]))

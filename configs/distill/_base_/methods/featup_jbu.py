@@ -21,8 +21,8 @@ model = dict(
     objective=dict(
         type='FeatUpObjective', num_jitters=5,
         jitter=dict(type='FeatUpJitter', max_pad=20, max_zoom=2.0, zoom_prob=0.5, flip=True),
-        downsampler=dict(type='FeatUpAttentionDownsampler', blur_size=5, blur_sigma=1.0, dropout=0.2,
-                         logit_mask=0.2, init_noise=0.01),
+        downsampler=dict(type='AttentionDownsampler', blur_size=5, blur_sigma=1.0, dropout=0.2,
+                         logit_dropout=0.2, init_noise=0.01, init='featup'),  # kernel = stride = factor
         feature_space=dict(type='ChannelNorm'),
         projection=dict(type='RandomProjection', dim=30),
         uncertainty=dict(type='UncertaintyWeighting', kernel_size=1, hidden=None, log_variance_scale=2.0,
@@ -38,7 +38,7 @@ train_dataloader = dict(batch_size=4, dataset=dict(size=student_size, crop=dict(
 val_dataloader = dict(batch_size=1, dataset=dict(size=student_size * factor, crop=dict(_delete_=True, type='ShortSideCentreCrop')))
 
 # one learning rate for upsampler, downsampler and uncertainty net; clip 1e-4 for 10 steps, then none
-optim_wrapper = dict(type='WarmupClipOptimWrapper', constructor='DistillOptimWrapperConstructor',
+optim_wrapper = dict(type='WarmupClipOptimWrapper', constructor='TrainableOptimWrapperConstructor',
                      optimizer=dict(type='NAdam', lr=1e-3),
                      clip_grad=dict(max_norm=float('inf')), warmup_max_norm=1e-4, warmup_steps=10)
 param_scheduler = []

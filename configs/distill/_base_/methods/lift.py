@@ -21,7 +21,7 @@ model = dict(
 train_dataloader = dict(batch_size=256, num_workers=8, dataset=dict(size=448, crop=dict(_delete_=True, type='SquashResize')))
 val_dataloader = dict(batch_size=16, dataset=dict(size=448, crop=dict(_delete_=True, type='SquashResize')))
 
-optim_wrapper = dict(type='OptimWrapper', constructor='DistillOptimWrapperConstructor',
+optim_wrapper = dict(type='OptimWrapper', constructor='TrainableOptimWrapperConstructor',
                      optimizer=dict(type='Adam', lr=1e-3, weight_decay=0.0))
 param_scheduler = []
 train_cfg = dict(type='DistillLoop', max_epochs=5, val_interval=1000)

@@ -6,12 +6,19 @@ generate = dict(num_train=64, num_val=16, size=128, seed=0)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
+    dict(type='CheckLabelMap'),  # the label map has its image's size, or the file is named
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
-test_pipeline = [
+val_pipeline = [  # scoring (val and test dataloaders, tools/test.py)
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
+    dict(type='CheckLabelMap'),  # the label map has its image's size, or the file is named
+    dict(type='PackSegInputs'),
+]
+# what mmseg's inference API (init_model + inference_model, tools/infer.py) runs on a picture
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(
@@ -27,7 +34,7 @@ val_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(type=dataset_type, data_root=data_root, generate=generate,
                  data_prefix=dict(img_path='img_dir/val', seg_map_path='ann_dir/val'),
-                 pipeline=test_pipeline))
+                 pipeline=val_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator

@@ -5,21 +5,38 @@ crop_size = (256, 256)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
+    dict(type='CheckLabelMap'),  # the label map has its image's size, or the file is named
     dict(type='ResizeShortestEdge', scale=256, max_size=100000),
     dict(type='CenterCrop', crop_size=crop_size),
     dict(type='PackSegInputs'),
 ]
-test_pipeline = [
+val_pipeline = [  # the scoring protocol (val and test dataloaders, tools/test.py)
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
+    dict(type='CheckLabelMap'),  # the label map has its image's size, or the file is named
     dict(type='ResizeShortestEdge', scale=256, max_size=100000),
     dict(type='CenterCrop', crop_size=crop_size),
     dict(type='ResetOriShape'),
     dict(type='PackSegInputs'),
 ]
+# what mmseg's inference API (init_model + inference_model, MMSegInferencer, tools/infer.py)
+# runs on a picture: the protocol's scale, no crop; the map is resized back to the whole picture
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='ResizeShortestEdge', scale=256, max_size=100000),
+    dict(type='PackSegInputs'),
+]
+# tools/test.py --tta: the protocol (centre crop, scored there) averaged over a horizontal flip
+# (mmseg's dataset base would switch to its own multi-scale protocol)
+tta_pipeline = val_pipeline[:-1] + [
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='PackSegInputs')]]),
+]
 train_dataloader = dict(
     batch_size=32,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=val_pipeline))
 test_dataloader = val_dataloader

@@ -2,7 +2,8 @@
 # readout of the DINOv3 and BRIXEL evaluation protocols. Only the head trains (and the upsampler
 # with backbone.train_upsampler=True).
 _base_ = ['./dinov3_featurizer.py']
-norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN for multi-GPU runs
+# BN: SyncBN in multi-GPU runs (default_runtime's model_wrapper_cfg converts it on CUDA)
+norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     backbone=dict(train_upsampler=False),
     decode_head=dict(

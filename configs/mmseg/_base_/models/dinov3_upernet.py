@@ -2,7 +2,7 @@
 # heads. The backbone returns (dense map at stride 16/f, then the stride-16 layers of out_indices);
 # with a 4x upsampler, neck scales (1, 2, 1, 0.5) make the pyramid strides 4, 8, 16, 32.
 _base_ = ['./dinov3_featurizer.py']
-norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN for multi-GPU runs
+norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN in multi-GPU runs (default_runtime's model_wrapper_cfg)
 model = dict(
     backbone=dict(out_indices=(5, 8, 11)),
     neck=dict(type='MultiLevelNeck', in_channels=[384] * 4, out_channels=384, scales=[1, 2, 1, 0.5]),

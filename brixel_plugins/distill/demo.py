@@ -1,0 +1,174 @@
+"""The distillation demo's protocol and its train-and-score routine, shared by ``tools/demo.py``
+(the demo table) and ``tools/compare_recipes.py`` (release recipe vs ours).
+
+The protocol is the same for every recipe, so a table compares like with like: the upsampler
+sees the image at ``STUDENT`` = 96 px (a 6x6 token grid) and must predict what DINOv3 (ViT-S)
+computes from the same image at ``TEACHER`` = 384 px (24x24 tokens), i.e. 4x; the photos
+``HELD_OUT`` (chelsea, coffee, rocket) are the validation folder, the other photos bundled with
+scikit-image the training folder (:func:`photo_folders`). A recipe is a distillation config
+(``configs/distill/demo/<method>.py``) holding the method's own recipe and a ``demo`` block
+with the demo's knobs::
+
+    demo = dict(label='LiFT', iters=200, batch_size=2, train_crop='random')
+
+(``train_crop``: the training crop policy, default random crops of 0.4 to all of the short side
+and flips). :func:`demo_config` applies the protocol to it; :func:`distil` trains it through
+the same code path as ``tools/distill.py`` (mmengine Runner, a training and a validation folder)
+and :func:`score` reads the held-out numbers of the best checkpoint (lowest validation loss).
+"""
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+import shutil
+import time
+import uuid
+from typing import List, Optional, Sequence, Tuple
+
+from ..images import skimage_photo_files
+
+STUDENT, TEACHER = 96, 384  # px: 6x6 tokens in, DINOv3's 24x24 map at 384 px out (4x)
+HELD_OUT = ("chelsea.png", "coffee.png", "rocket.jpg")
+ARCH = "vits16"
+
+
+def photo_folders(root: str) -> Tuple[str, str]:
+    """Link scikit-image's bundled photos into ``root/train`` and ``root/val`` (``HELD_OUT``):
+    the demo reads them the way a user's run reads a training and a validation folder."""
+    if osp.isdir(root):
+        shutil.rmtree(root)
+    train, val = osp.join(root, "train"), osp.join(root, "val")
+    os.makedirs(train), os.makedirs(val)
+    for f in skimage_photo_files():
+        os.symlink(f, osp.join(val if osp.basename(f) in HELD_OUT else train, osp.basename(f)))
+    return train, val
+
+
+def demo_config(path: str, weights: Optional[str], train_dir: str, val_dir: str, work_dir: str,
+                iters: Optional[int] = None, validations: int = 3):
+    """The recipe at ``path`` under the demo protocol: ViT-S (``weights``, None = random init),
+    96 px student, 384 px teacher, the photo folders, ``iters`` iterations (default the recipe's
+    ``demo.iters``), ``validations`` evenly spaced validations (the last at the end), one
+    resumable checkpoint at the end (the best weights are ``best_upsampler.safetensors``)."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(path)
+    if "demo" not in cfg:
+        raise ValueError(f"{path} is not a demo recipe: it has no demo=dict(label=..., iters=..., batch_size=...)")
+    iters = int(iters or cfg.demo.iters)
+    data = dict(root=train_dir, val_root=val_dir, size=TEACHER)
+    cfg.merge_from_dict({
+        "model.backbone": dict(arch=ARCH, weights=weights, autocast="bf16"),
+        "model.teacher_size": TEACHER, "model.student_size": STUDENT,
+        "train_dataloader": dict(batch_size=cfg.demo.batch_size, num_workers=0, persistent_workers=False,
+                                 dataset=dict(data, split="train", crop=cfg.demo.get("train_crop", "random"),
+                                              scale=(0.4, 1.0))),
+        "val_dataloader": dict(batch_size=1, num_workers=0, persistent_workers=False,
+                               dataset=dict(data, split="val", crop="center")),
+        "train_cfg": dict(_delete_=True, type="DistillLoop", max_iters=iters,
+                          val_interval=max(1, iters // int(validations))),
+        "default_hooks.checkpoint.interval": iters, "default_hooks.checkpoint.save_best": None,
+        "default_hooks.logger.interval": 25,
+        "visualizer.vis_backends": [dict(type="LocalVisBackend")],
+        "env_cfg.dist_cfg.backend": "gloo",
+    })
+    cfg.work_dir = work_dir
+    cfg.experiment_name = f"demo_{osp.basename(work_dir)}_{uuid.uuid4().hex[:6]}"
+    cfg.log_level = "WARNING"
+    return cfg
+
+
+def distil(cfg):
+    """Train ``cfg`` in a fresh ``cfg.work_dir`` (no stale checkpoints or best-model files);
+    returns (runner, seconds including validation)."""
+    from .runner import DistillRunner
+
+    if osp.isdir(cfg.work_dir):
+        shutil.rmtree(cfg.work_dir)
+    runner = DistillRunner.from_cfg(cfg)
+    t0 = time.time()
+    runner.train()
+    return runner, time.time() - t0
+
+
+def best_validation(work_dir: str) -> dict:
+    """The validation row of the best checkpoint (lowest validation loss)."""
+    with open(osp.join(work_dir, "val_metrics.json")) as f:
+        return min(json.load(f), key=lambda h: h["loss"])
+
+
+def score(runner, seconds: float) -> dict:
+    """The held-out numbers of the run's best checkpoint, beside bilinear on the same images
+    (cosine, relative L1, fidelity and the recipe's own validation loss)."""
+    work = runner.work_dir
+    best = best_validation(work)
+    return dict(
+        cosine=best["upsampler/cosine"], rel_l1=best["upsampler/rel_l1"], fidelity=best["upsampler/fidelity"],
+        val_loss=best["loss"], best_iteration=int(best["iteration"]), iterations=int(runner.max_iters),
+        seconds=round(seconds, 1),
+        bilinear=dict(cosine=best["bilinear/cosine"], rel_l1=best["bilinear/rel_l1"],
+                      fidelity=best["bilinear/fidelity"], val_loss=best["bilinear_loss"]),
+        objective=runner.model.objective_cfg, student_px=STUDENT, teacher_px=TEACHER,
+        weights=osp.join(work, "best_upsampler.safetensors"))
+
+
+def not_better_than_bilinear(rows: Sequence[Tuple[str, dict]]) -> List[str]:
+    """The labels whose row does not beat bilinear on every column (cosine, rel. L1, fidelity)."""
+    return [label for label, r in rows
+            if not (r["cosine"] > r["bilinear"]["cosine"] and r["rel_l1"] < r["bilinear"]["rel_l1"]
+                    and r["fidelity"] > r["bilinear"]["fidelity"])]
+
+
+def table(rows: Sequence[Tuple[str, dict]]) -> str:
+    """One row per (label, :func:`score`) and one for bilinear (the same 96 px input for every
+    recipe); the val loss is each recipe's objective, beside the same objective's value for bilinear."""
+    width = max(10, *(len(label) + 1 for label, _ in rows))
+    head = (f"{'':<{width}}{'cosine':>9}{'rel L1':>9}{'fidelity':>10}{'val loss':>11}{'(bilinear)':>11}"
+            f"   {'iters':>6}{'seconds':>9}")
+    lines = [head]
+    for label, r in rows:
+        lines.append(f"{label:<{width}}{r['cosine']:>9.4f}{r['rel_l1']:>9.4f}{r['fidelity']:>10.4f}"
+                     f"{r['val_loss']:>11.4f}{r['bilinear']['val_loss']:>11.4f}   {r['iterations']:>6d}"
+                     f"{r['seconds']:>9.0f}")
+    b = rows[0][1]["bilinear"]
+    lines.append(f"{'bilinear':<{width}}{b['cosine']:>9.4f}{b['rel_l1']:>9.4f}{b['fidelity']:>10.4f}")
+    return "\n".join(lines)
+
+
+def pca_picture(runs: Sequence[Tuple[str, object]], val_dir: str, path: str) -> str:
+    """The PCA picture of the held-out photos: one row per photo, one column per run's best
+    weights (``runs``: (label, runner) pairs, all on the same backbone), beside DINOv3 low/high-res."""
+    import torch
+
+    from ..io import load_upsampler
+    from ..pca_figure import pca_figure
+
+    (first_label, first), *others = runs
+    backbone = first.model.backbone
+    for label, runner in others:  # every run seeds the same backbone init; the picture relies on it
+        other = runner.model.backbone.state_dict()
+        if any(not torch.equal(v, other[k]) for k, v in backbone.state_dict().items()):
+            raise RuntimeError(f"the {label} run built a different backbone than the {first_label} run")
+    ups = [(label, load_upsampler(osp.join(runner.work_dir, "best_upsampler.safetensors"), backbone.spec).eval())
+           for label, runner in runs]
+    photos = [osp.join(val_dir, f) for f in sorted(os.listdir(val_dir))]
+    return pca_figure(photos, backbone, ups, path, size=STUDENT, hr_size=TEACHER)
+
+
+def ensure_weights(path: str, root: str, method: str = "brixel") -> None:
+    """Run the distillation demo for ``method`` (``tools/demo.py`` under ``root``) unless its
+    best weights ``path`` exist: the segmentation and detection demos start from them."""
+    import subprocess
+    import sys
+
+    if osp.isfile(path):
+        return
+    print(f"No {method} weights at {path}: running the distillation demo first (tools/demo.py --methods {method})",
+          flush=True)
+    subprocess.run([sys.executable, osp.join(root, "tools", "demo.py"), "--methods", method], cwd=root, check=True)
+
+
+def demo_weights(root: str, method: str = "brixel") -> str:
+    """Where the distillation demo writes ``method``'s best weights under the repository ``root``."""
+    return osp.join(root, "work_dirs", "demo", method, "best_upsampler.safetensors")

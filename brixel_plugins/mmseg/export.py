@@ -1,0 +1,89 @@
+"""MMSegmentation models to and from the self-contained files of :mod:`brixel_plugins.export`."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import torch
+
+from ..checkpoints import load_checkpoint_file, refuse_or_warn, state_dict_problems
+from ..export import check_loaded, dinov3_reference, find_dinov3, write_model_file
+from ..weight_files import config_folder
+
+PathLike = Union[str, Path]
+# what inference needs of a config: the model, its scope and the pipelines inference_model runs
+INFERENCE_KEYS = ("default_scope", "model", "test_pipeline", "tta_model", "tta_pipeline")
+
+
+def load_trained(config: PathLike, checkpoint: PathLike, device: Union[str, torch.device] = "cpu"):
+    """The segmentor of ``config`` with the weights of ``checkpoint`` (of tools/train.py or mmseg's
+    train.py), checked like every load here (training record, shapes, keys). ``(model, cfg, checkpoint)``."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from . import DINOv3Featurizer  # noqa: F401  registers our components
+
+    cfg = Config.fromfile(str(config))
+    init_default_scope(cfg.get("default_scope", "mmseg"))
+    with config_folder(config):
+        model = MODELS.build(cfg.model)
+    ckpt = load_checkpoint_file(str(checkpoint))
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt.get("state_dict", ckpt).items()}
+    refuse_or_warn(state_dict_problems(model.state_dict(), state), f"checkpoint {checkpoint} does not fit {config}")
+    model.load_state_dict(state, strict=False)  # what is missing was refused above, or asked for
+    return model.to(device).eval(), cfg, ckpt
+
+
+def export_checkpoint(config: PathLike, checkpoint: PathLike, out: PathLike) -> Path:
+    """Write the model of ``config`` + ``checkpoint`` as one file (DINOv3 by reference)."""
+    model, cfg, ckpt = load_trained(config, checkpoint)
+    featurizer = model.backbone
+    record = featurizer.training_record()
+    up = featurizer.upsampler.for_export()  # e.g. spectral reparametrisation baked into plain weights
+    tensors = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    tensors.update({f"backbone.featurizer.upsampler.{k}": v for k, v in up.state_dict().items()})
+    inference = {k: cfg[k] for k in INFERENCE_KEYS if k in cfg}
+    inference = json.loads(json.dumps(_plain_config(inference)))
+    dinov3 = dinov3_reference(record, "model.backbone.weights")
+    inference["model"]["backbone"].update(weights=dinov3["weights"], train_upsampler=False,
+                                          upsampler={"type": up.method, **json.loads(json.dumps(up.config))})
+    dataset_meta = (ckpt.get("meta") or {}).get("dataset_meta") or getattr(model, "dataset_meta", None)
+    return write_model_file(out, tensors, {
+        "framework": "mmseg", "config": inference, "dinov3": dinov3, "record": record,
+        "dataset_meta": json.loads(json.dumps(dataset_meta)) if dataset_meta else None,
+        "source": {"config": str(config), "checkpoint": str(checkpoint)}})
+
+
+def _plain_config(obj: Any) -> Any:
+    """mmengine ConfigDicts as plain dicts and lists (JSON-able)."""
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, dict):
+        return {k: _plain_config(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain_config(v) for v in obj]
+    return obj
+
+
+def build_exported(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path: PathLike,
+                   device: Union[str, torch.device] = "cpu"):
+    """The segmentor of an export, as ``mmseg.apis.init_model`` returns one (``cfg``, ``dataset_meta``)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from . import DINOv3Featurizer  # noqa: F401  registers our components
+
+    cfg = Config(meta["config"])  # plain data, never executed
+    cfg.model.backbone.weights = find_dinov3(meta)
+    init_default_scope(cfg.get("default_scope", "mmseg"))
+    with warnings.catch_warnings():  # the upsampler is built untrained, then gets the file's weights
+        warnings.filterwarnings("ignore", message=r".*has no fitted statistics.*")
+        model = MODELS.build(cfg.model)
+    check_loaded(model.load_state_dict(tensors, strict=False), path)
+    model.cfg = cfg
+    model.dataset_meta = meta.get("dataset_meta") or {}
+    return model.to(device).eval()

@@ -1,0 +1,6 @@
+# JBU release + the start from bilinear interpolation.
+_base_ = ['./jbu_release.py']
+
+model = dict(upsampler=dict(zero_start=True))
+
+demo = dict(label='  + zero start')

@@ -1,0 +1,316 @@
+"""Inference on pictures, the frameworks' way: tools/infer.py (mmseg's init_model /
+inference_model) and tools/d2_infer.py (LazyPredictor) on checkpoints trained here for two
+iterations of the tiny toy configs, on a folder of pictures of mixed sizes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+if os.environ.get("BRIXEL_REQUIRE_STACK") != "1":
+    pytest.importorskip("mmseg", reason="install with the [mmseg] extra (make test does)")
+    pytest.importorskip("detectron2", reason="scripts/setup_env.sh installs detectron2")
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import RUNNERS, DefaultScope  # noqa: E402
+
+from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MMSEG_TOY = ROOT / "configs" / "mmseg" / "linear" / "linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.py"
+ADE_256 = ROOT / "configs" / "mmseg" / "linear" / "linear_dinov3-vits16-bilinear_1xb32-40e_ade20k-256x256.py"
+D2_TOY = ROOT / "configs" / "d2" / "toy" / "mask_rcnn_dinov3_vits16_bilinear_toy.py"
+SIZES = {"square": (64, 64), "odd": (50, 61), "wide/tall": (150, 100)}  # (H, W); a sub-folder too
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """A folder of photos of mixed sizes (one not a multiple of 16, one in a sub-folder, a JPEG)."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("pictures")
+    photo = Image.fromarray(data.astronaut())
+    for name, (h, w) in SIZES.items():
+        path = folder / (name + (".jpg" if name == "odd" else ".png"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo.resize((w, h)).save(path)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dinov3_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dinov3") / "tiny_dinov3.pth"
+    torch.save(make_tiny_backbone().model.state_dict(), path)
+    return str(path)
+
+
+def run(*args, cwd=ROOT):
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+    return r
+
+
+# -- MMSegmentation ------------------------------------------------------------------------------
+def tiny_mmseg(path, dinov3_file) -> Config:
+    cfg = Config.fromfile(path)
+    cfg.model.backbone.update(weights=dinov3_file, **TINY_DIMS)
+    cfg.model.decode_head.in_channels = TINY["embed_dim"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def mmseg_checkpoint(tmp_path_factory, dinov3_file):
+    """The toy config (tiny DINOv3 file) trained for 2 iterations; its config dumped beside it."""
+    from brixel_plugins.toydata.segmentation import write_toy_segmentation
+
+    work = tmp_path_factory.mktemp("mmseg")
+    root = str(write_toy_segmentation(work / "toy", num_train=4, num_val=2, size=64))
+    cfg = tiny_mmseg(MMSEG_TOY, dinov3_file)
+    data = dict(data_root=root, generate=None)
+    cfg.merge_from_dict({"train_dataloader.batch_size": 2, "train_dataloader.dataset": data,
+                         "val_dataloader.dataset": data, "test_dataloader.dataset": data,
+                         "train_cfg.max_iters": 2, "train_cfg.val_interval": 2,
+                         "default_hooks.checkpoint.interval": 2, "default_hooks.checkpoint.save_best": None})
+    cfg.work_dir = str(work / "run")
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        RUNNERS.build(cfg).train()
+    config = work / "toy_tiny.py"
+    cfg.dump(str(config))
+    return str(config), str(work / "run" / "iter_2.pth")
+
+
+def test_infer_tool_writes_picture_sized_maps_and_overlays(mmseg_checkpoint, pictures, tmp_path):
+    from brixel_plugins.toydata.segmentation import PALETTE
+
+    config, checkpoint = mmseg_checkpoint
+    out = tmp_path / "out"
+    r = run(ROOT / "tools" / "infer.py", config, checkpoint, pictures, "--out-dir", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "[3/3]" in r.stdout and str(out / "overlays") in r.stdout
+    for name, (h, w) in SIZES.items():
+        picture = np.asarray(Image.open(next(pictures.glob(name + ".*"))).convert("RGB"))
+        classes = Image.open(out / "maps" / f"{name}.png")
+        assert classes.mode == "P" and classes.size == (w, h)
+        assert np.asarray(classes).max() < len(PALETTE)
+        palette = np.array(classes.getpalette()[:3 * len(PALETTE)]).reshape(-1, 3)
+        assert (palette == np.array(PALETTE)).all()  # the dataset's colours
+        drawn = np.asarray(Image.open(out / "overlays" / f"{name}.png"))
+        assert drawn.shape == (h, w, 3) and not np.array_equal(drawn, picture)
+
+
+def test_infer_tool_refuses_what_it_cannot_do(mmseg_checkpoint, tmp_path):
+    config, checkpoint = mmseg_checkpoint
+    tool = load_tool("infer")
+    with pytest.raises(SystemExit, match="no such image file"):
+        tool.main([config, checkpoint, str(tmp_path / "nothing*.png"), "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="defines no test-time augmentation"):
+        tool.main([config, checkpoint, str(ROOT / "README.md"), "--out-dir", str(tmp_path), "--tta"])
+    with pytest.raises(SystemExit):  # argparse: no pictures
+        tool.main([config, checkpoint, "--out-dir", str(tmp_path)])
+    (tmp_path / "broken.png").write_text("not a picture")
+    with pytest.raises(SystemExit, match="cannot read .*broken.png"):
+        tool.main([config, checkpoint, str(tmp_path / "broken.png"), "--out-dir", str(tmp_path)])
+
+
+def test_tta_averages_flips_of_the_whole_picture(mmseg_checkpoint):
+    from brixel_plugins.mmseg.inference import load_segmentor, predict
+
+    config, checkpoint = mmseg_checkpoint
+    cfg = Config.fromfile(config)
+    cfg.tta_model = dict(type="SegTTAModel")
+    cfg.tta_pipeline = [dict(type="LoadImageFromFile"), dict(type="TestTimeAug", transforms=[
+        [dict(type="RandomFlip", prob=0.0, direction="horizontal"),
+         dict(type="RandomFlip", prob=1.0, direction="horizontal")],
+        [dict(type="LoadAnnotations")], [dict(type="PackSegInputs")]])]
+    image = np.random.default_rng(0).integers(0, 256, (50, 61, 3), dtype=np.uint8)
+    plain = predict(load_segmentor(cfg, checkpoint), image)
+    tta = predict(load_segmentor(cfg, checkpoint, tta=True), image)
+    assert plain.shape == tta.shape == (50, 61)
+
+
+def test_protocol_config_predicts_whole_pictures_and_scores_its_crop(dinov3_file):
+    """The ADE20K 256 protocol: inference_model returns a map of the whole 400 x 600 picture (it
+    returned the 256 x 256 centre crop before); the val/test loaders keep the crop and its
+    scoring, and --tta adds a flip to that protocol instead of mmseg's multi-scale one."""
+    from mmseg.apis import inference_model, init_model
+
+    from brixel_plugins.mmseg.inference import load_segmentor
+
+    cfg = tiny_mmseg(ADE_256, dinov3_file)
+    cfg.model.backbone.weights = None  # the head is untrained anyway: the shapes are the point
+    model = init_model(cfg, None, device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (400, 600, 3), dtype=np.uint8)
+    result = inference_model(model, image)
+    assert tuple(result.pred_sem_seg.shape) == (400, 600)
+    types = [t["type"] for t in cfg.test_dataloader.dataset.pipeline]
+    assert types[-3:] == ["CenterCrop", "ResetOriShape", "PackSegInputs"]
+    tta = [t["type"] for t in cfg.tta_pipeline]
+    assert tta[-3:] == ["CenterCrop", "ResetOriShape", "TestTimeAug"]
+    assert [f["prob"] for f in cfg.tta_pipeline[-1]["transforms"][0]] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="CenterCrop, ResetOriShape: its predictions cover a crop"):
+        load_segmentor(cfg, "unused.pth", tta=True)
+
+
+def test_protocol_tta_scores_the_protocols_crop(dinov3_file, tmp_path):
+    """tools/test.py --tta on the ADE20K 256 protocol: the flipped and unflipped 256 x 256 centre
+    crops of a 300 x 400 picture, averaged, scored against the label map cropped the same way."""
+    from mmengine.dataset import Compose, pseudo_collate
+    from mmseg.registry import MODELS
+
+    cfg = tiny_mmseg(ADE_256, dinov3_file)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray(np.random.default_rng(1).integers(0, 151, (300, 400), dtype=np.uint8)).save(tmp_path / "a.png")
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        data = Compose(cfg.tta_pipeline)(dict(img_path=str(tmp_path / "a.jpg"), seg_map_path=str(tmp_path / "a.png"),
+                                              reduce_zero_label=True, seg_fields=[]))
+        model = MODELS.build(dict(cfg.tta_model, module=cfg.model)).eval()
+        with torch.no_grad():
+            result = model.test_step(pseudo_collate([data]))[0]
+    assert [s.metainfo["flip"] for s in data["data_samples"]] == [False, True]
+    assert tuple(result.pred_sem_seg.shape) == tuple(result.gt_sem_seg.shape) == (256, 256)
+
+
+def test_exported_model_file_predicts_like_its_checkpoint(mmseg_checkpoint, dinov3_file, tmp_path, monkeypatch):
+    """tools/export_model.py's one file (DINOv3 by reference) gives the same maps as config + checkpoint."""
+    monkeypatch.setenv("BRIXEL_WEIGHTS_DIR", str(Path(dinov3_file).parent))  # where the user keeps DINOv3
+    from brixel_plugins.mmseg.export import export_checkpoint
+    from brixel_plugins.mmseg.inference import load_segmentor, predict
+
+    config, checkpoint = mmseg_checkpoint
+    exported = export_checkpoint(config, checkpoint, tmp_path / "toy.safetensors")
+    image = np.random.default_rng(1).integers(0, 256, (50, 61, 3), dtype=np.uint8)
+    from_file = load_segmentor(str(exported))
+    assert from_file.dataset_meta["classes"][0] == "background"
+    assert np.array_equal(predict(from_file, image), predict(load_segmentor(config, checkpoint), image))
+    args = load_tool("infer").parse_args([str(exported), "a.png", "pics/", "--out-dir", "out"])
+    assert (args.config, args.checkpoint, args.inputs) == (str(exported), None, ["a.png", "pics/"])
+    args = load_tool("infer").parse_args([config, checkpoint, "a.png", "--out-dir", "out"])
+    assert (args.config, args.checkpoint, args.inputs) == (config, checkpoint, ["a.png"])
+
+
+def load_tool(name):
+    """A tools/ script as a module (the detectron2 wheel's own ``tools`` package shadows ours)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"brixel_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- Detectron2 ----------------------------------------------------------------------------------
+D2_OVERRIDES = ["model.backbone.square_pad=64", "model.roi_heads.box_predictor.test_score_thresh=0.0",
+                "model.roi_heads.box_predictor.test_topk_per_image=5", "train.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def d2_checkpoint(tmp_path_factory, dinov3_file):
+    """The toy detector (tiny DINOv3 file, bilinear) trained for 2 iterations."""
+    from detectron2.config import LazyConfig
+    from detectron2.utils.env import seed_all_rng
+
+    from brixel_plugins.d2 import engine
+    from brixel_plugins.toydata.instances import write_toy_instances
+
+    work = tmp_path_factory.mktemp("d2")
+    data = dict(root=str(write_toy_instances(work / "data", num_train=4, num_val=2, size=64)), num_train=4,
+                num_val=2, size=64)
+    overrides = D2_OVERRIDES + [f"model.backbone.net.weights={dinov3_file}",
+                                "model.backbone.net.overrides={" + ",".join(f"{k}:{v}" for k, v in TINY_DIMS.items()) + "}"]
+    overrides += [f"dataloader.{split}.dataset.names.{k}={v}" for split in ("train", "test") for k, v in data.items()]
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(D2_TOY)), overrides)
+    del cfg.dataloader.evaluator
+    cfg.dataloader.train.total_batch_size = 2
+    cfg.train.update(max_iter=2, eval_period=0, output_dir=str(work / "run"), checkpointer=dict(period=2))
+    seed_all_rng(0)
+    engine.train(cfg)
+    return str(work / "run" / "model_final.pth"), overrides
+
+
+def test_d2_infer_tool_writes_coco_results_and_drawings(d2_checkpoint, pictures, tmp_path):
+    checkpoint, overrides = d2_checkpoint
+    out = tmp_path / "out"
+    r = run(ROOT / "tools" / "d2_infer.py", "--config-file", D2_TOY, "--checkpoint", checkpoint, "--input", pictures,
+            "--output", out, "--confidence-threshold", "0.0", *overrides, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    index = json.loads((out / "images.json").read_text())
+    assert [c["name"] for c in index["categories"]] == ["disc", "square", "triangle", "bar"]
+    sizes = {im["id"]: (im["height"], im["width"]) for im in index["images"]}
+    assert sorted(sizes.values()) == sorted(SIZES.values())
+    records = json.loads((out / "coco_instances_results.json").read_text())
+    assert {r["image_id"] for r in records} == set(sizes)  # an untrained detector at threshold 0 finds something
+    category_ids = {c["id"] for c in index["categories"]}
+    for rec in records:
+        assert {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(rec)
+        h, w = sizes[rec["image_id"]]
+        x, y, bw, bh = rec["bbox"]
+        assert 0 <= x and 0 <= y and x + bw <= w + 1e-3 and y + bh <= h + 1e-3 and bw >= 0 and bh >= 0
+        assert rec["category_id"] in category_ids and 0 <= rec["score"] <= 1
+        assert rec["segmentation"]["size"] == [h, w] and isinstance(rec["segmentation"]["counts"], str)
+    for im in index["images"]:
+        name = Path(im["file_name"]).relative_to(pictures).with_suffix(".png")
+        drawn = Image.open(out / "pictures" / name)
+        assert drawn.size == (im["width"], im["height"])
+
+
+def test_predictor_from_exported_file(d2_checkpoint, dinov3_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("BRIXEL_WEIGHTS_DIR", str(Path(dinov3_file).parent))  # where the user keeps DINOv3
+    from detectron2.config import LazyConfig
+
+    from brixel_plugins.d2.export import export_checkpoint
+    from brixel_plugins.d2.predictor import LazyPredictor
+
+    checkpoint, overrides = d2_checkpoint
+    exported = export_checkpoint(str(D2_TOY), checkpoint, tmp_path / "toy_d2.safetensors", overrides)
+    image = np.random.default_rng(1).integers(0, 256, (50, 61, 3), dtype=np.uint8)
+    from_file = LazyPredictor.from_export(str(exported))
+    assert list(from_file.metadata.thing_classes) == ["disc", "square", "triangle", "bar"]
+    a = from_file(image)
+    b = LazyPredictor(LazyConfig.apply_overrides(LazyConfig.load(str(D2_TOY)), overrides), checkpoint)(image)
+    assert a.image_size == b.image_size == (50, 61)
+    assert torch.allclose(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.pred_classes, b.pred_classes)
+    with pytest.raises(SystemExit):
+        load_tool("d2_infer").parse_args(["--model", str(exported), "--config-file", str(D2_TOY), "--input", "a",
+                                          "--output", "o"])
+
+
+def test_predictor_refuses_pictures_its_padding_would_crop(d2_checkpoint):
+    from detectron2.config import LazyConfig
+
+    from brixel_plugins.d2.predictor import LazyPredictor
+
+    checkpoint, overrides = d2_checkpoint
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(D2_TOY)), overrides)
+    cfg.dataloader.test.mapper.augmentations = []  # no resizing: a 150 px picture meets 64 px padding
+    predictor = LazyPredictor(cfg, checkpoint)
+    assert predictor(np.zeros((64, 48, 3), np.uint8)).image_size == (64, 48)
+    with pytest.raises(ValueError, match="larger than the model's square padding 64"):
+        predictor(np.zeros((150, 100, 3), np.uint8))
+    with pytest.raises(ValueError, match="RGB uint8"):
+        predictor(np.zeros((64, 64), np.float32))
+
+
+# -- the demos' console ---------------------------------------------------------------------------
+def test_framework_output_goes_to_the_log_file(tmp_path):
+    """What the frameworks print while a demo trains (loggers, pycocotools' print, C-level writes)
+    lands in the named log file; the demo's own lines before and after stay on the console."""
+    code = ("import os, sys, logging\n"
+            "from brixel_plugins.console import output_to\n"
+            "print('table before', flush=True)\n"
+            f"with output_to({str(tmp_path / 'run' / 'train.log')!r}):\n"
+            "    print('COCOeval summary')\n"
+            "    logging.getLogger('detectron2').warning('framework warning')\n"
+            "    os.write(1, b'C-level line\\n')\n"
+            "print('table after')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["table", "before", "table", "after"] and r.stderr == ""
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "COCOeval summary" in log and "framework warning" in log and "C-level line" in log

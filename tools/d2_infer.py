@@ -1,0 +1,97 @@
+"""Detect instances in pictures with a trained LazyConfig detector: COCO-format results and drawings.
+
+    .venv/bin/python tools/d2_infer.py --config-file CONFIG --checkpoint output/model_final.pth \
+        --input PICTURE|FOLDER|GLOB [...] --output DIR [--confidence-threshold 0.5] [--device cpu] [key=value ...]
+    .venv/bin/python tools/d2_infer.py --model EXPORTED.safetensors --input ... --output DIR
+
+CONFIG and CHECKPOINT as for ``tools/d2_train.py --eval-only`` (the checkpoint holds what
+trained; DINOv3 and a frozen upsampler load from the files the config names); ``key=value``
+overrides the config as there. ``--model`` takes instead the one file tools/export_model.py
+writes (DINOv3 found by its recorded name and sha256; category ids are then the model's own,
+0-based, as the file records class names only). Pictures of any size are resized as the config's test loader
+says. Writes
+
+    DIR/coco_instances_results.json   every detection, COCO results format (as COCOEvaluator writes it)
+    DIR/images.json                   COCO "images" (id, file_name, width, height) and "categories"
+    DIR/pictures/<name>.png           detections scoring >= --confidence-threshold, drawn by
+                                      detectron2's Visualizer
+
+Run it as a script (the detectron2 wheel's own ``tools`` package shadows this folder for imports).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="COCO-format detections and drawings for pictures (Detectron2 LazyConfig)")
+    p.add_argument("--config-file", help="the LazyConfig the checkpoint was trained with")
+    p.add_argument("--checkpoint", help="checkpoint written by tools/d2_train.py")
+    p.add_argument("--model", help="instead of --config-file and --checkpoint: one file of tools/export_model.py")
+    p.add_argument("--input", nargs="+", required=True, help="picture files, folders (recursive) or glob patterns")
+    p.add_argument("--output", required=True, help="folder for the JSON files and pictures/")
+    p.add_argument("--confidence-threshold", type=float, default=0.5,
+                   help="lowest score drawn in the pictures (the JSON holds every detection)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's train.device)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, key=value")
+    args = p.parse_args(argv)
+    if (args.config_file or args.checkpoint or args.opts) if args.model else not (args.config_file and args.checkpoint):
+        p.error("give --config-file and --checkpoint (and any key=value overrides), or --model alone")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import numpy as np
+    from detectron2.config import LazyConfig
+    from detectron2.utils.visualizer import Visualizer
+    from PIL import Image
+
+    from brixel_plugins.d2.predictor import LazyPredictor, coco_records
+    from brixel_plugins.images import load_rgb
+    from brixel_plugins.pictures import picture_paths
+
+    try:
+        pictures = picture_paths(args.input)
+        if args.model:
+            predictor = LazyPredictor.from_export(args.model, device=args.device or "cpu")
+        else:
+            cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+            predictor = LazyPredictor(cfg, args.checkpoint, device=args.device)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    meta = predictor.metadata
+    results, images = [], []
+    for image_id, (path, name) in enumerate(pictures, 1):
+        try:
+            image = np.asarray(load_rgb(path))
+            instances = predictor(image)
+        except (OSError, ValueError) as e:  # not an image, truncated; larger than the padding
+            sys.exit(f"error: {path}: {e}")
+        results += coco_records(instances, image_id, meta)
+        images.append({"id": image_id, "file_name": path, "width": image.shape[1], "height": image.shape[0]})
+        shown = instances[instances.scores >= args.confidence_threshold].to("cpu")
+        drawing = Visualizer(image, meta).draw_instance_predictions(shown).get_image()
+        out = osp.join(args.output, "pictures", f"{name}.png")
+        os.makedirs(osp.dirname(out), exist_ok=True)
+        Image.fromarray(drawing).save(out)
+        print(f"[{image_id}/{len(pictures)}] {path}: {len(instances)} detections, {len(shown)} drawn "
+              f"(score >= {args.confidence_threshold})", flush=True)
+    classes = list(getattr(meta, "thing_classes", []))
+    ids = dict(getattr(meta, "thing_dataset_id_to_contiguous_id", {}) or {i: i for i in range(len(classes))})
+    categories = [{"id": dataset_id, "name": classes[i]} for dataset_id, i in sorted(ids.items()) if i < len(classes)]
+    os.makedirs(args.output, exist_ok=True)
+    with open(osp.join(args.output, "coco_instances_results.json"), "w") as f:
+        json.dump(results, f)
+    with open(osp.join(args.output, "images.json"), "w") as f:
+        json.dump({"images": images, "categories": categories}, f, indent=1)
+    print(f"detections: {osp.join(args.output, 'coco_instances_results.json')} (images: images.json)\n"
+          f"pictures:   {osp.join(args.output, 'pictures')}")
+
+
+if __name__ == "__main__":
+    main()
