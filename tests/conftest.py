@@ -21,6 +21,32 @@ def tiny_cfg_options(prefix: str = "model.backbone") -> list:
     return [f"{prefix}.{k}={v}" for k, v in TINY_DIMS.items()]
 
 
+def tiny_distill_options(batch_size: int, **extra) -> list:
+    """``--cfg-options`` for ``tools/distill.py`` on a tiny backbone and a small photo folder:
+    64 px teacher, 16 px student, 2 held-out photos, checkpoints every 2 iterations; ``extra``
+    adds ``key=value`` pairs (e.g. ``train_cfg__max_iters=3`` for ``train_cfg.max_iters=3``)."""
+    return [*tiny_cfg_options(), "model.teacher_size=64", "model.student_size=16",
+            "train_dataloader.dataset.size=64", "val_dataloader.dataset.size=64",
+            f"train_dataloader.batch_size={batch_size}", "train_dataloader.num_workers=0",
+            "train_dataloader.persistent_workers=False", "val_dataloader.num_workers=0",
+            "train_dataloader.dataset.num_val=2", "val_dataloader.dataset.num_val=2", "train_cfg.max_epochs=None",
+            "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1",
+            *(f"{k.replace('__', '.')}={v}" for k, v in extra.items())]
+
+
+@pytest.fixture(scope="module")
+def small_photo_folder(tmp_path_factory):
+    """8 scikit-image photos shrunk to at most 80 px (6 train, 2 held out by the options above)."""
+    from brixel_plugins.images import load_rgb, skimage_photo_files
+
+    root = tmp_path_factory.mktemp("imgs")
+    for i, f in enumerate(skimage_photo_files()[:8]):
+        im = load_rgb(f)
+        im.thumbnail((80, 80))
+        im.save(root / f"p{i}.jpg")
+    return root
+
+
 def make_tiny_backbone(seed: int = 0, **kw) -> FrozenDINOv3:
     torch.manual_seed(seed)
     with warnings.catch_warnings():

@@ -7,34 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from brixel_plugins.io import read_upsampler_file
 
-from conftest import tiny_cfg_options
+from conftest import tiny_distill_options
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_OPTS = [
-    *tiny_cfg_options(), "model.teacher_size=64", "model.student_size=16",
-    "train_dataloader.dataset.size=64", "val_dataloader.dataset.size=64", "train_dataloader.batch_size=2",
-    "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False", "val_dataloader.num_workers=0",
-    "train_dataloader.dataset.num_val=2", "val_dataloader.dataset.num_val=2",
-    "train_cfg.max_epochs=None", "train_cfg.max_iters=3", "train_cfg.val_interval=3",
-    "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1",
-]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    from brixel_plugins.images import skimage_photo_files
-    from brixel_plugins.images import load_rgb
-
-    root = tmp_path_factory.mktemp("imgs")
-    for i, f in enumerate(skimage_photo_files()[:8]):
-        im = load_rgb(f)
-        im.thumbnail((80, 80))
-        im.save(root / f"p{i}.jpg")
-    return root
+TINY_OPTS = tiny_distill_options(2, train_cfg__max_iters=3, train_cfg__val_interval=3)
 
 
 def run_tool(cmd, timeout=300):
@@ -45,8 +24,8 @@ def run_tool(cmd, timeout=300):
     return p.stdout + p.stderr
 
 
-def test_cli_single_process_then_resume(folder, tmp_path):
-    base = [sys.executable, "tools/distill.py", "configs/distill/brixel_vits16.py", "--data-root", str(folder),
+def test_cli_single_process_then_resume(small_photo_folder, tmp_path):
+    base = [sys.executable, "tools/distill.py", "configs/distill/brixel_vits16.py", "--data-root", str(small_photo_folder),
             "--work-dir", str(tmp_path), "--amp", "off", "--cfg-options", *TINY_OPTS]
     out = run_tool(base)
     assert "Iter(train) [3/3]" in out and "eta:" in out and "loss_spectral" in out

@@ -18,7 +18,7 @@ import torch
 
 from brixel_plugins.io import save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
-from conftest import TINY, TINY_DIMS, make_tiny_backbone, tiny_cfg_options
+from conftest import TINY, TINY_DIMS, make_tiny_backbone, tiny_cfg_options, tiny_distill_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -78,28 +78,7 @@ def assert_frozen_kept_out(rec, frozen_at_least):
 
 
 # -- distillation -------------------------------------------------------------------------------
-DISTILL_OPTS = [
-    *tiny_cfg_options(), "model.teacher_size=64", "model.student_size=16",
-    "train_dataloader.dataset.size=64", "val_dataloader.dataset.size=64", "train_dataloader.batch_size=1",
-    "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False", "val_dataloader.num_workers=0",
-    "train_dataloader.dataset.num_val=2", "val_dataloader.dataset.num_val=2",
-    "train_cfg.max_epochs=None", "train_cfg.val_interval=4",
-    "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1",
-]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """8 small photos: 6 train, 2 held out."""
-    from brixel_plugins.distill.data import skimage_photo_files
-    from brixel_plugins.images import load_rgb
-
-    root = tmp_path_factory.mktemp("imgs")
-    for i, f in enumerate(skimage_photo_files()[:8]):
-        im = load_rgb(f)
-        im.thumbnail((80, 80))
-        im.save(root / f"p{i}.jpg")
-    return root
+DISTILL_OPTS = tiny_distill_options(1, train_cfg__val_interval=4)
 
 
 def distill_args(folder, work, iters, *extra):
@@ -109,7 +88,7 @@ def distill_args(folder, work, iters, *extra):
 
 
 @pytest.fixture(scope="module")
-def two_nodes(folder, tmp_path_factory):
+def two_nodes(small_photo_folder, tmp_path_factory):
     """Distillation as 2 "nodes" x 1 process: two torchrun agents meeting at one c10d rendezvous
     (README's multi-node command, with 127.0.0.1 as the head node: the second agent finds the
     rendezvous store taken and joins it as a client), 4 iterations."""
@@ -117,7 +96,7 @@ def two_nodes(folder, tmp_path_factory):
     port = free_port()
     agents = [subprocess.Popen([TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                                 "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "brixel-test",
-                                *probed(out, work, *distill_args(folder, work, 4))],
+                                *probed(out, work, *distill_args(small_photo_folder, work, 4))],
                                cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for _ in range(2)]
     logs = [a.communicate(timeout=400)[0] for a in agents]
@@ -141,13 +120,13 @@ def test_distill_two_nodes(two_nodes):
     assert (work / "upsampler.safetensors").is_file() and (work / "iter_4.pth").is_file()
 
 
-def test_distill_resume_in_two_processes_continues_exactly(folder, tmp_path, two_nodes):
+def test_distill_resume_in_two_processes_continues_exactly(small_photo_folder, tmp_path, two_nodes):
     """The 2-node run, interrupted after its iteration-2 checkpoint, resumed on 1 node x 2
     processes (``--resume CHECKPOINT``): the weights are the uninterrupted run's, bit for bit."""
     nodes_out, nodes_work, _ = two_nodes
     out, work = tmp_path / "probe", tmp_path / "work"
     resume = ["--resume", str(nodes_work / "iter_2.pth")]
-    log = run(torchrun() + probed(out, work, *distill_args(folder, work, 4, *resume)))
+    log = run(torchrun() + probed(out, work, *distill_args(small_photo_folder, work, 4, *resume)))
     assert "resuming at iteration 2" in log and "Iter(train) [4/4]" in log
     (r0, _), (w0, w1), writes = ranks(out)
     assert_same_weights(w0, w1)
@@ -175,7 +154,7 @@ def test_mmseg_two_processes(seg_files, tmp_path):
     out, work = tmp_path / "probe", tmp_path / "work"
     data = [f"{loader}.dataset.{k}" for loader in ("train_dataloader", "val_dataloader", "test_dataloader")
             for k in ("data_root", "generate")]
-    opts = [*(f"model.backbone.{k}={v}" for k, v in TINY_DIMS.items()),
+    opts = [*tiny_cfg_options(),
             f"model.decode_head.in_channels={TINY['embed_dim']}", "model.decode_head.norm_cfg.type=SyncBN",
             "model.backbone.upsampler.type=lift", f"model.backbone.upsampler.weights={seg_files['lift']}",
             *(f"{k}={seg_files['data'] if k.endswith('data_root') else None}" for k in data),
