@@ -138,10 +138,6 @@ class BrixelLean(Upsampler):
         if self.zero_start:
             zero_init(self.out_conv)
 
-    def interpolation_base(self, source: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-        # channels-last like the head's output, so that adding the two is one pass over memory
-        return super().interpolation_base(source.contiguous(memory_format=torch.channels_last), size)
-
     def residual(self, source: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         """The head adds to the bilinear enlargement of the last tapped layer, with or without zero start."""
         return self.interpolation_base(source, size)
