@@ -23,6 +23,7 @@ import torch
 
 from .backbones.weights import WeightFileError
 from .checks import first_non_finite
+from .io import read_safetensors
 from .utils import atomic_path
 from .version import __version__
 from .weight_files import find_weight_file
@@ -47,18 +48,8 @@ def write_model_file(out: PathLike, tensors: Mapping[str, torch.Tensor], meta: D
 
 
 def read_model_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise WeightFileError(f"model file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise WeightFileError(f"could not read {path} as safetensors ({type(e).__name__}: {e}); the file is "
-                              f"truncated or corrupt, or not a model file of tools/export_model.py") from e
+    tensors, raw = read_safetensors(path, "model file", "a model file of tools/export_model.py")
     if raw.get("format") != FORMAT:
         raise WeightFileError(f"{path} is not a model file of tools/export_model.py (format={raw.get('format')!r})")
     try:

@@ -69,21 +69,26 @@ def save_upsampler(path: PathLike, upsampler: Upsampler, extra: Optional[Dict[st
     return path
 
 
-def read_upsampler_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Tensors and decoded metadata of an upsampler file, with clear errors for bad files."""
+def read_safetensors(path: Path, kind: str, expected: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Tensors and raw string metadata of a safetensors file; a missing or unreadable one raises
+    :class:`WeightFileError` saying which ``kind`` of file it is and what it should have been."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
-        raise WeightFileError(f"upsampler weight file not found: {path}")
+        raise WeightFileError(f"{kind} not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except Exception as e:
         raise WeightFileError(
             f"could not read {path} ({path.stat().st_size} bytes) as safetensors: {e}. "
-            f"The file is truncated or corrupt, or not an upsampler file.") from e
+            f"The file is truncated or corrupt, or not {expected}.") from e
+
+
+def read_upsampler_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Tensors and decoded metadata of an upsampler file, with clear errors for bad files."""
+    path = Path(path)
+    tensors, raw = read_safetensors(path, "upsampler weight file", "an upsampler file")
     if raw.get("format") in OLD_FORMATS:
         raise WeightFileError(f"{path} was written by an older brixel_plugins ({raw['format']}, without the "
                               f"metadata digest this version checks); export it again (tools/distill.py, "
