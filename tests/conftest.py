@@ -47,6 +47,22 @@ def small_photo_folder(tmp_path_factory):
     return root
 
 
+def learned_upsamplers(spec) -> list:
+    """Names of the registered upsamplers that have parameters, each built at its default factor
+    (those that need more than a name to build are skipped)."""
+    from brixel_plugins.upsamplers import UPSAMPLERS, build_upsampler
+
+    out = []
+    for name in sorted(UPSAMPLERS):
+        try:
+            up = build_upsampler(dict(type=name), spec)
+        except (TypeError, ValueError):
+            continue
+        if any(True for _ in up.parameters()):
+            out.append(name)
+    return out
+
+
 def make_tiny_backbone(seed: int = 0, **kw) -> FrozenDINOv3:
     torch.manual_seed(seed)
     with warnings.catch_warnings():

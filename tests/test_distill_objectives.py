@@ -11,9 +11,9 @@ import brixel_plugins.distill  # noqa: F401  (registers the objectives)
 from brixel_plugins.distill.model import DistillModel
 from brixel_plugins.distill.objectives import BrixelObjective, LiftObjective, MultiViewObjective
 from brixel_plugins.distill.registry import MODELS
-from brixel_plugins.upsamplers import UPSAMPLERS, build_upsampler
+from brixel_plugins.upsamplers import build_upsampler
 
-from conftest import TINY, normalise
+from conftest import TINY, learned_upsamplers, normalise
 
 D = 16
 TINY_BACKBONE = dict(TINY, autocast=None)
@@ -145,19 +145,6 @@ def test_release_formula_equals_the_hand_computed_definition():
 
 
 # -- the zero start --------------------------------------------------------------------------------
-def learned_upsamplers(spec):
-    """Every registered upsampler with parameters, built at its default factor."""
-    out = []
-    for name in sorted(UPSAMPLERS):
-        try:
-            plain = build_upsampler(dict(type=name), spec)
-        except (TypeError, ValueError):
-            continue
-        if any(True for _ in plain.parameters()):
-            out.append(name)
-    return out
-
-
 def test_zero_start_is_exactly_bilinear_interpolation_for_every_learned_upsampler(tiny_backbone, photo):
     names = learned_upsamplers(tiny_backbone.spec)
     assert {"brixel", "lift", "jbu", "featsharp"} <= set(names)

@@ -7,25 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from brixel_plugins.upsamplers import UPSAMPLERS, Upsampler, build_upsampler
-
-
-def learned_names(spec):
-    names = []
-    for name in sorted(UPSAMPLERS):
-        try:
-            up = build_upsampler(dict(type=name), spec)
-        except (TypeError, ValueError):
-            continue
-        if any(True for _ in up.parameters()):
-            names.append(name)
-    return names
+from conftest import learned_upsamplers
 
 
 def test_every_learned_upsampler_uses_the_template_and_enlarges_once(tiny_backbone, photo):
     """No learned method overrides forward; with zero_start its output is built from ONE bilinear
     enlargement (JBU and FeatSharp used to compute it twice), it reads the layer it enlarges
     (FeatSharp declares the last layer through the base class), and it is that enlargement."""
-    names = learned_names(tiny_backbone.spec)
+    names = learned_upsamplers(tiny_backbone.spec)
     assert {"brixel", "brixel_lean", "lift", "jbu", "featsharp"} <= set(names)
     image_hr = F.interpolate(photo, scale_factor=2, mode="bilinear", align_corners=False)
     last = tiny_backbone.depth - 1
