@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from brixel_plugins.backbones.dinov3 import BackboneSpec
 from brixel_plugins.upsamplers import build_upsampler
-from brixel_plugins.upsamplers.jbu import JBULayer, JBUStack, adaptive_filter, prime_factors
+from brixel_plugins.upsamplers.jbu import JBULayer, JBUStack, adaptive_filter, neighbour_similarity, prime_factors
 
 LAYER_KEYS = {"range_temp", "sigma_spatial", "range_proj.0.weight", "range_proj.0.bias", "range_proj.3.weight",
               "range_proj.3.bias", "fixup_proj.0.weight", "fixup_proj.0.bias", "fixup_proj.3.weight",
@@ -152,3 +152,72 @@ def test_release_16x_stack_converts_and_refuses(tmp_path, tiny_spec):
     r = subprocess.run([sys.executable, str(tool), "lift", str(tmp_path / "featup_jbu.pth"),
                         str(tmp_path / "y.safetensors"), "--arch", "vits16"], capture_output=True, text=True)
     assert r.returncode != 0 and "is not a LiFT checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+# An independent reading of FeatUp's released JBU (featup/upsamplers.py: JBULearnedRange,
+# JBUStack; featup/adaptive_conv_cuda AdaptiveConv as unfold + einsum), in its own order of
+# operations: NCHW convolutions, the unfolded range kernel, bicubic then reflect padding, and
+# the final ``0.1 * fixup_proj(x) + x`` after the last layer.
+def release_jbu_layer(layer, source, guidance):
+    gb, _, gh, gw = guidance.shape
+    d = 2 * layer.radius + 1
+    proj = layer.range_proj(guidance)
+    queries = F.unfold(F.pad(proj, [layer.radius] * 4, mode="reflect"), d).reshape(gb, proj.shape[1], d * d, gh, gw)
+    temp = layer.range_temp.exp().clamp_min(1e-4).clamp_max(1e4)
+    range_kernel = F.softmax(temp * torch.einsum("bcphw,bchw->bphw", queries, proj), dim=1)
+    t = torch.linspace(-1, 1, d)
+    x, y = torch.meshgrid(t, t, indexing="ij")
+    spatial = torch.exp(-(x.square() + y.square()) / (2 * layer.sigma_spatial ** 2)).reshape(1, d * d, 1, 1)
+    combined = range_kernel * spatial
+    combined = combined / combined.sum(1, keepdim=True).clamp(1e-7)
+    combined = combined + 0.1 * layer.fixup_proj(torch.cat([combined, guidance], dim=1))
+    hr = F.interpolate(source, (gh, gw), mode="bicubic", align_corners=False)
+    cols = F.unfold(F.pad(hr, [layer.radius] * 4, mode="reflect"), d).view(gb, source.shape[1], d * d, gh, gw)
+    return torch.einsum("bcphw,bphw->bchw", cols, combined)
+
+
+def release_jbu_stack(stack, source, guidance):
+    x = source
+    for n in range(1, len(stack.primes) + 1):
+        layer = getattr(stack, f"up{n}")
+        x = release_jbu_layer(layer, x, F.adaptive_avg_pool2d(guidance, (x.shape[-2] * 2, x.shape[-1] * 2)))
+    return stack.fixup_proj(x) * 0.1 + x
+
+
+@pytest.mark.parametrize("factor,hw", [(4, (4, 6)), (16, (4, 4))])
+def test_stack_equals_the_release_computation(factor, hw):
+    """Our stack (channel mixing moved onto the source, channels-last filters, the strided
+    similarity) computes what FeatUp's code computes, on the same weights, with and without
+    autograd. The test can fail: dropping the final mixing changes the output by ~1e-1."""
+    torch.manual_seed(0)
+    stack = JBUStack(24, factor).eval()
+    with torch.no_grad():  # trained-looking scalars: the temperature and sigma matter
+        for n in range(1, len(stack.primes) + 1):
+            getattr(stack, f"up{n}").range_temp.fill_(1.5)
+            getattr(stack, f"up{n}").sigma_spatial.fill_(0.6)
+        stack.fixup_proj[1].weight.mul_(8.0)
+    src = torch.randn(2, 24, *hw)
+    guidance = torch.randn(2, 3, hw[0] * 16, hw[1] * 16)
+    with torch.no_grad():
+        ref = release_jbu_stack(stack, src, guidance)
+        fast = stack(src, guidance)
+    grad_src = src.clone().requires_grad_()
+    with_grad = stack(grad_src, guidance)
+    assert fast.shape == ref.shape == (2, 24, hw[0] * factor, hw[1] * factor)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(with_grad.detach(), ref, rtol=1e-5, atol=2e-5)
+    with torch.no_grad():
+        stack.fixup_proj[1].weight.zero_()
+        stack.fixup_proj[1].bias.zero_()
+        assert (stack(src, guidance) - ref).abs().max() > 1e-2
+
+
+def test_neighbour_similarity_with_and_without_autograd_equal_unfold():
+    torch.manual_seed(0)
+    key = torch.randn(2, 8, 9, 11)
+    cols = F.unfold(F.pad(key, (3, 3, 3, 3), mode="reflect"), 7).view(2, 8, 49, 9, 11)
+    ref = torch.einsum("bkphw,bkhw->bphw", cols, key)
+    with torch.no_grad():
+        torch.testing.assert_close(neighbour_similarity(key, 3), ref, rtol=1e-5, atol=1e-5)
+    grad_key = key.clone().requires_grad_()
+    torch.testing.assert_close(neighbour_similarity(grad_key, 3).detach(), ref, rtol=1e-5, atol=1e-5)

@@ -20,8 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from brixel_plugins.benchmark import (DEFAULT_METHODS, BenchConfig, markdown_table, parse_kv, parse_methods,
-                                      plot_sweep, run_benchmark, write_csv)
+from brixel_plugins.benchmark import (DEFAULT_METHODS, BenchConfig, configure_allocator, markdown_table, parse_kv,
+                                      parse_methods, plot_sweep, run_benchmark, write_csv)
 from brixel_plugins.cli import non_negative_int, positive_int, positive_int_list, torch_device
 
 
@@ -53,6 +53,10 @@ def main(argv=None) -> int:
                         "(not for highres); 0: skip it")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: torch's choice); 1 gives steadier timings on a busy machine")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="leave glibc's malloc as it starts (frees large blocks to the OS, so every run pays page "
+                        "faults on its large maps); by default freed memory is kept for reuse, see "
+                        "brixel_plugins.allocator")
     p.add_argument("--isolate", action="store_true",
                    help="measure every row in a fresh process (honest CPU peak memory; slower)")
     p.add_argument("--backbone-overrides", default="",
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
     cfg = BenchConfig(arch=args.arch, weights=args.weights, backbone_overrides=parse_kv(args.backbone_overrides),
                       factor=args.factor, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                       warmup=args.warmup, runs=args.runs, throughput_batch=args.throughput_batch,
-                      compile=args.compile)
+                      compile=args.compile, keep_freed_memory=not args.default_allocator)
     if args.weights is None:
         print("note: random-init DINOv3 (no --weights): fine for cost, not for features", file=sys.stderr)
     try:
@@ -95,7 +99,9 @@ def main(argv=None) -> int:
     print(f"DINOv3 {rows[0]['arch']}, {args.target}x{args.target} tokens, {cfg.device}, {cfg.dtype}, "
           f"batch {cfg.batch_size}, {cfg.runs} runs after {cfg.warmup} warm-ups"
           + (f"; images/s at batch {cfg.throughput_batch}" if cfg.throughput_batch else "")
-          + ("; torch.compile" if cfg.compile else "") + "\n")
+          + ("; torch.compile" if cfg.compile else "")
+          + ("" if "cuda" in str(cfg.device) else "; freed memory kept (glibc)" if configure_allocator(cfg)
+             else "; default allocator") + "\n")
     print(table)
     print(f"\nGFLOPs count a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2); 'over backbone' = the row / DINOv3 "
           f"alone at the same input size - 1; peak memory: {rows[0]['mem_method']}")

@@ -16,10 +16,11 @@ from .memory import PeakMemory, module_bytes
 from .methods import (DEFAULT_METHODS, MethodSpec, build_method, check_methods, parse_kv, parse_method,
                       parse_methods, prepare_upsampler)
 from .output import CSV_FIELDS, markdown_table, plot_sweep, write_csv
-from .runner import (BACKBONE, REFERENCE, BenchConfig, add_ratios, build_backbone, measure_backbone_row,
+from .runner import (BACKBONE, REFERENCE, BenchConfig, add_ratios, build_backbone, configure_allocator,
+                     measure_backbone_row,
                      measure_row, run_benchmark)
 
-__all__ = ["EXTRA_FLOPS", "FlopCount", "count_flops", "PeakMemory", "module_bytes", "DEFAULT_METHODS", "MethodSpec",
+__all__ = ["configure_allocator", "EXTRA_FLOPS", "FlopCount", "count_flops", "PeakMemory", "module_bytes", "DEFAULT_METHODS", "MethodSpec",
            "build_method", "check_methods", "parse_kv", "parse_method", "parse_methods", "prepare_upsampler",
            "CSV_FIELDS", "markdown_table", "plot_sweep", "write_csv", "BACKBONE", "REFERENCE", "BenchConfig",
            "add_ratios", "build_backbone", "measure_backbone_row", "measure_row", "run_benchmark"]

@@ -56,7 +56,7 @@ from torch import nn
 from ..backbones.dinov3 import BackboneSpec
 from ..ops.deform_attn import MSDeformAttn
 from ..ops.layout import run_folded
-from .base import Upsampler, register_upsampler, zero_init
+from .base import LastProjection, Upsampler, register_upsampler, zero_init
 from .brixel import (Extractor, LayerNorm2d, check_taps, conv_bn_relu, default_taps, init_weights,
                      reference_points, resize_to, to_map, to_tokens)
 
@@ -163,7 +163,5 @@ class BrixelLean(Upsampler):
             q = extractor(q, ref, group[0] if k == 1 else torch.cat(group, 1), [(h, w)] * k, [size2])
         x = self.fuse_norm(s1 + resize_to(to_map(self.query_out(q), size2), size1))
         x = self.head_norm.ln(self.trunk(x).permute(0, 2, 3, 1))  # (B, 4h, 4w, width)
-        # out_conv as one matmul on the channels-last map: (B, 4h, 4w, D) viewed as (B, D, 4h, 4w)
-        weight = self.out_conv.weight.flatten(1).to(x.dtype)  # (D, width)
-        out = torch.addmm(self.out_conv.bias.to(x.dtype), x.reshape(-1, x.shape[-1]), weight.t())
-        return out.view(*x.shape[:-1], -1).permute(0, 3, 1, 2)
+        # out_conv is applied onto the base by compose: one multiply-accumulate writes the D-wide output
+        return LastProjection(x, self.out_conv)

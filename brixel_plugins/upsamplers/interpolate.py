@@ -38,7 +38,8 @@ class BilinearUpsampler(Upsampler):
         self.mode = mode
 
     def forward(self, image, layers, backbone=None, image_hr=None):
-        x = layers[self.last_layer]
+        # channels-last: on CPU torch resizes a map of hundreds of channels ~30x faster so (same values)
+        x = layers[self.last_layer].contiguous(memory_format=torch.channels_last)
         kw = {} if self.mode == "nearest" else {"align_corners": False}
         return F.interpolate(x, scale_factor=self.factor, mode=self.mode, **kw)
 
