@@ -123,7 +123,10 @@ class LastProjection(NamedTuple):
     conv: nn.Conv2d
 
     def onto(self, base: Optional[torch.Tensor]) -> torch.Tensor:
-        """``base + conv(x)`` (``conv(x)`` without a base): (B, D, H, W), channels-last memory."""
+        """``base + conv(x)`` (``conv(x)`` without a base): (B, D, H, W), channels-last memory.
+        Written into ``base`` where it is channels-last in ``x``'s dtype (a map of the upsampler's
+        own, see :meth:`Upsampler.output_base`): on CPU a D-wide 64x64 map is not in cache by then,
+        and a fresh one costs a pass of its own."""
         x, conv = self.x, self.conv
         weight = conv.weight.flatten(1).to(x.dtype)  # (D, C)
         bias = conv.bias.to(x.dtype) if conv.bias is not None else None
@@ -131,8 +134,11 @@ class LastProjection(NamedTuple):
         if base is None:
             out = torch.addmm(bias, tokens, weight.t()) if bias is not None else tokens @ weight.t()
             return out.view(*x.shape[:-1], -1).permute(0, 3, 1, 2)
-        out = base.to(x.dtype).permute(0, 2, 3, 1)  # (B, H, W, D)
-        out = (out + bias if bias is not None else out.clone()).contiguous()
+        out = base.permute(0, 2, 3, 1)  # (B, H, W, D): the base is a fresh map (output_base), written in place
+        if out.dtype != x.dtype or not out.is_contiguous():
+            out = out.to(x.dtype).contiguous()
+        if bias is not None:
+            out.add_(bias)
         out.view(-1, out.shape[-1]).addmm_(tokens, weight.t())
         return out.permute(0, 3, 1, 2)
 
@@ -273,10 +279,10 @@ class Upsampler(nn.Module):
         new trainings, off for the authors' weights) the bilinear enlargement of ``source``
         (:meth:`interpolation_base`): the method's detail starts at zero, so at step 0 the output
         IS bilinear interpolation and training adds detail from there; the start cannot be worse
-        than interpolation. Otherwise the method's :meth:`residual`."""
-        if self.zero_start:
-            return self.interpolation_base(source, size)
-        return self.residual(source, size)
+        than interpolation. Otherwise the method's :meth:`residual`. Either way a map of its own,
+        never a view of ``source``: :meth:`compose` may write the output into it."""
+        base = self.interpolation_base(source, size) if self.zero_start else self.residual(source, size)
+        return base.clone() if base is not None and base is source else base  # a resize that had nothing to do
 
     @staticmethod
     def compose(base: Optional[torch.Tensor], detail: Union[torch.Tensor, LastProjection]) -> torch.Tensor:

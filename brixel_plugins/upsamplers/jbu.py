@@ -252,7 +252,7 @@ class _JBUStackMixin:
         x = mix_channels(source, self.fixup_proj[0](source), conv.weight, 0.1)
         for n in range(1, len(self.primes) + 1):
             x = getattr(self, f"up{n}")(x, image)
-        return x + 0.1 * conv.bias.to(x.dtype).view(1, -1, 1, 1)
+        return x.add_(0.1 * conv.bias.to(x.dtype).view(1, -1, 1, 1))  # x: the last filter's fresh output
 
 
 class JBUStack(_JBUStackMixin, nn.Module):
