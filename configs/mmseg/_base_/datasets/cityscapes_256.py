@@ -1,6 +1,6 @@
 # Cityscapes (19 classes), BRIXEL protocol: short side 256 (2048x1024 -> 512x256) for training and
 # scoring (labels resized with the image). mmseg's Cityscapes base provides the rest.
-_base_ = 'mmseg::_base_/datasets/cityscapes.py'
+_base_ = ['mmseg::_base_/datasets/cityscapes.py', './flip_tta.py']
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
@@ -23,14 +23,7 @@ test_pipeline = [
     dict(type='ResizeShortestEdge', scale=256, max_size=100000),
     dict(type='PackSegInputs'),
 ]
-# tools/test.py --tta: the protocol (resized picture, scored there) averaged over a horizontal flip
-# (mmseg's dataset base would switch to its own multi-scale protocol)
-tta_pipeline = val_pipeline[:-1] + [
-    dict(type='TestTimeAug', transforms=[
-        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
-         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
-        [dict(type='PackSegInputs')]]),
-]
+tta_pipeline = val_pipeline[:-1] + [{{_base_.flip_tta}}]  # flip_tta.py
 train_dataloader = dict(
     batch_size=16,
     sampler=dict(type='DefaultSampler', shuffle=True),
