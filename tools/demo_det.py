@@ -10,7 +10,7 @@ work_dirs/demo/summary.json.
 
 ``DINOV3_WEIGHTS=path`` uses real ViT-S weights; without it the backbone is the distillation
 demo's random init (seed 0, rebuilt here and checked against the BRIXEL file), and the numbers
-only show that the machinery works. ``--iters N`` (or ``DEMO_DET_ITERS``) sets the iterations (default 400: at 60 neither detector learns anything, AP ~0.05%; at 400, ~2.5 min per upsampler on 2 cores, AP reaches a few %).
+only show that the machinery works. Torch uses 2 threads, or ``OMP_NUM_THREADS`` when set. ``--iters N`` (or ``DEMO_DET_ITERS``) sets the iterations (default 400: at 60 neither detector learns anything, AP ~0.05%; at 400, ~2.5 min per upsampler on 2 cores, AP reaches a few %).
 
     .venv/bin/python tools/demo_det.py
 """
@@ -173,7 +173,8 @@ def main(argv=None):
 
     from detectron2.utils.logger import setup_logger
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # 2 threads (the demo's CPU budget), or OMP_NUM_THREADS when the caller sets it (e.g. 1 beside other jobs)
+    torch.set_num_threads(int((os.environ.get("OMP_NUM_THREADS") or "0").split(",")[0]) or max(1, min(2, os.cpu_count() or 1)))
     setup_logger(name="detectron2")  # its output goes to each run's train.log (train_one)
     iters = args.iters
     from brixel_plugins.distill.demo import ensure_weights

@@ -1,7 +1,7 @@
 # ADE20K, BRIXEL protocol: short side 256 + centre crop 256 for training and scoring (labels are
 # resized and cropped with the image; ResetOriShape scores at that crop). mmseg's ADE20K base
 # provides the dataset, folders and IoUMetric.
-_base_ = ['mmseg::_base_/datasets/ade20k.py', './flip_tta.py']
+_base_ = ['mmseg::_base_/datasets/ade20k.py', '../flip_tta.py']
 crop_size = (256, 256)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -27,7 +27,7 @@ test_pipeline = [
     dict(type='ResizeShortestEdge', scale=256, max_size=100000),
     dict(type='PackSegInputs'),
 ]
-tta_pipeline = val_pipeline[:-1] + [{{_base_.flip_tta}}]  # flip_tta.py
+tta_pipeline = val_pipeline[:-1] + [{{_base_.flip_tta}}]  # ../flip_tta.py
 train_dataloader = dict(
     batch_size=32,
     sampler=dict(type='DefaultSampler', shuffle=True),  # epochs, not mmseg's infinite sampler

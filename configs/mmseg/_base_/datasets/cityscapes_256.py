@@ -1,6 +1,6 @@
 # Cityscapes (19 classes), BRIXEL protocol: short side 256 (2048x1024 -> 512x256) for training and
 # scoring (labels resized with the image). mmseg's Cityscapes base provides the rest.
-_base_ = ['mmseg::_base_/datasets/cityscapes.py', './flip_tta.py']
+_base_ = ['mmseg::_base_/datasets/cityscapes.py', '../flip_tta.py']
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
@@ -23,7 +23,7 @@ test_pipeline = [
     dict(type='ResizeShortestEdge', scale=256, max_size=100000),
     dict(type='PackSegInputs'),
 ]
-tta_pipeline = val_pipeline[:-1] + [{{_base_.flip_tta}}]  # flip_tta.py
+tta_pipeline = val_pipeline[:-1] + [{{_base_.flip_tta}}]  # ../flip_tta.py
 train_dataloader = dict(
     batch_size=16,
     sampler=dict(type='DefaultSampler', shuffle=True),

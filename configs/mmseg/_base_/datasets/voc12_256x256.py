@@ -1,6 +1,6 @@
 # Pascal VOC 2012 (21 classes), BRIXEL protocol: short side 256 + centre crop 256 for training and
 # scoring, as for ADE20K. mmseg's VOC base provides the dataset, split files and IoUMetric.
-_base_ = ['mmseg::_base_/datasets/pascal_voc12.py', './flip_tta.py']
+_base_ = ['mmseg::_base_/datasets/pascal_voc12.py', '../flip_tta.py']
 crop_size = (256, 256)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -26,7 +26,7 @@ test_pipeline = [
     dict(type='ResizeShortestEdge', scale=256, max_size=100000),
     dict(type='PackSegInputs'),
 ]
-tta_pipeline = val_pipeline[:-1] + [{{_base_.flip_tta}}]  # flip_tta.py
+tta_pipeline = val_pipeline[:-1] + [{{_base_.flip_tta}}]  # ../flip_tta.py
 train_dataloader = dict(
     batch_size=32,
     sampler=dict(type='DefaultSampler', shuffle=True),
