@@ -53,6 +53,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
+from ..ops.layout import accumulate_pointwise
 
 UPSAMPLERS: Dict[str, Type["Upsampler"]] = {}
 
@@ -128,10 +129,10 @@ class LastProjection(NamedTuple):
         own, see :meth:`Upsampler.output_base`): on CPU a D-wide 64x64 map is not in cache by then,
         and a fresh one costs a pass of its own."""
         x, conv = self.x, self.conv
-        weight = conv.weight.flatten(1).to(x.dtype)  # (D, C)
         bias = conv.bias.to(x.dtype) if conv.bias is not None else None
-        tokens = x.reshape(-1, x.shape[-1])
         if base is None:
+            weight = conv.weight.flatten(1).to(x.dtype)  # (D, C)
+            tokens = x.reshape(-1, x.shape[-1])
             out = torch.addmm(bias, tokens, weight.t()) if bias is not None else tokens @ weight.t()
             return out.view(*x.shape[:-1], -1).permute(0, 3, 1, 2)
         out = base.permute(0, 2, 3, 1)  # (B, H, W, D): the base is a fresh map (output_base), written in place
@@ -139,8 +140,7 @@ class LastProjection(NamedTuple):
             out = out.to(x.dtype).contiguous()
         if bias is not None:
             out.add_(bias)
-        out.view(-1, out.shape[-1]).addmm_(tokens, weight.t())
-        return out.permute(0, 3, 1, 2)
+        return accumulate_pointwise(out.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), conv.weight)
 
 
 UpsamplerConfig = Union[None, str, os.PathLike, Mapping]

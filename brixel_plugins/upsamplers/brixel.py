@@ -51,7 +51,7 @@ from torch import nn
 from ..backbones.dinov3 import ARCHS, BackboneSpec
 from ..backbones.weights import WeightFileError
 from ..ops.deform_attn import MSDeformAttn
-from ..ops.layout import channels_last, pointwise, run_folded
+from ..ops.layout import accumulate_pointwise, channels_last, pointwise, run_folded
 from .base import LastProjection, Upsampler, register_upsampler, zero_init
 
 # Tapped layers of the released models (0-based block indices).
@@ -119,10 +119,11 @@ def conv_bn_relu(cin: int, cout: int, stride: int) -> List[nn.Module]:
 
 
 class SpatialPriorModule(nn.Module):
-    """Conv stem on the image: ``(B,3,H,W) -> c1 (B,D,*sizes[0]), c2 (B,D,*sizes[1])``.
+    """Conv stem on the image: ``(B,3,H,W) -> s1 (B,width,H/4,W/4), c2 (B,D,*size2)``.
 
-    Strides 4 and 8 before the final resize. BatchNorm replaces the release's SyncBatchNorm
-    (identical on one device; the state-dict keys are the same).
+    ``s1`` is the stride-4 map before ``fc1`` (the adapter adds ``fc1(s1)`` straight onto the
+    enlarged queries), ``c2`` the stride-8 map through ``fc2``, resized to ``size2``. BatchNorm
+    replaces the release's SyncBatchNorm (identical on one device; the state-dict keys are the same).
     """
 
     def __init__(self, dim: int, width: int = 64):
@@ -133,12 +134,7 @@ class SpatialPriorModule(nn.Module):
         self.fc1 = nn.Conv2d(width, dim, 1)
         self.fc2 = nn.Conv2d(2 * width, dim, 1)
 
-    def forward(self, image: torch.Tensor, sizes: Sequence[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
-        s1, c2 = self.stem_and_c2(image, sizes[1])
-        return resize_to(pointwise(self.fc1, s1), sizes[0]), c2
-
-    def stem_and_c2(self, image: torch.Tensor, size2: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The stride-4 stem map before ``fc1`` (B, width, H/4, W/4) and c2 (B, D, *size2)."""
+    def forward(self, image: torch.Tensor, size2: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
         s1 = run_folded(self.stem, channels_last(image))
         return s1, resize_to(pointwise(self.fc2, run_folded(self.conv2, s1)), size2)
 
@@ -239,7 +235,7 @@ class BrixelAdapter(nn.Module):
     def forward(self, image: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
         h, w = taps[0].shape[-2:]
         size1, size2 = (4 * h, 4 * w), (2 * h, 2 * w)
-        s1, c2 = self.spm.stem_and_c2(image, size2)
+        s1, c2 = self.spm(image, size2)
         q = to_tokens(c2) + self.level_embed
         ref = reference_points([size2], image.device)
         for block, tap in zip(self.interactions, taps):
@@ -249,10 +245,8 @@ class BrixelAdapter(nn.Module):
         # the D-wide map instead of three (bias broadcast, product, sum). Same values up to rounding.
         fc1 = self.spm.fc1
         out = channels_last(resize_to(to_map(q + fc1.bias.to(q.dtype), size2), size1))  # a fresh map
-        s1 = resize_to(s1, size1).permute(0, 2, 3, 1)  # (B, 4h, 4w, width); the resize never runs for 16 px multiples
-        out.permute(0, 2, 3, 1).view(-1, out.shape[1]).addmm_(
-            s1.reshape(-1, s1.shape[-1]).to(out.dtype), fc1.weight.flatten(1).t().to(out.dtype))
-        return self.norm1(out)
+        # (the resize of s1 never runs for images of 16 px multiples)
+        return self.norm1(accumulate_pointwise(out, resize_to(s1, size1), fc1.weight))
 
 
 def init_weights(m: nn.Module) -> None:

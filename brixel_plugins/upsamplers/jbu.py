@@ -26,7 +26,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from ..ops.layout import channels_last, pointwise
+from ..ops.layout import accumulate_pointwise, channels_last, pointwise
 from .base import DetailGate, Upsampler, register_upsampler
 
 __all__ = ["JBULayer", "JBUStack", "JBUUpsampler", "FeatSharpJBULayer", "FeatSharpJBUStack", "adaptive_filter",
@@ -123,16 +123,6 @@ def filter_padded(padded: torch.Tensor, kernel: torch.Tensor, radius: int) -> to
             # in place: neither addcmul's backward nor anything else needs the running sum
             out = nb * wk if out is None else out.addcmul_(nb, wk)
     return out.permute(0, 3, 1, 2)
-
-
-def mix_channels(x: torch.Tensor, mixed: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
-    """``x + scale * conv1x1(mixed)`` without bias, for a 1x1 convolution ``weight`` (D, D, 1, 1):
-    (B, D, H, W) -> (B, D, H, W) channels-last, one matrix multiply-add (no separate convolution,
-    scaling and sum, each a pass over the map)."""
-    b, d, h, w = x.shape
-    tokens = mixed.permute(0, 2, 3, 1).reshape(-1, mixed.shape[1])  # a view when channels-last
-    out = torch.addmm(x.permute(0, 2, 3, 1).reshape(-1, d), tokens, weight.flatten(1).t().to(x.dtype), alpha=scale)
-    return out.view(b, h, w, d).permute(0, 3, 1, 2)
 
 
 def run_pointwise(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -249,7 +239,8 @@ class _JBUStackMixin:
         # the channel mixing commutes with the stack and costs f^2 times less on the small map. The
         # bias is added last (a layer's kernels need not sum to 1). Same values up to rounding.
         conv = self.fixup_proj[1]
-        x = mix_channels(source, self.fixup_proj[0](source), conv.weight, 0.1)
+        x = accumulate_pointwise(source.clone(memory_format=torch.channels_last), self.fixup_proj[0](source),
+                                 conv.weight, 0.1)
         for n in range(1, len(self.primes) + 1):
             x = getattr(self, f"up{n}")(x, image)
         return x.add_(0.1 * conv.bias.to(x.dtype).view(1, -1, 1, 1))  # x: the last filter's fresh output
