@@ -22,7 +22,7 @@ from pathlib import Path
 
 from brixel_plugins.benchmark import (DEFAULT_METHODS, BenchConfig, configure_allocator, markdown_table, parse_kv,
                                       parse_methods, plot_sweep, run_benchmark, write_csv)
-from brixel_plugins.cli import non_negative_int, positive_int, positive_int_list, torch_device
+from brixel_plugins.cli import non_negative_int, positive_int, positive_int_list, torch_device, run_tool
 
 
 def main(argv=None) -> int:
@@ -118,4 +118,4 @@ def _cuda() -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)

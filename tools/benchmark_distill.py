@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from brixel_plugins.cli import run_tool
+
 
 def positive_ints(text: str):
     try:
@@ -54,4 +56,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

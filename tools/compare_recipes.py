@@ -24,6 +24,7 @@ VARIANTS_DIR = osp.join(ROOT, "configs", "distill", "demo", "compare")
 # the table's order: LiFT from the release to ours, one change per row; JBU; the two BRIXEL architectures
 VARIANTS = ("lift_release", "lift_antialias", "lift_zero_start", "lift_ours_random_init", "lift_ours",
             "jbu_release", "jbu_zero_start", "jbu_multiview", "brixel", "brixel_lean")
+from brixel_plugins.cli import run_tool
 
 
 def main(argv=None):
@@ -71,4 +72,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

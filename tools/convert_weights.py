@@ -12,6 +12,7 @@ import sys
 from brixel_plugins.backbones import ARCHS, FrozenDINOv3, WeightFileError
 from brixel_plugins.io import convert_release
 from brixel_plugins.upsamplers import list_upsamplers
+from brixel_plugins.cli import run_tool
 
 
 def main(argv=None):
@@ -32,4 +33,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

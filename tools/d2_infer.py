@@ -26,6 +26,8 @@ import os
 import os.path as osp
 import sys
 
+from brixel_plugins.cli import run_tool
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="COCO-format detections and drawings for pictures (Detectron2 LazyConfig)")
@@ -94,4 +96,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -33,6 +33,8 @@ WORK = osp.join(ROOT, "work_dirs", "demo")
 RECIPES = osp.join(ROOT, "configs", "distill", "demo")
 METHODS = ("brixel", "lift", "jbu", "featsharp")
 
+from brixel_plugins.cli import run_tool
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,4 +103,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

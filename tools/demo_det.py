@@ -30,6 +30,8 @@ BRIXEL = osp.join(DEMO, "brixel", "best_upsampler.safetensors")
 WORK = osp.join(DEMO, "detection")
 METHODS = ("bilinear", "brixel")
 
+from brixel_plugins.cli import run_tool
+
 
 def backbone_weights() -> str:
     """DINOV3_WEIGHTS, or the distillation demo's random-init ViT-S (seeded 0 before it is built,
@@ -217,4 +219,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

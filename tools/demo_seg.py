@@ -33,6 +33,8 @@ RUNS = {  # label -> upsampler config
     "BRIXEL 4x": dict(type="brixel", weights=BRIXEL_FILE),
 }
 
+from brixel_plugins.cli import run_tool
+
 
 def check_same_random_backbone(backbone) -> str:
     """Compare our random DINOv3 with the one the BRIXEL weights were distilled on, if its checkpoint
@@ -183,4 +185,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from brixel_plugins.cli import run_tool
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Export config + checkpoint as one self-contained model file")
@@ -52,4 +54,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

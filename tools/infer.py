@@ -23,6 +23,8 @@ import argparse
 import os.path as osp
 import sys
 
+from brixel_plugins.cli import run_tool
+
 
 def parse_args(argv=None):
     from mmengine.config import DictAction
@@ -77,4 +79,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -17,6 +17,7 @@ import argparse
 from brixel_plugins.engine.tool import (add_amp_argument, add_resume_argument, add_runner_arguments, apply_amp,
                                         apply_resume, build_runner, exit_on_explained_errors, init_cpu_process_group,
                                         load_config, parse_runner_args)
+from brixel_plugins.cli import run_tool
 
 
 def parse_args(argv=None):
@@ -45,4 +46,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

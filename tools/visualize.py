@@ -16,7 +16,7 @@ import sys
 import warnings
 
 from brixel_plugins.benchmark import parse_kv
-from brixel_plugins.cli import positive_int, torch_device
+from brixel_plugins.cli import positive_int, torch_device, run_tool
 from brixel_plugins.pca_figure import EXAMPLE_PHOTOS, compare_methods
 
 
@@ -63,4 +63,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)
