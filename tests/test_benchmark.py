@@ -278,3 +278,18 @@ def test_folded_batchnorm_stem_equals_the_modules():
         torch.testing.assert_close(run_folded(stem, x), stem(x), rtol=1e-5, atol=1e-5)
         stem.train()
         torch.testing.assert_close(run_folded(stem, x), stem(x), rtol=0, atol=0)
+
+
+def test_cli_meta_sweep_counts_every_default_method(tmp_path):
+    """The documented FLOPs-only sweep (``--device meta --sizes ...``) runs the default methods,
+    FeatSharp included (its PHI-S statistics have no values to fit there), and plots GFLOPs alone
+    (nothing is timed on the meta device, and a log axis takes no NaN)."""
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--device", "meta", "--sizes", "4,8",
+                        "--out-dir", str(out), *TINY_ARGS], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out / "benchmark.csv")))
+    assert {row["method"] for row in rows} >= {"featsharp", "brixel", "jbu", "lift", "bilinear"}
+    assert all(float(row["gflops"]) > 0 for row in rows)
+    assert "| featsharp | 4 |" in r.stdout and "nan" not in r.stdout
+    assert (out / "benchmark_sweep.png").stat().st_size > 0

@@ -200,3 +200,14 @@ def test_attention_downsampler_blurs_maps_smaller_than_the_blur():
     x = torch.randn(1, 8, 2, 2)
     assert down(x).shape == (1, 8, 1, 1)
     torch.testing.assert_close(gaussian_blur(torch.ones(1, 2, 2, 2), 5, 1.0), torch.ones(1, 2, 2, 2))
+
+
+def test_a_fraction_holds_out_at_least_one_image():
+    """The folder recipe's ``num_val=0.01`` on 10 photos rounded to no validation image, and the
+    val split then refused to start; a fraction now holds out at least one (and never all)."""
+    files = [f"p{i}.jpg" for i in range(10)]
+    train, val = split_files(files, 0.01)
+    assert len(val) == 1 and len(train) == 9 and not set(train) & set(val)
+    assert len(split_files(files, 0.25)[1]) == 2  # round(2.5) as before
+    with pytest.raises(ValueError, match="cannot hold out 1 of 1"):
+        split_files(["only.jpg"], 0.01)

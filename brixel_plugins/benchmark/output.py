@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,8 +28,8 @@ def _pct(v: float) -> str:
     return "" if v != v else f"{v:+.0f}%"  # NaN (no backbone row at this size): empty
 
 
-def _num(v: float) -> str:
-    return "" if v != v else f"{v:.3g}"  # NaN (not measured): empty
+def _num(v: float, fmt: str = ".3g", unit: str = "") -> str:
+    return "" if v != v else f"{v:{fmt}}{unit}"  # NaN (not measured, e.g. on the meta device): empty
 
 
 def _throughput_batch(rows: Sequence[Mapping[str, Any]]) -> int:
@@ -43,9 +44,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], r["factor"], r["input_px"], r["backbone_px"], f"{r['trainable_params'] / 1e6:.3f}",
-                 f"{r['gflops']:.3g}", _pct(r["flop_overhead_pct"]), f"{r['latency_ms']:.1f}", f"{r['iqr_ms']:.1f}",
-                 _pct(r["latency_overhead_pct"]), f"{r['flop_ratio']:.1f}x", f"{r['speedup']:.2f}x",
-                 _num(r.get("images_per_s", float("nan"))), f"{r['peak_mib']:.0f}"]
+                 f"{r['gflops']:.3g}", _pct(r["flop_overhead_pct"]), _num(r["latency_ms"], ".1f"), _num(r["iqr_ms"], ".1f"),
+                 _pct(r["latency_overhead_pct"]), f"{r['flop_ratio']:.1f}x", _num(r["speedup"], ".2f", "x"),
+                 _num(r.get("images_per_s", float("nan"))), _num(r["peak_mib"], ".0f")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -59,8 +60,14 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, ax, title in (("gflops", axes[0], "GFLOPs per image"), ("latency_ms", axes[1], "latency ms (median)")):
+    panels = [("gflops", "GFLOPs per image"), ("latency_ms", "latency ms (median)")]
+    # a log axis needs positive values: the meta device counts FLOPs but times nothing
+    panels = [(k, t) for k, t in panels if all(math.isfinite(r[k]) and r[k] > 0 for r in rows)]
+    if not panels:
+        raise ValueError("nothing to plot: no row has positive GFLOPs or latencies")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    axes = axes[0]
+    for (key, title), ax in zip(panels, axes):
         for method in dict.fromkeys(r["method"] for r in rows):
             pts = sorted((r["target"], r[key]) for r in rows if r["method"] == method)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)

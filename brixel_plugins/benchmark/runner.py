@@ -32,7 +32,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 
-from ..upsamplers import Upsampler
 from .flops import FlopCount, count_flops
 from .memory import PeakMemory, module_bytes
 from .methods import MethodSpec, build_method, check_methods, prepare_upsampler
@@ -226,11 +225,8 @@ def prepare_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone) -> 
     px = target // f * backbone.patch_size
     model = DenseFeaturizer(backbone, up).eval()
     image = _image(cfg, px)
-    if dev.type != "meta":
+    if dev.type != "meta":  # on the meta device data statistics have no values to fit
         prepare_upsampler(up, backbone, image)
-    elif type(up).calibrated is not Upsampler.calibrated:
-        raise ValueError(f"{method.label} fits statistics from data before it runs (PHI-S), which the meta "
-                         f"device cannot do: count its FLOPs with --device cpu")
 
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), cfg.autocast():

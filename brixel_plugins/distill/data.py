@@ -70,7 +70,8 @@ def readable_images(files: Sequence[str], threads: int = 8) -> Tuple[List[str], 
 def split_files(files: Sequence[str], num_val: Union[int, float], seed: int = 0) -> Tuple[List[str], List[str]]:
     """Deterministic held-out split: ``num_val`` images (or that fraction when < 1) for validation."""
     files = sorted(files)
-    n_val = int(round(num_val * len(files))) if 0 < num_val < 1 else int(num_val)
+    # a fraction holds out at least one image: 1% of 10 photos is still a held-out photo
+    n_val = max(1, int(round(num_val * len(files)))) if 0 < num_val < 1 else int(num_val)
     if n_val >= len(files):
         raise ValueError(f"cannot hold out {n_val} of {len(files)} images and still train")
     perm = np.random.default_rng(seed).permutation(len(files))

@@ -152,7 +152,8 @@ class PhiS(nn.Module):
     # -- the calibration protocol of upsamplers and objectives (they delegate to this) --------
     @property
     def calibrated(self) -> bool:
-        return bool(self.fitted)
+        # a meta-device copy (FLOP counting) has no values to fit: it runs as if fitted
+        return self.fitted.is_meta or bool(self.fitted)
 
     @torch.no_grad()
     def calibrate(self, feats: torch.Tensor) -> None:
@@ -246,7 +247,7 @@ class PhiS(nn.Module):
 
     # -- transform ---------------------------------------------------------------------------
     def _check(self) -> None:
-        if not bool(self.fitted):
+        if not self.calibrated:
             raise RuntimeError(
                 "PhiS is not fitted: feed backbone features with update(x) (e.g. FeatSharp.calibrate) "
                 "and call fit() before using it, or load a weight file that holds fitted PHI-S statistics")
