@@ -59,3 +59,15 @@ def test_train_tool_reports_a_checkpoint_error_without_traceback(tmp_path):
     assert r.returncode == 1, r.stderr[-3000:]
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and str(empty) in r.stderr
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_a_failure_ends_in_one_error_line_and_debug_shows_the_traceback(tmp_path):
+    """cli.run_tool: a failure a user causes (here a missing DINOv3 file) is one ``error:`` line and
+    exit 1, no traceback; ``--debug`` (anywhere on the line) shows the traceback instead."""
+    cmd = [sys.executable, str(ROOT / "tools" / "visualize.py"), "--weights", str(tmp_path / "missing.pth")]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.pth" in lines[0], r.stderr
+    r = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr
