@@ -19,8 +19,9 @@ def picture_paths(inputs: Sequence[str], exclude: Sequence[str] = ()) -> List[Tu
     images, recursively; the stem keeps the sub-folders) or a glob pattern. Sorted within each
     input; refuses an input that names no image and two pictures that would write the same outputs.
 
-    Pictures inside a folder of ``exclude`` (the tool's output folder) are skipped, so a run whose
-    output folder lies inside its input folder never reads its own outputs on the next run."""
+    Pictures that a folder or a glob pattern finds inside a folder of ``exclude`` (the tool's output
+    folders) are skipped, so a run whose outputs lie inside its input folder never reads them back
+    on the next run; a file named itself is always taken."""
     skip = [Path(f).resolve() for f in exclude]
     found: List[Tuple[str, str]] = []
     for item in inputs:
@@ -29,10 +30,7 @@ def picture_paths(inputs: Sequence[str], exclude: Sequence[str] = ()) -> List[Tu
             files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTS
                      and not _inside(p.resolve(), skip)]
             found += [(str(p), str(p.relative_to(root).with_suffix(""))) for p in files]
-        elif osp.isfile(item):
-            if _inside(Path(item).resolve(), skip):
-                raise ValueError(f"{item} lies in the output folder {', '.join(map(str, exclude))}: "
-                                 f"outputs are not read back as pictures")
+        elif osp.isfile(item):  # named by the user: taken even from an excluded folder
             files = [Path(item)]
             found.append((item, Path(item).stem))
         else:
@@ -40,7 +38,7 @@ def picture_paths(inputs: Sequence[str], exclude: Sequence[str] = ()) -> List[Tu
                      if osp.isfile(p) and Path(p).suffix.lower() in IMAGE_EXTS and not _inside(Path(p).resolve(), skip)]
             found += [(str(p), p.stem) for p in files]
         if not files:
-            outside = f" outside the output folder {', '.join(map(str, exclude))}" if exclude else ""
+            outside = f" outside the output folders {', '.join(map(str, exclude))}" if exclude else ""
             raise FileNotFoundError(f"{item}: no such image file, and no image ({'/'.join(IMAGE_EXTS)}){outside} "
                                     f"in it as a folder or glob pattern")
     owners: Dict[str, str] = {}

@@ -19,9 +19,10 @@ the config's ``tta_pipeline`` where it predicts whole pictures, and refuses othe
 
 Every file is written atomically (an interrupted run leaves no partial file under a final name).
 A picture that cannot be read is listed and skipped: every other picture is done, then the tool
-ends with exit status 1 and the list of failures. Pictures inside DIR are never read (DIR may lie
-inside an input folder). A config whose test_pipeline has no resize predicts at full size: for a
-picture over 1 megapixel a warning says so once, with how to add a resize.
+ends with exit status 1 and the list of failures. Folders and globs never find pictures in
+DIR/maps and DIR/overlays (DIR may lie inside an input folder, or be it). A config whose
+test_pipeline has no resize predicts at full size: for a picture over 1 megapixel a warning says
+so once, with how to add a resize.
 """
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ def main(argv=None):
     from brixel_plugins.pictures import picture_paths
 
     try:
-        # outputs never become inputs: --out-dir may lie inside a folder of pictures
-        pictures = picture_paths(args.inputs, exclude=[args.out_dir])
+        # outputs never become inputs: --out-dir may lie inside a folder of pictures, or be it
+        outputs = [osp.join(args.out_dir, "maps"), osp.join(args.out_dir, "overlays")]
+        pictures = picture_paths(args.inputs, exclude=outputs)
         model = load_segmentor(args.config, args.checkpoint, device=args.device, cfg_options=args.cfg_options,
                                tta=args.tta)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
