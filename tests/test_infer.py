@@ -359,7 +359,7 @@ def test_outputs_never_appear_half_written(tmp_path, monkeypatch):
         assert not path.exists() and list(path.parent.iterdir()) == []  # nor a stale temporary file
 
 
-def test_out_dir_inside_the_input_folder_is_not_read_back(mmseg_checkpoint, pictures, tmp_path):
+def test_out_dir_inside_the_input_folder_is_not_read_back(mmseg_checkpoint, pictures, tmp_path, capsys):
     """--out-dir inside the folder of pictures: the next run used to segment its own maps and
     overlays as pictures; outputs never become inputs (picture_paths' exclude)."""
     import shutil
@@ -367,23 +367,22 @@ def test_out_dir_inside_the_input_folder_is_not_read_back(mmseg_checkpoint, pict
     from brixel_plugins.pictures import picture_paths
 
     config, checkpoint = mmseg_checkpoint
-    folder = tmp_path / "photos"
-    shutil.copytree(pictures, folder)
-    out = folder / "preds"
-    for _ in range(2):
-        r = run(ROOT / "tools" / "infer.py", config, checkpoint, folder, "--out-dir", out, cwd=tmp_path)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-        assert "[3/3]" in r.stdout and "/6]" not in r.stdout
-    assert sorted(p.name for p in (out / "maps").rglob("*.png")) == ["odd.png", "square.png", "tall.png"]
+    tool = load_tool("infer")
+    for out_dir in ("preds", "."):  # inside the input folder, and the input folder itself
+        folder = tmp_path / f"photos_{len(out_dir)}"
+        shutil.copytree(pictures, folder)
+        out = folder / out_dir
+        for _ in range(2):
+            tool.main([config, checkpoint, str(folder), "--out-dir", str(out)])
+            printed = capsys.readouterr().out
+            assert "[3/3]" in printed and "/9]" not in printed, printed
+        assert sorted(p.name for p in (out / "maps").rglob("*.png")) == ["odd.png", "square.png", "tall.png"]
+    folder, out = tmp_path / "photos_5", tmp_path / "photos_5" / "preds"
+    outputs = [str(out / "maps"), str(out / "overlays")]
     assert len(picture_paths([str(folder)])) == 9  # without exclude, the outputs would be read
-    assert len(picture_paths([str(folder)], exclude=[str(out)])) == 3
-    assert len(picture_paths([str(folder / "**" / "*.png")], exclude=[str(out)])) == 2  # globs too
-    assert len(picture_paths([str(out / "maps" / "odd.png")], exclude=[str(out)])) == 1  # a file named itself
-    same = tmp_path / "same"
-    shutil.copytree(pictures, same)
-    for _ in range(2):  # DIR = the input folder
-        r = run(ROOT / "tools" / "infer.py", config, checkpoint, same, "--out-dir", same, cwd=tmp_path)
-        assert r.returncode == 0 and "[3/3]" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+    assert len(picture_paths([str(folder)], exclude=outputs)) == 3
+    assert len(picture_paths([str(folder / "**" / "*.png")], exclude=outputs)) == 2  # globs too
+    assert len(picture_paths([str(out / "maps" / "odd.png")], exclude=outputs)) == 1  # a file named itself
 
 
 def test_large_pictures_at_full_size_are_announced(mmseg_checkpoint):
@@ -418,7 +417,7 @@ def test_test_tool_out_writes_loadable_predictions(mmseg_checkpoint, tmp_path):
         assert pred.shape == Image.open(image).size[::-1] and pred.max() < len(CLASSES)
 
 
-def test_test_tool_show_is_not_show_dir(mmseg_checkpoint, tmp_path):
+def test_test_tool_show_is_not_show_dir(mmseg_checkpoint, tmp_path, monkeypatch):
     """--show used to be taken as an abbreviation of --show-dir (argparse's allow_abbrev): it is
     mmseg's own option now, and without a display it is refused before anything runs."""
     config, checkpoint = mmseg_checkpoint
@@ -427,10 +426,10 @@ def test_test_tool_show_is_not_show_dir(mmseg_checkpoint, tmp_path):
     assert (args.show, args.show_dir, args.wait_time) == (True, None, 0.5)
     with pytest.raises(SystemExit):
         tool.parse_args([config, checkpoint, "--show-d", "vis"])  # no abbreviations
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "test.py"), config, checkpoint, "--show", "--work-dir",
-                        str(tmp_path / "work")], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 1 and "--show opens a window" in r.stderr and "--show-dir" in r.stderr, r.stderr[-2000:]
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(SystemExit, match="--show opens a window, and this session has no display.*--show-dir"):
+        tool.main([config, checkpoint, "--show", "--work-dir", str(tmp_path / "work")])
 
 
 # -- overlays ------------------------------------------------------------------------------------

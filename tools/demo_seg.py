@@ -158,7 +158,8 @@ def draw_predictions(trained, data_root: str, demo: str, scores=None) -> str:
     labels = ["picture", "label map"]
     for label in models:
         miou = f", mIoU {scores[label]:.1f}" if scores and label in scores else ""
-        labels += [f"{label}: prediction{miou}", f"{label}: wrong {100 * wrong[label][0] / max(1, wrong[label][1]):.1f}%"]
+        share = 100 * wrong[label][0] / max(1, wrong[label][1])
+        labels += [f"{label}: prediction{miou}", f"{label}: wrong {share:.1f}%"]
     blank = np.full((256, 256, 3), 255, np.uint8)
     rows.append([legend_panel(meta)] + [blank] * (len(labels) - 1))
     grid = save_grid(rows, labels, osp.join(out, "predictions.png"))

@@ -17,7 +17,6 @@ predicts a picture at its full size: :func:`large_picture_warning` says so for l
 """
 from __future__ import annotations
 
-import os.path as osp
 from typing import Optional, Sequence, Union
 
 import numpy as np
