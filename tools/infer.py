@@ -18,7 +18,7 @@ the config's ``tta_pipeline`` where it predicts whole pictures, and refuses othe
 256 px protocol configs' test-time augmentation scores their centre crop: tools/test.py --tta).
 
 Every file is written atomically (an interrupted run leaves no partial file under a final name).
-A picture that cannot be read is listed and skipped: every other picture is done, then the tool
+A picture that cannot be read (or runs out of GPU memory) is listed and skipped: every other picture is done, then the tool
 ends with exit status 1 and the list of failures. Folders and globs never find pictures in
 DIR/maps and DIR/overlays (DIR may lie inside an input folder, or be it). A config whose
 test_pipeline has no resize predicts at full size: for a picture over 1 megapixel a warning says
@@ -60,6 +60,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     import numpy as np
+    import torch
 
     from brixel_plugins.images import load_rgb
     from brixel_plugins.mmseg.inference import (full_size_note, load_segmentor, overlay, predict, save_class_map,
@@ -87,7 +88,13 @@ def main(argv=None):
         if note:
             print(f"warning: {path}: {note} (said once)", file=sys.stderr, flush=True)
             warned = True
-        classes = predict(model, image)
+        try:
+            classes = predict(model, image)
+        except torch.cuda.OutOfMemoryError:  # this picture's size; smaller ones may still fit
+            torch.cuda.empty_cache()
+            failed.append((path, f"{path}: out of memory at {image.shape[1]}x{image.shape[0]}"))
+            print(f"[{i}/{len(pictures)}] {path}: FAILED, out of memory", file=sys.stderr, flush=True)
+            continue
         save_class_map(classes, meta["palette"], osp.join(args.out_dir, "maps", f"{name}.png"))
         save_rgb(overlay(image, classes, meta, args.opacity), osp.join(args.out_dir, "overlays", f"{name}.png"))
         print(f"[{i}/{len(pictures)}] {path}: {image.shape[1]}x{image.shape[0]}, "
