@@ -337,6 +337,25 @@ def test_infer_tool_does_every_readable_picture_and_lists_the_failures(mmseg_che
     assert last.startswith("error: 1 of 3 pictures failed") and "b.jpg" in last, r.stderr[-2000:]
 
 
+def test_infer_tool_skips_a_picture_that_runs_out_of_memory(mmseg_checkpoint, pictures, tmp_path, monkeypatch):
+    """Out of GPU memory on one (large) picture: the others are still done, the failure is listed."""
+    import brixel_plugins.mmseg.inference as inference
+
+    config, checkpoint = mmseg_checkpoint
+    real = inference.predict
+
+    def predict(model, image):
+        if image.shape[:2] == SIZES["wide/tall"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(model, image)
+
+    monkeypatch.setattr(inference, "predict", predict)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"1 of 3 pictures failed .*tall.png: out of memory at 100x150"):
+        load_tool("infer").main([config, checkpoint, str(pictures), "--out-dir", str(out)])
+    assert sorted(p.name for p in (out / "maps").rglob("*.png")) == ["odd.png", "square.png"]
+
+
 def test_outputs_never_appear_half_written(tmp_path, monkeypatch):
     """A run killed while writing used to leave a 0-byte PNG under its final name: the maps and
     overlays are written to a temporary name and moved into place, so a write that does not reach
