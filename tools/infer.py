@@ -18,11 +18,11 @@ the config's ``tta_pipeline`` where it predicts whole pictures, and refuses othe
 256 px protocol configs' test-time augmentation scores their centre crop: tools/test.py --tta).
 
 Every file is written atomically (an interrupted run leaves no partial file under a final name).
-A picture that cannot be read (or runs out of GPU memory) is listed and skipped: every other picture is done, then the tool
-ends with exit status 1 and the list of failures. Folders and globs never find pictures in
-DIR/maps and DIR/overlays (DIR may lie inside an input folder, or be it). A config whose
-test_pipeline has no resize predicts at full size: for a picture over 1 megapixel a warning says
-so once, with how to add a resize.
+A picture that cannot be read (or runs out of GPU memory) is listed and skipped: every other
+picture is done, then the tool ends with exit status 1 and the list of failures. Folders and
+globs never find pictures in DIR/maps and DIR/overlays (DIR may lie inside an input folder, or
+be it). A config whose test_pipeline has no resize predicts at full size: for a picture over 1
+megapixel a warning says so once, with how to add a resize.
 """
 from __future__ import annotations
 
