@@ -96,3 +96,22 @@ def test_segmentation_demo_draws_predictions_not_photos(distilled):
     legend = panel(6, 0)  # the last row: every class's colour and the error colour
     for colour in [*PALETTE, (255, 230, 0)]:
         assert (legend == colour).all(axis=1).sum() >= 16, colour
+
+
+def test_progress_reaches_the_console_while_the_framework_log_goes_to_a_file(tmp_path):
+    """The demos' progress lines (console.Progress through console.say) show on the console inside
+    output_to, and the log file keeps them beside the framework's lines."""
+    code = ("import logging\n"
+            "from brixel_plugins.console import Progress, output_to\n"
+            f"with output_to({str(tmp_path / 'train.log')!r}):\n"
+            "    p = Progress('run', 10, every=4)\n"
+            "    for i in range(1, 11):\n"
+            "        logging.getLogger('mmengine').warning('framework line %d', i)\n"
+            "        p.step(i, 1.0 / i)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split()[2] for line in lines] == ["1/10", "4/10", "8/10", "10/10"], r.stdout
+    assert "loss 0.2500" in lines[1] and "ETA" in lines[1] and "framework" not in r.stdout + r.stderr
+    log = (tmp_path / "train.log").read_text()
+    assert "framework line 10" in log and "[run] iter 10/10" in log
