@@ -115,3 +115,16 @@ def test_progress_reaches_the_console_while_the_framework_log_goes_to_a_file(tmp
     assert "loss 0.2500" in lines[1] and "ETA" in lines[1] and "framework" not in r.stdout + r.stderr
     log = (tmp_path / "train.log").read_text()
     assert "framework line 10" in log and "[run] iter 10/10" in log
+
+
+def test_detection_demo_scores_nothing_found_as_zero_and_keeps_other_nans():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("brixel_tool_demo_det", ROOT / "tools" / "demo_det.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    nan = float("nan")
+    nothing = {task: {"AP": nan, "APs": nan} for task in ("bbox", "segm")}  # COCOEvaluator: no detections
+    assert (tool.ap(nothing, "segm", "AP"), tool.found_nothing(nothing)) == (0.0, True)
+    some = {"bbox": {"AP": 3.0, "APs": nan}, "segm": {"AP": 2.0, "APs": nan}}  # no small objects: APs undefined
+    assert tool.ap(some, "segm", "AP") == 2.0 and np.isnan(tool.ap(some, "bbox", "APs"))

@@ -119,11 +119,15 @@ def progress_hook(label: str, total: int, every=None):
     return ProgressHook()
 
 
+def found_nothing(results: dict) -> bool:
+    """COCOEvaluator's results of a detector that detected nothing: every metric NaN."""
+    return all(math.isnan(v) for v in results["bbox"].values())
+
+
 def ap(results: dict, task: str, key: str) -> float:
-    """An AP of COCOEvaluator's results; NaN (no detection at all: nothing to score) is AP 0, as
-    COCO scores a detector that finds none of the objects."""
-    value = results[task][key]
-    return 0.0 if math.isnan(value) else value
+    """An AP of COCOEvaluator's results; a detector that detected nothing (every metric NaN) scores
+    0, as COCO scores a detector that finds none of the objects."""
+    return 0.0 if found_nothing(results) else results[task][key]
 
 
 def train_one(method: str, weights: str, iters: int, work: str, brixel: str, progress=None) -> dict:
@@ -143,7 +147,7 @@ def train_one(method: str, weights: str, iters: int, work: str, brixel: str, pro
     wall = time.time() - t0
     return {"box_AP": ap(results, "bbox", "AP"), "box_APs": ap(results, "bbox", "APs"),
             "mask_AP": ap(results, "segm", "AP"), "mask_APs": ap(results, "segm", "APs"),
-            "detections": not math.isnan(results["bbox"]["AP"]),
+            "detections": not found_nothing(results),
             "seconds_per_iter": seconds_per_iteration(out), "wall_seconds": wall}
 
 
