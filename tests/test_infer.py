@@ -314,3 +314,176 @@ def test_framework_output_goes_to_the_log_file(tmp_path):
     assert r.stdout.split() == ["table", "before", "table", "after"] and r.stderr == ""
     log = (tmp_path / "run" / "train.log").read_text()
     assert "COCOeval summary" in log and "framework warning" in log and "C-level line" in log
+
+
+# -- bad pictures, atomic outputs, outputs inside the input folder, large pictures (issue 27) -------
+def test_infer_tool_does_every_readable_picture_and_lists_the_failures(mmseg_checkpoint, pictures, tmp_path):
+    """A 0-byte JPEG between two good pictures used to stop the run at it (exit 1, the picture after
+    it never done): now both good ones are written, the failure is listed, and the exit status is 1."""
+    config, checkpoint = mmseg_checkpoint
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    photo = Image.open(pictures / "square.png")
+    photo.save(folder / "a.png")
+    (folder / "b.jpg").write_bytes(b"")
+    photo.save(folder / "c.png")
+    out = tmp_path / "out"
+    r = run(ROOT / "tools" / "infer.py", config, checkpoint, folder, "--out-dir", out, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-3000:]
+    assert sorted(p.name for p in (out / "maps").iterdir()) == ["a.png", "c.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "c.png"]
+    assert "[3/3]" in r.stdout  # the picture after the broken one was done
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 3 pictures failed") and "b.jpg" in last, r.stderr[-2000:]
+
+
+def test_infer_tool_skips_a_picture_that_runs_out_of_memory(mmseg_checkpoint, pictures, tmp_path, monkeypatch):
+    """Out of GPU memory on one (large) picture: the others are still done, the failure is listed."""
+    import brixel_plugins.mmseg.inference as inference
+
+    config, checkpoint = mmseg_checkpoint
+    real = inference.predict
+
+    def predict(model, image):
+        if image.shape[:2] == SIZES["wide/tall"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(model, image)
+
+    monkeypatch.setattr(inference, "predict", predict)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"1 of 3 pictures failed .*tall.png: out of memory at 100x150"):
+        load_tool("infer").main([config, checkpoint, str(pictures), "--out-dir", str(out)])
+    assert sorted(p.name for p in (out / "maps").rglob("*.png")) == ["odd.png", "square.png"]
+
+
+def test_outputs_never_appear_half_written(tmp_path, monkeypatch):
+    """A run killed while writing used to leave a 0-byte PNG under its final name: the maps and
+    overlays are written to a temporary name and moved into place, so a write that does not reach
+    its end (here: the move fails) leaves nothing under the final name."""
+    from brixel_plugins.mmseg.inference import save_class_map, save_rgb
+    from brixel_plugins.toydata.segmentation import PALETTE
+
+    classes = np.zeros((8, 8), np.int64)
+    written = save_class_map(classes, PALETTE, str(tmp_path / "maps" / "a.png"))
+    assert np.array_equal(np.asarray(Image.open(written)), classes)  # a real PNG despite the .tmp name
+
+    def killed(src, dst):
+        raise KeyboardInterrupt("killed before the move")
+
+    monkeypatch.setattr(os, "replace", killed)
+    for save, arg in ((save_class_map, classes), (save_rgb, np.zeros((8, 8, 3), np.uint8))):
+        path = tmp_path / "new" / f"{save.__name__}.png"
+        with pytest.raises(KeyboardInterrupt):
+            save(arg, PALETTE, str(path)) if save is save_class_map else save(arg, str(path))
+        assert not path.exists() and list(path.parent.iterdir()) == []  # nor a stale temporary file
+
+
+def test_out_dir_inside_the_input_folder_is_not_read_back(mmseg_checkpoint, pictures, tmp_path, capsys):
+    """--out-dir inside the folder of pictures: the next run used to segment its own maps and
+    overlays as pictures; outputs never become inputs (picture_paths' exclude)."""
+    import shutil
+
+    from brixel_plugins.pictures import picture_paths
+
+    config, checkpoint = mmseg_checkpoint
+    tool = load_tool("infer")
+    for out_dir in ("preds", "."):  # inside the input folder, and the input folder itself
+        folder = tmp_path / f"photos_{len(out_dir)}"
+        shutil.copytree(pictures, folder)
+        out = folder / out_dir
+        for _ in range(2):
+            tool.main([config, checkpoint, str(folder), "--out-dir", str(out)])
+            printed = capsys.readouterr().out
+            assert "[3/3]" in printed and "/9]" not in printed, printed
+        assert sorted(p.name for p in (out / "maps").rglob("*.png")) == ["odd.png", "square.png", "tall.png"]
+    folder, out = tmp_path / "photos_5", tmp_path / "photos_5" / "preds"
+    outputs = [str(out / "maps"), str(out / "overlays")]
+    assert len(picture_paths([str(folder)])) == 9  # without exclude, the outputs would be read
+    assert len(picture_paths([str(folder)], exclude=outputs)) == 3
+    assert len(picture_paths([str(folder / "**" / "*.png")], exclude=outputs)) == 2  # globs too
+    assert len(picture_paths([str(out / "maps" / "odd.png")], exclude=outputs)) == 1  # a file named itself
+
+
+def test_large_pictures_at_full_size_are_announced(mmseg_checkpoint):
+    """The toy config's test_pipeline has no resize: a 5000 x 5000 picture ran at full size for
+    minutes without a word. Beyond a megapixel, the tool now says so (once) and how to add a resize."""
+    from brixel_plugins.mmseg.inference import full_size_note, load_segmentor
+
+    model = load_segmentor(*mmseg_checkpoint)
+    assert full_size_note(model, (640, 480)) is None
+    note = full_size_note(model, (5000, 5000))
+    assert "5000x5000" in note and "25.0 MP" in note and "dict(type='Resize'" in note
+    model.cfg.test_pipeline = [model.cfg.test_pipeline[0], dict(type="Resize", scale=(2048, 512), keep_ratio=True),
+                               *model.cfg.test_pipeline[1:]]
+    assert full_size_note(model, (5000, 5000)) is None
+
+
+def test_test_tool_out_writes_loadable_predictions(mmseg_checkpoint, tmp_path):
+    """mmseg's tools/test.py --out DIR: the test metric saves each prediction as a PNG of class ids
+    (IoUMetric's output_dir), and the metrics are still computed."""
+    from brixel_plugins.toydata.segmentation import CLASSES
+
+    config, checkpoint = mmseg_checkpoint
+    out = tmp_path / "preds"
+    r = run(ROOT / "tools" / "test.py", config, checkpoint, "--out", out, "--work-dir", tmp_path / "work", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "mIoU" in r.stdout
+    data_root = Path(Config.fromfile(config).test_dataloader.dataset.data_root)
+    images = sorted((data_root / "img_dir" / "val").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.stem + ".png" for p in images)
+    for image in images:
+        pred = np.asarray(Image.open(out / (image.stem + ".png")))
+        assert pred.shape == Image.open(image).size[::-1] and pred.max() < len(CLASSES)
+
+
+def test_test_tool_show_is_not_show_dir(mmseg_checkpoint, tmp_path, monkeypatch):
+    """--show used to be taken as an abbreviation of --show-dir (argparse's allow_abbrev): it is
+    mmseg's own option now, and without a display it is refused before anything runs."""
+    config, checkpoint = mmseg_checkpoint
+    tool = load_tool("test")
+    args = tool.parse_args([config, checkpoint, "--show", "--wait-time", "0.5"])
+    assert (args.show, args.show_dir, args.wait_time) == (True, None, 0.5)
+    with pytest.raises(SystemExit):
+        tool.parse_args([config, checkpoint, "--show-d", "vis"])  # no abbreviations
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(SystemExit, match="--show opens a window, and this session has no display.*--show-dir"):
+        tool.main([config, checkpoint, "--show", "--work-dir", str(tmp_path / "work")])
+
+
+# -- overlays ------------------------------------------------------------------------------------
+def test_overlay_has_a_legend_inside_the_picture_and_keeps_the_photo():
+    """Overlays had no legend (labels at region centres, cut at the border) and a black background
+    class darkened every photo by half: now a legend of the classes present sits inside the
+    picture's top-left corner, holding their exact colours, and background pixels keep the photo."""
+    from brixel_plugins.mmseg.inference import overlay
+    from brixel_plugins.toydata.segmentation import CLASSES, PALETTE
+
+    image = np.full((128, 160, 3), 128, np.uint8)
+    classes = np.zeros((128, 160), np.int64)  # background (black) in the top-left corner
+    classes[64:, 80:] = 1
+    classes[100:, :40] = 3
+    meta = dict(classes=CLASSES, palette=PALETTE)
+    drawn = overlay(image, classes, meta, opacity=0.5)
+    assert drawn.shape == image.shape
+    corner = drawn[:48, :96].reshape(-1, 3)
+    for c in (0, 1, 3):  # the swatches of the classes present, in their exact colours
+        assert (corner == PALETTE[c]).all(axis=1).sum() >= 16, CLASSES[c]
+    for c in (2, 4):  # absent classes have no swatch
+        assert not (corner == PALETTE[c]).all(axis=1).any(), CLASSES[c]
+    assert np.array_equal(drawn[60, 150], image[60, 150])  # background: the photo itself, not darkened
+    assert np.array_equal(drawn[120, 150], np.rint(image[0, 0] * 0.5 + np.array(PALETTE[1]) * 0.5))
+    plain = overlay(image, classes, meta, with_labels=False)
+    assert np.array_equal(plain[:48, :96], image[:48, :96])  # the legend is what covers the corner
+
+
+def test_legend_stays_inside_small_pictures():
+    from brixel_plugins.mmseg.inference import draw_legend
+
+    entries = [(f"a very long class name number {i}", (255, 0, 10 * i)) for i in range(12)]
+    image = np.full((48, 40, 3), 128, np.uint8)
+    drawn = draw_legend(image, entries)
+    assert drawn.shape == image.shape
+    assert (drawn.reshape(-1, 3) == (255, 0, 0)).all(axis=1).any()  # the first swatch is there
+    assert not (drawn.reshape(-1, 3) == (255, 0, 110)).all(axis=1).any()  # rows beyond the picture: "+N more"
+    assert np.array_equal(draw_legend(np.zeros((6, 6, 3), np.uint8), entries), np.zeros((6, 6, 3)))  # no room

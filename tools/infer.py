@@ -10,12 +10,19 @@ upsampler load from the files the config names), or the one file tools/export_mo
 them; folders are searched recursively) it writes
 
     DIR/maps/<name>.png       class ids as a paletted PNG in the dataset's colours, picture-sized
-    DIR/overlays/<name>.png   the map over the picture (mmseg's SegLocalVisualizer)
+    DIR/overlays/<name>.png   the map over the picture, with a legend of the classes present
 
 through mmseg's own ``init_model`` / ``inference_model`` with the config's ``test_pipeline``
 (whole picture; sliding window if the config's ``model.test_cfg`` says so). ``--tta`` averages
 the config's ``tta_pipeline`` where it predicts whole pictures, and refuses otherwise (the
 256 px protocol configs' test-time augmentation scores their centre crop: tools/test.py --tta).
+
+Every file is written atomically (an interrupted run leaves no partial file under a final name).
+A picture that cannot be read (or runs out of GPU memory) is listed and skipped: every other
+picture is done, then the tool ends with exit status 1 and the list of failures. Folders and
+globs never find pictures in DIR/maps and DIR/overlays (DIR may lie inside an input folder, or
+be it). A config whose test_pipeline has no resize predicts at full size: for a picture over 1
+megapixel a warning says so once, with how to add a resize.
 """
 from __future__ import annotations
 
@@ -53,29 +60,50 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     import numpy as np
+    import torch
 
     from brixel_plugins.images import load_rgb
-    from brixel_plugins.mmseg.inference import load_segmentor, overlay, predict, save_class_map, save_rgb
+    from brixel_plugins.mmseg.inference import (full_size_note, load_segmentor, overlay, predict, save_class_map,
+                                                save_rgb)
     from brixel_plugins.pictures import picture_paths
 
     try:
-        pictures = picture_paths(args.inputs)
+        # outputs never become inputs: --out-dir may lie inside a folder of pictures, or be it
+        outputs = [osp.join(args.out_dir, "maps"), osp.join(args.out_dir, "overlays")]
+        pictures = picture_paths(args.inputs, exclude=outputs)
         model = load_segmentor(args.config, args.checkpoint, device=args.device, cfg_options=args.cfg_options,
                                tta=args.tta)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     meta = model.dataset_meta
+    failed, warned = [], False
     for i, (path, name) in enumerate(pictures, 1):
         try:
             image = np.asarray(load_rgb(path))
-        except (OSError, ValueError) as e:  # not an image, truncated, floating-point
-            sys.exit(f"error: cannot read {path}: {e}")
-        classes = predict(model, image)
+        except (OSError, ValueError) as e:  # empty, not an image, truncated, floating-point
+            failed.append((path, f"cannot read {path}: {e}"))
+            print(f"[{i}/{len(pictures)}] {path}: FAILED, cannot read it: {e}", file=sys.stderr, flush=True)
+            continue
+        note = None if warned else full_size_note(model, image.shape[:2])
+        if note:
+            print(f"warning: {path}: {note} (said once)", file=sys.stderr, flush=True)
+            warned = True
+        try:
+            classes = predict(model, image)
+        except torch.cuda.OutOfMemoryError:  # this picture's size; smaller ones may still fit
+            torch.cuda.empty_cache()
+            failed.append((path, f"{path}: out of memory at {image.shape[1]}x{image.shape[0]}"))
+            print(f"[{i}/{len(pictures)}] {path}: FAILED, out of memory", file=sys.stderr, flush=True)
+            continue
         save_class_map(classes, meta["palette"], osp.join(args.out_dir, "maps", f"{name}.png"))
         save_rgb(overlay(image, classes, meta, args.opacity), osp.join(args.out_dir, "overlays", f"{name}.png"))
         print(f"[{i}/{len(pictures)}] {path}: {image.shape[1]}x{image.shape[0]}, "
               f"{len(np.unique(classes))} classes", flush=True)
     print(f"class maps: {osp.join(args.out_dir, 'maps')}\noverlays:   {osp.join(args.out_dir, 'overlays')}")
+    if failed:
+        listed = "; ".join(reason for _, reason in failed[:10]) + (f"; ... {len(failed) - 10} more" if len(failed) > 10
+                                                                   else "")
+        sys.exit(f"error: {len(failed)} of {len(pictures)} pictures failed (the others were written): {listed}")
 
 
 if __name__ == "__main__":

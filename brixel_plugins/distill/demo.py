@@ -31,6 +31,7 @@ from ..images import skimage_photo_files
 STUDENT, TEACHER = 96, 384  # px: 6x6 tokens in, DINOv3's 24x24 map at 384 px out (4x)
 HELD_OUT = ("chelsea.png", "coffee.png", "rocket.jpg")
 ARCH = "vits16"
+DEFAULT_WORK_DIR = osp.join("work_dirs", "demo")  # the demos' --work-dir, under the current directory
 
 
 def photo_folders(root: str) -> Tuple[str, str]:
@@ -79,14 +80,37 @@ def demo_config(path: str, weights: Optional[str], train_dir: str, val_dir: str,
     return cfg
 
 
-def distil(cfg):
-    """Train ``cfg`` in a fresh ``cfg.work_dir`` (no stale checkpoints or best-model files);
-    returns (runner, seconds including validation)."""
+def progress_hook(label: str, total: int, every: Optional[int] = None):
+    """An mmengine hook saying training progress on the console (``console.Progress``: iteration /
+    total, loss, time left), also while ``console.output_to`` sends the framework's log to a file."""
+    from mmengine.hooks import Hook
+
+    from ..console import Progress
+
+    class ProgressHook(Hook):
+        priority = "VERY_LOW"
+
+        def __init__(self):
+            self.progress = Progress(label, total, every)
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            loss = (outputs or {}).get("loss")
+            self.progress.step(runner.iter + 1, None if loss is None else float(loss))
+
+    return ProgressHook()
+
+
+def distil(cfg, hooks: Sequence = ()):
+    """Train ``cfg`` in a fresh ``cfg.work_dir`` (no stale checkpoints or best-model files), with
+    ``hooks`` (mmengine hooks, e.g. :func:`progress_hook`) added; returns (runner, seconds
+    including validation)."""
     from .runner import DistillRunner
 
     if osp.isdir(cfg.work_dir):
         shutil.rmtree(cfg.work_dir)
     runner = DistillRunner.from_cfg(cfg)
+    for hook in hooks:
+        runner.register_hook(hook)
     t0 = time.time()
     runner.train()
     return runner, time.time() - t0
@@ -156,19 +180,23 @@ def pca_picture(runs: Sequence[Tuple[str, object]], val_dir: str, path: str) -> 
     return pca_figure(photos, backbone, ups, path, size=STUDENT, hr_size=TEACHER)
 
 
-def ensure_weights(path: str, root: str, method: str = "brixel") -> None:
-    """Run the distillation demo for ``method`` (``tools/demo.py`` under ``root``) unless its
-    best weights ``path`` exist: the segmentation and detection demos start from them."""
+def ensure_weights(path: str, root: str, method: str = "brixel", work_dir: Optional[str] = None) -> None:
+    """Run the distillation demo for ``method`` (``tools/demo.py`` of the repository ``root``, writing
+    to ``work_dir``, default ``work_dirs/demo`` under the current directory) unless its best weights
+    ``path`` exist: the segmentation and detection demos start from them."""
     import subprocess
     import sys
 
     if osp.isfile(path):
         return
-    print(f"No {method} weights at {path}: running the distillation demo first (tools/demo.py --methods {method})",
-          flush=True)
-    subprocess.run([sys.executable, osp.join(root, "tools", "demo.py"), "--methods", method], cwd=root, check=True)
+    work_dir = osp.abspath(work_dir or DEFAULT_WORK_DIR)
+    print(f"No {method} weights at {path}: running the distillation demo first (tools/demo.py --methods {method} "
+          f"--work-dir {work_dir})", flush=True)
+    subprocess.run([sys.executable, osp.join(root, "tools", "demo.py"), "--methods", method, "--work-dir", work_dir],
+                   check=True)
 
 
-def demo_weights(root: str, method: str = "brixel") -> str:
-    """Where the distillation demo writes ``method``'s best weights under the repository ``root``."""
-    return osp.join(root, "work_dirs", "demo", method, "best_upsampler.safetensors")
+def demo_weights(work_dir: Optional[str] = None, method: str = "brixel") -> str:
+    """Where the distillation demo writes ``method``'s best weights under its ``work_dir`` (default
+    ``work_dirs/demo`` under the current directory)."""
+    return osp.join(work_dir or DEFAULT_WORK_DIR, method, "best_upsampler.safetensors")

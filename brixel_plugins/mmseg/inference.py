@@ -1,13 +1,15 @@
 """Predictions on a user's pictures with MMSegmentation's own inference API (``init_model`` +
 ``inference_model``): a class map of the whole picture at its own size, saved as a PNG in the
-dataset's palette, and the map drawn over the picture by mmseg's ``SegLocalVisualizer``.
+dataset's palette, and the map blended over the picture with a legend of the classes present.
+Every file is written atomically.
 
 mmseg's inference API runs the config's ``test_pipeline``. In the configs here that pipeline
 predicts the whole picture (the 256 px protocols resize the short side to 256 and nothing else,
 whole or sliding-window inference as ``model.test_cfg`` says); the evaluation protocol, which
 scores a centre crop (``CenterCrop`` + ``ResetOriShape``), is the ``val_pipeline`` of the
 val/test dataloaders that tools/test.py runs. A ``test_pipeline`` that crops is refused here, as
-it would return a map of the crop, not of the picture.
+it would return a map of the crop, not of the picture. A ``test_pipeline`` without any resize
+predicts a picture at its full size: :func:`large_picture_warning` says so for large pictures.
 
     model = load_segmentor(config, checkpoint)       # mmseg.apis.init_model
     classes = predict(model, load_rgb("photo.jpg"))  # (H, W) class ids, H x W = the picture's size
@@ -15,8 +17,6 @@ it would return a map of the crop, not of the picture.
 """
 from __future__ import annotations
 
-import os.path as osp
-import uuid
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -158,8 +158,30 @@ def _predict_tta(model, bgr: np.ndarray) -> np.ndarray:
     return result.pred_sem_seg.data[0].cpu().numpy().astype(np.int64)
 
 
+# a picture above this many pixels, predicted at full size, is slow and memory-hungry (ViT/16:
+# 4096 tokens of global attention at 1024 x 1024): tools/infer.py says so once
+LARGE_PICTURE_PIXELS = 1024 * 1024
+
+
+def full_size_note(model: torch.nn.Module, hw) -> Optional[str]:
+    """What to tell a user whose picture of ``hw`` (H, W) pixels the model's inference pipeline
+    (``test_pipeline``, or ``tta_pipeline`` under test-time augmentation) predicts at full size,
+    having no resize step, when it exceeds ``LARGE_PICTURE_PIXELS``; else None."""
+    tta = hasattr(model, "module")
+    name = "tta_pipeline" if tta else "test_pipeline"
+    types = set(_transform_types(model.cfg[name]))
+    if any("Resize" in t and t != "ResizeToMultiple" for t in types) or hw[0] * hw[1] <= LARGE_PICTURE_PIXELS:
+        return None
+    tokens = -(-hw[0] // 16) * -(-hw[1] // 16)
+    return (f"a {hw[1]}x{hw[0]} picture ({hw[0] * hw[1] / 1e6:.1f} MP) is predicted at full size (~{tokens} "
+            f"DINOv3 tokens: slow and memory-hungry), as the config's {name} has no resize. To predict at the "
+            f"training scale, add e.g. dict(type='Resize', scale=(2048, 512), keep_ratio=True) after its loading "
+            f"step (the class map still comes back at the picture's size)")
+
+
 def save_class_map(classes: np.ndarray, palette: Sequence[Sequence[int]], path: str) -> str:
-    """The class map as a paletted PNG: pixel values are class ids, shown in the dataset's colours."""
+    """The class map as a paletted PNG: pixel values are class ids, shown in the dataset's colours.
+    Written atomically: a crash leaves no partial file under ``path``."""
     from PIL import Image
 
     if classes.max(initial=0) > 255:
@@ -167,35 +189,95 @@ def save_class_map(classes: np.ndarray, palette: Sequence[Sequence[int]], path: 
     img = Image.fromarray(classes.astype(np.uint8), mode="P")
     flat = [int(v) for colour in palette for v in colour]
     img.putpalette(flat + [0] * (768 - len(flat)))
-    _makedirs(path)
-    img.save(path)
-    return path
+    return _save_png(img, path)
+
+
+def class_colours(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """The class map in solid class colours (uint8 RGB); ids outside the palette (e.g. 255,
+    ignored) are white."""
+    lut = np.full((256, 3), 255, np.uint8)
+    lut[:len(palette)] = np.asarray(palette, np.uint8)[:256]
+    if classes.min(initial=0) < 0 or classes.max(initial=0) > 255:
+        raise ValueError(f"class ids must be in 0..255, the map has {classes.min()}..{classes.max()}")
+    return lut[classes.astype(np.int64)]
 
 
 def overlay(image: np.ndarray, classes: np.ndarray, dataset_meta: dict, opacity: float = 0.5,
             with_labels: bool = True) -> np.ndarray:
-    """The class map drawn over the RGB picture by mmseg's ``SegLocalVisualizer`` (uint8 RGB)."""
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    from mmseg.visualization import SegLocalVisualizer
+    """The class map over the RGB picture (uint8 RGB, the picture's size): each class's colour
+    blended at ``opacity``, except classes coloured black (background, as in the toy data), which
+    would only darken the photo and are left as it is. ``with_labels``: a legend of the classes
+    present, largest first, drawn inside the picture's top-left corner (see :func:`draw_legend`)."""
+    if classes.shape != image.shape[:2]:
+        raise ValueError(f"class map {classes.shape} and picture {image.shape[:2]} differ in size")
+    palette = dataset_meta["palette"]
+    colours = class_colours(classes, palette).astype(np.float32)
+    alpha = np.where(colours.any(axis=-1, keepdims=True), np.float32(opacity), np.float32(0))
+    drawn = np.rint(image.astype(np.float32) * (1 - alpha) + colours * alpha).astype(np.uint8)
+    if not with_labels:
+        return drawn
+    ids, counts = np.unique(classes, return_counts=True)
+    names = dataset_meta["classes"]
+    present = [(names[i], tuple(palette[i])) for i, _ in sorted(zip(ids, counts), key=lambda t: -t[1])
+               if 0 <= i < len(names)]
+    return draw_legend(drawn, present)
 
-    sample = SegDataSample()
-    sample.pred_sem_seg = PixelData(data=torch.from_numpy(classes)[None])
-    vis = SegLocalVisualizer(name=f"infer_{uuid.uuid4().hex}", alpha=opacity)
-    vis.set_dataset_meta(classes=dataset_meta["classes"], palette=dataset_meta["palette"])
-    vis.add_datasample("picture", image, sample, draw_gt=False, show=False, with_labels=with_labels)
-    return vis.get_image()
+
+def draw_legend(image: np.ndarray, entries: Sequence, corner: str = "top-left") -> np.ndarray:
+    """``entries`` ((name, colour) pairs) as a legend on a light panel inside ``image`` (uint8 RGB,
+    returned as a copy), the text sized to the picture. Every part stays inside the picture: names
+    too long for it are shortened with "...", classes beyond the rows that fit are summed up as
+    "+N more"; a picture too small for one row gets no legend."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = image.shape[:2]
+    size = int(np.clip(min(h, w) / 22, 9, 28))
+    font = ImageFont.load_default(size=size)
+    pad, gap = max(2, size // 4), max(2, size // 3)
+    row = size + gap
+    rows = (h - 2 * pad) // row
+    if rows < 1 or w < 3 * size + 2 * pad or not entries:
+        return image.copy()
+    entries = list(entries)
+    if len(entries) > rows:
+        entries = entries[:rows - 1] + [(f"+{len(entries) - rows + 1} more", None)]
+    room = w - 2 * pad - size - gap  # for text, right of the swatch
+
+    def fit(text: str) -> str:
+        if font.getlength(text) <= room:
+            return text
+        while text and font.getlength(text + "...") > room:
+            text = text[:-1]
+        return text + "..."
+
+    texts = [fit(str(name)) for name, _ in entries]
+    box_w = min(w, 2 * pad + size + gap + int(max(font.getlength(t) for t in texts)) + 1)
+    box_h = 2 * pad + len(entries) * row - gap
+    x0 = 0 if corner.endswith("left") else w - box_w
+    y0 = 0 if corner.startswith("top") else h - box_h
+    canvas = Image.fromarray(image).convert("RGBA")
+    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    draw.rectangle((x0, y0, x0 + box_w - 1, y0 + box_h - 1), fill=(255, 255, 255, 215))
+    for k, ((_, colour), text) in enumerate(zip(entries, texts)):
+        y = y0 + pad + k * row
+        if colour is not None:
+            draw.rectangle((x0 + pad, y, x0 + pad + size - 1, y + size - 1), fill=tuple(int(c) for c in colour),
+                           outline=(90, 90, 90, 255))
+        draw.text((x0 + pad + size + gap, y + size / 2), text, fill=(0, 0, 0, 255), font=font, anchor="lm")
+    return np.asarray(Image.alpha_composite(canvas, layer).convert("RGB"))
 
 
 def save_rgb(image: np.ndarray, path: str) -> str:
+    """An RGB picture as a PNG, written atomically (no partial file under ``path``)."""
     from PIL import Image
 
-    _makedirs(path)
-    Image.fromarray(image).save(path)
+    return _save_png(Image.fromarray(image), path)
+
+
+def _save_png(img, path: str) -> str:
+    from ..utils import atomic_path
+
+    with atomic_path(path) as tmp:  # the temporary name ends in .tmp: say the format
+        img.save(tmp, format="PNG")
     return path
-
-
-def _makedirs(path: str) -> None:
-    import os
-
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
