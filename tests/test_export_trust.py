@@ -232,9 +232,10 @@ def test_every_shipped_d2_config_passes_the_allow_list():
             for v in node:
                 collect(v)
 
-    configs = sorted((ROOT / "configs" / "d2").glob("*/*.py"))
-    configs = [p for p in configs if p.parent.name != "common"]
-    assert len(configs) > 30
+    # one backbone size: vitb16 / vitl16 change widths, not classes
+    configs = [p for p in sorted((ROOT / "configs" / "d2").glob("*/*.py"))
+               if p.parent.name != "common" and "vitb16" not in p.name and "vitl16" not in p.name]
+    assert len(configs) >= 15
     for path in configs:
         cfg = LazyConfig.load(str(path))
         collect(_plain(cfg.model))

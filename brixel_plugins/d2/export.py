@@ -26,6 +26,21 @@ PathLike = Union[str, Path]
 ALLOWED_TARGETS = frozenset({
     "brixel_plugins.d2.backbone.DINOv3Backbone",
     "brixel_plugins.d2.pyramid.UpsampledFeaturePyramid",
+    "brixel_plugins.d2.pyramid.ViTDetFeaturePyramid",
+    "detectron2.data.transforms.augmentation_impl.ResizeShortestEdge",
+    "detectron2.modeling.anchor_generator.DefaultAnchorGenerator",
+    "detectron2.modeling.backbone.fpn.LastLevelMaxPool",
+    "detectron2.modeling.box_regression.Box2BoxTransform",
+    "detectron2.modeling.matcher.Matcher",
+    "detectron2.modeling.meta_arch.rcnn.GeneralizedRCNN",
+    "detectron2.modeling.poolers.ROIPooler",
+    "detectron2.modeling.proposal_generator.rpn.RPN",
+    "detectron2.modeling.proposal_generator.rpn.StandardRPNHead",
+    "detectron2.modeling.roi_heads.box_head.FastRCNNConvFCHead",
+    "detectron2.modeling.roi_heads.cascade_rcnn.CascadeROIHeads",
+    "detectron2.modeling.roi_heads.fast_rcnn.FastRCNNOutputLayers",
+    "detectron2.modeling.roi_heads.mask_head.MaskRCNNConvUpsampleHead",
+    "detectron2.modeling.roi_heads.roi_heads.StandardROIHeads",
 })
 
 
@@ -50,7 +65,7 @@ def check_config(config: Any, path: PathLike) -> None:
     :data:`ALLOWED_TARGETS` or holding an interpolation; the message names the key and the value."""
     def refuse(where: str, what: str) -> None:
         raise WeightFileError(f"{path}: refusing to build it: {where} = {what}. A model file builds only the "
-                              f"detectron2, torch.nn and brixel_plugins classes the configs of configs/d2 use, "
+                              f"detectron2 and brixel_plugins classes the configs of configs/d2 use, "
                               f"named exactly; nothing else is imported or called. Export the model again from "
                               f"its config and checkpoint (python tools/export_model.py CONFIG CHECKPOINT OUT)")
 

@@ -114,7 +114,6 @@ class LazyPredictor:
 
     A picture the augmentations leave larger than the model's square padding
     (``model.backbone.square_pad``) is refused: the padding would crop it.
-    """
 
     ``metadata``: class names and the dataset's category ids (``coco_records``); ``image_ids``: the
     dataset's image ids by file name (:func:`image_ids`), both from the config's test dataset or

@@ -112,7 +112,7 @@ def check_config(config: Any, path: PathLike) -> None:
 
     def walk(node: Any, where: str, names: set, registry: str) -> None:
         if isinstance(node, dict):
-            if "_scope_" in node:
+            if node.get("_scope_", SCOPE) != SCOPE:  # another scope's registries (and imports)
                 refuse(f"{where}._scope_", repr(node["_scope_"]))
             if "type" in node:
                 kind, known = ("upsampler", set(UPSAMPLERS)) if where == UPSAMPLER_PATH else (registry, names)
