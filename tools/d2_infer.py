@@ -107,8 +107,8 @@ def main(argv=None):
         print(f"{len(failed)} of {len(pictures)} pictures failed:", file=sys.stderr)
         for line in failed:
             print(f"  {line}", file=sys.stderr)
-        raise RuntimeError(f"{len(failed)} of {len(pictures)} pictures could not be read or predicted (listed "
-                           f"above); the JSON holds the {len(pictures) - len(failed)} done")
+        sys.exit(f"error: {len(failed)} of {len(pictures)} pictures could not be read or predicted (listed above); "
+                 f"the JSON holds the {len(pictures) - len(failed)} done")
 
 
 if __name__ == "__main__":

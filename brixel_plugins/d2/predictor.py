@@ -99,6 +99,12 @@ def image_ids(paths: Sequence[str], known: Mapping[str, int]) -> List[int]:
     return out
 
 
+def _check_orders(pictures: str, model: str = "RGB") -> None:
+    if pictures not in CHANNEL_ORDERS or model not in CHANNEL_ORDERS:
+        raise ValueError(f"LazyPredictor converts between {'/'.join(CHANNEL_ORDERS)}: got input_format="
+                         f"{pictures!r} for the pictures, {model!r} for the model")
+
+
 class LazyPredictor:
     """``cfg.model`` with the weights of ``checkpoint`` (a checkpoint of tools/d2_train.py: the
     frozen DINOv3 and a frozen upsampler load from the files the config names), in eval mode,
@@ -121,6 +127,7 @@ class LazyPredictor:
     """
 
     def __init__(self, cfg, checkpoint: str, device: Optional[str] = None, input_format: str = "BGR"):
+        _check_orders(input_format)
         model = instantiate(cfg.model)
         FrozenBackboneCheckpointer(model).load(checkpoint)
         metadata = dataset_metadata(cfg)
@@ -134,6 +141,7 @@ class LazyPredictor:
 
         from ..export import load_exported_model
 
+        _check_orders(input_format)
         model, cfg = load_exported_model(path, device)
         self = cls.__new__(cls)
         self._use(cfg, model, device, None, OmegaConf.to_container(cfg.metadata), input_format, str(path))
@@ -141,9 +149,7 @@ class LazyPredictor:
 
     def _use(self, cfg, model: torch.nn.Module, device: Optional[str], metadata, ids: Dict[str, Any],
              input_format: str, name: Optional[str] = None) -> None:
-        if input_format not in CHANNEL_ORDERS or model.input_format not in CHANNEL_ORDERS:
-            raise ValueError(f"LazyPredictor converts between {'/'.join(CHANNEL_ORDERS)}: got input_format="
-                             f"{input_format!r} for the pictures, {model.input_format!r} for the model")
+        _check_orders(input_format, model.input_format)
         self.cfg = cfg
         self.device = torch.device(device or cfg.train.device)
         self.model = model.to(self.device).eval()
