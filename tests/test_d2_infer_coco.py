@@ -83,7 +83,8 @@ def test_model_and_checkpoint_give_the_json_and_ap_of_coco_evaluator(d2_checkpoi
         assert (a / name).read_text() == (b / name).read_text(), name
     index = json.loads((a / "images.json").read_text())
     assert [im["id"] for im in index["images"]] == [IMAGE_IDS[2], IMAGE_IDS[1]]
-    assert index["categories"] == [{"id": i + 1, "name": n} for i, n in enumerate(["disc", "square", "triangle", "bar"])]
+    names = ["disc", "square", "triangle", "bar"]
+    assert index["categories"] == [{"id": i + 1, "name": n} for i, n in enumerate(names)]
     results = json.loads((a / "coco_instances_results.json").read_text())
 
     # COCOEvaluator on the same model and pictures (the val split: these two)

@@ -128,7 +128,10 @@ def test_tools_infer_refuses_a_tampered_export(mmseg_export, cwd, dinov3_file): 
 
 
 def test_changed_factor_is_refused_by_the_digest(mmseg_export, cwd):
-    meta = json.loads(__import__("safetensors").safe_open(str(mmseg_export), "pt").metadata()["model"])
+    from safetensors import safe_open
+
+    with safe_open(str(mmseg_export), framework="pt") as f:
+        meta = json.loads(f.metadata()["model"])
     up = meta["config"]["model"]["backbone"]["upsampler"]
     assert up["type"] == "bilinear" and up["factor"] == 4
     edited = rewrite(mmseg_export, cwd / "edited.safetensors", _set("model.backbone.upsampler.factor", 2))
