@@ -4,8 +4,19 @@ A safetensors file: the tensors of everything that is not DINOv3 (the head, the 
 or frozen upsampler), and, as JSON in the header, the model's config (plain data: a dict, never
 code), the class names and palette, and DINOv3 *by reference*: its file name, the config key that
 sets it and its sha256. Loading finds DINOv3 by the lookup rule of
-:mod:`brixel_plugins.weight_files` (the recorded path, ``$BRIXEL_WEIGHTS_DIR``, the cwd) and
+:mod:`brixel_plugins.weight_files` (the export's folder, ``$BRIXEL_WEIGHTS_DIR``, the cwd) and
 refuses a file with other bytes.
+
+A model file is data. Before anything is built, loading checks
+
+- the ``digest`` entry: sha256 over the header JSON and every tensor (name, dtype, shape, bytes);
+  a file edited after export is refused. It guards against damage and hand edits, not a forger;
+- the config, by the adapters: every class it names must be on an exact allow-list (MMSegmentation:
+  plain names in the scope's registries; Detectron2: an explicit set of classes), so a file can
+  only build what the project and the frameworks register, never import or call anything else.
+
+Files of the first format (``brixel_plugins.model/1``, without a digest) are refused with the
+command that exports them again.
 
     model = load_exported_model("brixel_vits16_ade20k.safetensors")   # mmseg: like init_model
     model, cfg = load_exported_model("mask_rcnn_brixel.safetensors")  # detectron2: model + its LazyConfig
@@ -15,6 +26,7 @@ write and rebuild their models; this module owns the file format.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -23,13 +35,36 @@ import torch
 
 from .backbones.weights import WeightFileError
 from .checks import first_non_finite
-from .io import read_safetensors
+from .io import metadata_digest, read_safetensors
 from .utils import atomic_path
 from .version import __version__
 from .weight_files import find_weight_file
 
-FORMAT = "brixel_plugins.model/1"
+FORMAT = "brixel_plugins.model/2"
+OLD_FORMATS = ("brixel_plugins.model/1",)  # written before the digest: exported again
 PathLike = Union[str, Path]
+REEXPORT = "python tools/export_model.py CONFIG CHECKPOINT OUT.safetensors"
+
+
+def model_digest(raw: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the header entries (all but ``digest``), each tensor's name, dtype and shape
+    (:func:`brixel_plugins.io.metadata_digest`) and every tensor's bytes, in name order."""
+    h = hashlib.sha256(metadata_digest(raw, tensors).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous().reshape(-1)
+        h.update(name.encode() + b"\0")
+        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _reexport(meta: Mapping[str, Any]) -> str:
+    """The command that writes the file again, with the config and checkpoint it came from when known."""
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    if source.get("config") and source.get("checkpoint"):
+        opts = " ".join(source.get("opts") or [])
+        return (f"python tools/export_model.py {source['config']} {source['checkpoint']} OUT.safetensors"
+                + (f" {opts}" if opts else ""))
+    return REEXPORT
 
 
 def write_model_file(out: PathLike, tensors: Mapping[str, torch.Tensor], meta: Dict[str, Any]) -> Path:
@@ -42,20 +77,39 @@ def write_model_file(out: PathLike, tensors: Mapping[str, torch.Tensor], meta: D
     if bad:
         raise ValueError(f"refusing to write {out}: {bad[0]} holds {bad[1]} NaN/Inf values of {bad[2]}")
     header = {"format": FORMAT, "package_version": __version__, **meta}
+    raw = {"format": FORMAT, "model": json.dumps(header, sort_keys=True)}
+    raw["digest"] = model_digest(raw, tensors)
     with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "model": json.dumps(header, sort_keys=True)})
+        save_file(tensors, str(tmp), metadata=raw)
     return out
 
 
-def read_model_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    path = Path(path)
-    tensors, raw = read_safetensors(path, "model file", "a model file of tools/export_model.py")
-    if raw.get("format") != FORMAT:
-        raise WeightFileError(f"{path} is not a model file of tools/export_model.py (format={raw.get('format')!r})")
+def _header(path: Path, raw: Mapping[str, str]) -> Dict[str, Any]:
     try:
         meta = json.loads(raw["model"])
-    except (KeyError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise WeightFileError(f"{path}: its model metadata is missing or damaged ({e})") from e
+    if not isinstance(meta, dict):
+        raise WeightFileError(f"{path}: its model metadata is not a JSON object; the file is damaged")
+    return meta
+
+
+def read_model_file(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Tensors and header of a model file, its digest checked (nothing is built here)."""
+    path = Path(path)
+    tensors, raw = read_safetensors(path, "model file", "a model file of tools/export_model.py")
+    if raw.get("format") in OLD_FORMATS:
+        meta = _header(path, raw) if "model" in raw else {}
+        raise WeightFileError(f"{path} was written by an older brixel_plugins ({raw['format']}, without the digest "
+                              f"this version checks before building anything); export it again: {_reexport(meta)}")
+    if raw.get("format") != FORMAT:
+        raise WeightFileError(f"{path} is not a model file of tools/export_model.py (format={raw.get('format')!r})")
+    meta = _header(path, raw)
+    if raw.get("digest") != model_digest(raw, tensors):
+        what = "has no digest" if "digest" not in raw else "does not match its digest"
+        raise WeightFileError(f"{path} was modified after export: its header or tensors {what} (sha256 over the "
+                              f"config JSON and every tensor). Model files are not edited by hand; change the "
+                              f"config and export again: {_reexport(meta)}")
     for key in ("framework", "config", "dinov3"):
         if key not in meta:
             raise WeightFileError(f"{path}: its metadata has no {key!r}; the file is damaged")
@@ -70,7 +124,8 @@ def dinov3_reference(record: Mapping[str, Any], key: str) -> Dict[str, Any]:
 
 
 def find_dinov3(meta: Mapping[str, Any], config_dir: Optional[PathLike] = None) -> Optional[str]:
-    """The DINOv3 file an export references, found by the lookup rule and checked by its sha256."""
+    """The DINOv3 file an export references, found by the lookup rule and checked by its sha256;
+    ``config_dir``: the export's folder (an export is its own config)."""
     ref = meta["dinov3"]
     if ref.get("weights") is None:
         return None
@@ -91,7 +146,7 @@ def load_exported_model(path: PathLike, device: Union[str, torch.device] = "cpu"
     """The model of an export (eval mode, on ``device``). MMSegmentation: the segmentor, with ``cfg``
     and ``dataset_meta`` as ``mmseg.apis.init_model`` sets them. Detectron2: ``(model, cfg)``, the
     detector and a LazyConfig holding its ``model`` and test-time ``dataloader.test.mapper``."""
-    tensors, meta = read_model_file(path)
+    tensors, meta = read_model_file(path)  # the digest is checked here, the config by build_exported
     if meta["framework"] == "mmseg":
         from .mmseg.export import build_exported
 

@@ -5,7 +5,7 @@ looked for, in this order:
 
 1. at its path as given, if that path is absolute;
 2. relative to the folder of the config being built (the tools and ``SafeRunner`` tell the lookup
-   which config that is, see :func:`config_folder`);
+   which config that is, see :func:`config_folder`; for a file of tools/export_model.py, its folder);
 3. under ``$BRIXEL_WEIGHTS_DIR`` (one folder or several, separated like ``PATH``);
 4. relative to the current working directory.
 

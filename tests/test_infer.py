@@ -293,7 +293,7 @@ def test_predictor_refuses_pictures_its_padding_would_crop(d2_checkpoint):
     assert predictor(np.zeros((64, 48, 3), np.uint8)).image_size == (64, 48)
     with pytest.raises(ValueError, match="larger than the model's square padding 64"):
         predictor(np.zeros((150, 100, 3), np.uint8))
-    with pytest.raises(ValueError, match="RGB uint8"):
+    with pytest.raises(ValueError, match=r"uint8 \(H, W, 3\) BGR array"):
         predictor(np.zeros((64, 64), np.float32))
 
 

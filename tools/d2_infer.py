@@ -5,16 +5,22 @@
     .venv/bin/python tools/d2_infer.py --model EXPORTED.safetensors --input ... --output DIR
 
 CONFIG and CHECKPOINT as for ``tools/d2_train.py --eval-only`` (the checkpoint holds what
-trained; DINOv3 and a frozen upsampler load from the files the config names); ``key=value``
-overrides the config as there. ``--model`` takes instead the one file tools/export_model.py
-writes (DINOv3 found by its recorded name and sha256; category ids are then the model's own,
-0-based, as the file records class names only). Pictures of any size are resized as the config's test loader
-says. Writes
+trained; DINOv3 and a frozen upsampler load from the files the config names, found by the lookup
+rule of brixel_plugins.weight_files: the config's folder, ``$BRIXEL_WEIGHTS_DIR``, the working
+directory); ``key=value`` overrides the config as there. ``--model`` takes instead the one file
+tools/export_model.py writes (DINOv3 found by its recorded name and sha256), which records the
+dataset's class names, category ids and image ids: both give the same JSON. Pictures of any size
+are resized as the config's test loader says. Writes (each file atomically)
 
-    DIR/coco_instances_results.json   every detection, COCO results format (as COCOEvaluator writes it)
+    DIR/coco_instances_results.json   every detection, COCO results format (as COCOEvaluator writes it):
+                                      category ids of the dataset; image ids of the dataset's COCO json
+                                      for pictures it lists (by file name), the next free ids for others
     DIR/images.json                   COCO "images" (id, file_name, width, height) and "categories"
     DIR/pictures/<name>.png           detections scoring >= --confidence-threshold, drawn by
                                       detectron2's Visualizer
+
+A picture that cannot be read or predicted is listed at the end and the others are still done;
+the tool then exits 1 (the JSON holds the pictures done). DIR inside an input folder is skipped.
 
 Run it as a script (the detectron2 wheel's own ``tools`` package shadows this folder for imports).
 """
@@ -22,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import os.path as osp
 import sys
+
+import numpy as np
 
 from brixel_plugins.cli import run_tool
 
@@ -48,51 +55,60 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import numpy as np
     from detectron2.config import LazyConfig
     from detectron2.utils.visualizer import Visualizer
     from PIL import Image
 
-    from brixel_plugins.d2.predictor import LazyPredictor, coco_records
+    from brixel_plugins.d2.predictor import LazyPredictor, coco_records, image_ids
     from brixel_plugins.images import load_rgb
     from brixel_plugins.pictures import picture_paths
+    from brixel_plugins.utils import atomic_path, write_text_atomic
+    from brixel_plugins.weight_files import config_folder
 
     try:
-        pictures = picture_paths(args.input)
+        pictures = picture_paths(args.input, exclude=[args.output])  # never our own outputs as inputs
         if args.model:
             predictor = LazyPredictor.from_export(args.model, device=args.device or "cpu")
         else:
             cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-            predictor = LazyPredictor(cfg, args.checkpoint, device=args.device)
+            with config_folder(args.config_file):  # weight files beside the config, as d2_train.py finds them
+                predictor = LazyPredictor(cfg, args.checkpoint, device=args.device)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     meta = predictor.metadata
-    results, images = [], []
-    for image_id, (path, name) in enumerate(pictures, 1):
+    ids = image_ids([path for path, _ in pictures], predictor.image_ids)
+    results, images, failed = [], [], []
+    for i, ((path, name), image_id) in enumerate(zip(pictures, ids), 1):
         try:
-            image = np.asarray(load_rgb(path))
-            instances = predictor(image)
-        except (OSError, ValueError) as e:  # not an image, truncated; larger than the padding
-            sys.exit(f"error: {path}: {e}")
+            picture = load_rgb(path)
+            instances = predictor(picture)
+        except (OSError, ValueError) as e:  # not an image, empty, truncated; larger than the padding
+            failed.append(f"{path}: {e}")
+            print(f"[{i}/{len(pictures)}] {path}: failed ({e})", flush=True)
+            continue
+        image = np.asarray(picture)
         results += coco_records(instances, image_id, meta)
         images.append({"id": image_id, "file_name": path, "width": image.shape[1], "height": image.shape[0]})
         shown = instances[instances.scores >= args.confidence_threshold].to("cpu")
         drawing = Visualizer(image, meta).draw_instance_predictions(shown).get_image()
-        out = osp.join(args.output, "pictures", f"{name}.png")
-        os.makedirs(osp.dirname(out), exist_ok=True)
-        Image.fromarray(drawing).save(out)
-        print(f"[{image_id}/{len(pictures)}] {path}: {len(instances)} detections, {len(shown)} drawn "
+        with atomic_path(osp.join(args.output, "pictures", f"{name}.png")) as tmp:
+            Image.fromarray(drawing).save(tmp, format="PNG")
+        print(f"[{i}/{len(pictures)}] {path}: {len(instances)} detections, {len(shown)} drawn "
               f"(score >= {args.confidence_threshold})", flush=True)
-    classes = list(getattr(meta, "thing_classes", []))
-    ids = dict(getattr(meta, "thing_dataset_id_to_contiguous_id", {}) or {i: i for i in range(len(classes))})
-    categories = [{"id": dataset_id, "name": classes[i]} for dataset_id, i in sorted(ids.items()) if i < len(classes)]
-    os.makedirs(args.output, exist_ok=True)
-    with open(osp.join(args.output, "coco_instances_results.json"), "w") as f:
-        json.dump(results, f)
-    with open(osp.join(args.output, "images.json"), "w") as f:
-        json.dump({"images": images, "categories": categories}, f, indent=1)
+    classes = list(meta.thing_classes)
+    categories = [{"id": dataset_id, "name": classes[i]}
+                  for dataset_id, i in sorted(meta.thing_dataset_id_to_contiguous_id.items())]
+    write_text_atomic(osp.join(args.output, "coco_instances_results.json"), json.dumps(results))
+    write_text_atomic(osp.join(args.output, "images.json"),
+                      json.dumps({"images": images, "categories": categories}, indent=1))
     print(f"detections: {osp.join(args.output, 'coco_instances_results.json')} (images: images.json)\n"
           f"pictures:   {osp.join(args.output, 'pictures')}")
+    if failed:
+        print(f"{len(failed)} of {len(pictures)} pictures failed:", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(f"error: {len(failed)} of {len(pictures)} pictures could not be read or predicted (listed above); "
+                 f"the JSON holds the {len(pictures) - len(failed)} done")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,8 @@ def draw_detections(configs, work: str) -> str:
     from brixel_plugins.images import load_rgb
     from brixel_plugins.pca import save_grid
 
-    predictors = {m: LazyPredictor(cfg, osp.join(cfg.train.output_dir, "model_final.pth"), device="cpu")
+    predictors = {m: LazyPredictor(cfg, osp.join(cfg.train.output_dir, "model_final.pth"), device="cpu",
+                                   input_format="RGB")  # load_rgb arrays
                   for m, cfg in configs.items()}
     meta = next(iter(predictors.values())).metadata
     records = DatasetCatalog.get(meta.name)[:NUM_PICTURES]

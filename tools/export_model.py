@@ -6,9 +6,11 @@ CONFIG is an MMSegmentation config (configs/mmseg/..., with a checkpoint of tool
 mmseg's train.py) or a Detectron2 LazyConfig (configs/d2/..., with a checkpoint of
 tools/d2_train.py; ``key=value`` overrides as d2_train.py takes them). OUT holds the head, the neck
 and the upsampler (trained or frozen) as safetensors, and the model's config, class names and the
-DINOv3 file *by reference* (file name and sha256) as JSON: copy OUT and Meta's DINOv3 file to the
-other machine; tools/infer.py / tools/d2_infer.py find DINOv3 by the recorded path, under
-``$BRIXEL_WEIGHTS_DIR`` or in the working directory, and refuse a file with other bytes.
+DINOv3 file *by reference* (file name and sha256) as JSON (Detectron2: also the test dataset's
+class names, category ids and image ids): copy OUT and Meta's DINOv3 file to the other machine;
+tools/infer.py / tools/d2_infer.py find DINOv3 beside OUT, under ``$BRIXEL_WEIGHTS_DIR`` or in the
+working directory, and refuse a file with other bytes. OUT carries a sha256 over its header and
+tensors: a file edited afterwards is refused; change the config and export again.
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """Detectron2 models to and from the self-contained files of :mod:`brixel_plugins.export`.
 
-The LazyConfig's ``model`` is stored as plain data with each ``_target_`` as a name; rebuilding
-instantiates only classes of detectron2, brixel_plugins and ``torch.nn`` (a file cannot name a
-function to call)."""
+The LazyConfig's ``model`` and test augmentations are stored as plain data with each ``_target_``
+as a name. Before anything is built, :func:`check_config` refuses a ``_target_`` that is not on
+:data:`ALLOWED_TARGETS`, an exact list of the classes the configs of ``configs/d2`` build (compared
+as whole strings), and any ``${...}`` interpolation: a file cannot name anything else to import or
+call. The dataset's class names, category ids and image ids are recorded for COCO results."""
 from __future__ import annotations
 
 import json
@@ -19,7 +21,27 @@ from .backbone import DINOv3Backbone
 from .checkpoint import FrozenBackboneCheckpointer
 
 PathLike = Union[str, Path]
-ALLOWED_TARGETS = ("detectron2.", "brixel_plugins.", "torch.nn.")
+# every class the configs of configs/d2 build for inference (the model, the test augmentations);
+# tests/test_export_trust.py keeps this list and the configs in step. Whole names, never prefixes.
+ALLOWED_TARGETS = frozenset({
+    "brixel_plugins.d2.backbone.DINOv3Backbone",
+    "brixel_plugins.d2.pyramid.UpsampledFeaturePyramid",
+    "brixel_plugins.d2.pyramid.ViTDetFeaturePyramid",
+    "detectron2.data.transforms.augmentation_impl.ResizeShortestEdge",
+    "detectron2.modeling.anchor_generator.DefaultAnchorGenerator",
+    "detectron2.modeling.backbone.fpn.LastLevelMaxPool",
+    "detectron2.modeling.box_regression.Box2BoxTransform",
+    "detectron2.modeling.matcher.Matcher",
+    "detectron2.modeling.meta_arch.rcnn.GeneralizedRCNN",
+    "detectron2.modeling.poolers.ROIPooler",
+    "detectron2.modeling.proposal_generator.rpn.RPN",
+    "detectron2.modeling.proposal_generator.rpn.StandardRPNHead",
+    "detectron2.modeling.roi_heads.box_head.FastRCNNConvFCHead",
+    "detectron2.modeling.roi_heads.cascade_rcnn.CascadeROIHeads",
+    "detectron2.modeling.roi_heads.fast_rcnn.FastRCNNOutputLayers",
+    "detectron2.modeling.roi_heads.mask_head.MaskRCNNConvUpsampleHead",
+    "detectron2.modeling.roi_heads.roi_heads.StandardROIHeads",
+})
 
 
 def _plain(node: Any) -> Any:
@@ -38,25 +60,31 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def _check_targets(node: Any, path: PathLike) -> None:
-    from hydra.utils import get_class  # detectron2's instantiate resolves names the same way
+def check_config(config: Any, path: PathLike) -> None:
+    """Refuse, before anything is built, an exported config naming a ``_target_`` off
+    :data:`ALLOWED_TARGETS` or holding an interpolation; the message names the key and the value."""
+    def refuse(where: str, what: str) -> None:
+        raise WeightFileError(f"{path}: refusing to build it: {where} = {what}. A model file builds only the "
+                              f"detectron2 and brixel_plugins classes the configs of configs/d2 use, "
+                              f"named exactly; nothing else is imported or called. Export the model again from "
+                              f"its config and checkpoint (python tools/export_model.py CONFIG CHECKPOINT OUT)")
 
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None:
-            if not (isinstance(target, str) and target.startswith(ALLOWED_TARGETS)):
-                raise WeightFileError(f"{path}: the model config names {target!r}; only classes of "
-                                      f"{', '.join(ALLOWED_TARGETS)} are built from a model file")
-            try:
-                get_class(target)
-            except Exception as e:
-                raise WeightFileError(f"{path}: the model config names {target!r}, which is not a class "
-                                      f"({type(e).__name__}: {e})") from e
-        for v in node.values():
-            _check_targets(v, path)
-    elif isinstance(node, list):
-        for v in node:
-            _check_targets(v, path)
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if "_target_" in node and node["_target_"] not in ALLOWED_TARGETS:
+                refuse(f"{where}._target_", f"{node['_target_']!r}, which is not on the list of classes")
+            for k, v in node.items():
+                walk(v, f"{where}.{k}" if where else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(node, str) and "${" in node:  # OmegaConf would resolve it: an export holds values
+            refuse(where, f"{node!r} (an interpolation)")
+
+    if not isinstance(config, dict) or set(config) != {"model", "dataloader"}:
+        refuse("config", f"keys {sorted(config) if isinstance(config, dict) else type(config).__name__} "
+                         f"(an export holds model and dataloader)")
+    walk(config, "")
 
 
 def _net(model: torch.nn.Module) -> Tuple[str, DINOv3Backbone]:
@@ -94,38 +122,52 @@ def export_checkpoint(config: PathLike, checkpoint: PathLike, out: PathLike, opt
     dinov3 = dinov3_reference(record, f"model.{name}.weights" if name else "model.weights")
     node.update(weights=dinov3["weights"], upsampler={"type": up.method, **json.loads(json.dumps(up.config))},
                 upsampler_weights=None, train_upsampler=False)
-    try:
-        from .predictor import dataset_metadata
+    from .predictor import coco_ids, dataset_metadata
 
-        classes = list(dataset_metadata(cfg).get("thing_classes", []))
-    except Exception:  # a dataset that is not registered here: no class names
-        classes = []
+    coco = coco_ids(dataset_metadata(cfg))  # COCO results in the dataset's ids, as with the checkpoint
     test = {"mapper": {"augmentations": _plain(cfg.dataloader.test.mapper.augmentations)}} \
         if "dataloader" in cfg and "test" in cfg.dataloader else {}
     return write_model_file(out, tensors, {
         "framework": "detectron2", "config": {"model": model_cfg, "dataloader": {"test": test}},
-        "dinov3": dinov3, "record": record, "thing_classes": classes,
+        "dinov3": dinov3, "record": record, "coco": coco,
         "source": {"config": str(config), "checkpoint": str(checkpoint), "opts": list(opts)}})
 
 
 def build_exported(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path: PathLike, device="cpu"):
     """``(model, cfg)`` of an export: the detector in eval mode, and a LazyConfig with its ``model``,
-    ``dataloader.test.mapper.augmentations``, ``train.device`` and ``metadata.thing_classes``."""
+    ``dataloader.test.mapper.augmentations``, ``train.device`` and ``metadata`` (``thing_classes``,
+    the dataset's ``category_ids`` and ``image_ids``: :func:`brixel_plugins.d2.predictor.coco_ids`)."""
     from detectron2.config import instantiate
     from omegaconf import OmegaConf
 
     config = meta["config"]
-    _check_targets(config, path)
-    dinov3 = find_dinov3(meta)
-    cfg = OmegaConf.create({**config, "train": {"device": str(device)},
-                            "metadata": {"thing_classes": meta.get("thing_classes", [])}})
-    node = cfg
-    for part in meta["dinov3"]["key"].split(".")[:-1]:
-        node = node[part]
-    node.weights = dinov3
+    check_config(config, path)  # before anything is built or looked up
+    coco = _checked_coco(meta.get("coco"), path)
+    node = config
+    for part in str(meta["dinov3"]["key"]).split(".")[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or node.get("_target_") != f"{DINOv3Backbone.__module__}.DINOv3Backbone":
+        raise WeightFileError(f"{path}: its DINOv3 key {meta['dinov3']['key']!r} does not name the DINOv3Backbone "
+                              f"of its config; the file is damaged")
+    node["weights"] = find_dinov3(meta, Path(path).parent)
+    cfg = OmegaConf.create({**config, "train": {"device": str(device)}, "metadata": coco})
     with warnings.catch_warnings():  # the upsampler is built untrained, then gets the file's weights
         warnings.filterwarnings("ignore", message=r".*has no fitted statistics.*")
         model = instantiate(cfg.model)
     check_loaded(model.load_state_dict(tensors, strict=False), path,
                  allowed_missing=[k for k in model.state_dict() if k.startswith(_net(model)[0] + ".featurizer.backbone.")])
     return model.to(device).eval(), cfg
+
+
+def _checked_coco(coco: Any, path: PathLike) -> Dict[str, Any]:
+    """The recorded class names, category ids and image ids, refused unless they are of the right types."""
+    ok = (isinstance(coco, dict) and isinstance(coco.get("thing_classes"), list)
+          and isinstance(coco.get("category_ids"), list) and isinstance(coco.get("image_ids"), dict)
+          and all(isinstance(c, str) for c in coco["thing_classes"])
+          and all(isinstance(i, int) for i in coco["category_ids"])
+          and len(coco["category_ids"]) == len(coco["thing_classes"])
+          and all(isinstance(i, int) for i in coco["image_ids"].values()))
+    if not ok:
+        raise WeightFileError(f"{path}: its dataset record (class names, category and image ids) is missing or "
+                              f"damaged; export it again (python tools/export_model.py CONFIG CHECKPOINT OUT)")
+    return coco

@@ -1,4 +1,10 @@
-"""MMSegmentation models to and from the self-contained files of :mod:`brixel_plugins.export`."""
+"""MMSegmentation models to and from the self-contained files of :mod:`brixel_plugins.export`.
+
+The config is stored as plain data and checked before anything is built (:func:`check_config`):
+every ``type`` must be a plain name (no dotted path) registered in the registries of the ``mmseg``
+scope (MMSegmentation's, MMCV's and mmengine's, and what brixel_plugins registers there): ``MODELS``
+for the model, ``TRANSFORMS`` for the pipelines, the upsampler registry for the backbone's
+upsampler. mmengine would otherwise import any dotted name it is given."""
 from __future__ import annotations
 
 import json
@@ -8,6 +14,7 @@ from typing import Any, Dict, Union
 
 import torch
 
+from ..backbones.weights import WeightFileError
 from ..checkpoints import load_checkpoint_file, refuse_or_warn, state_dict_problems
 from ..export import check_loaded, dinov3_reference, find_dinov3, write_model_file
 from ..weight_files import config_folder
@@ -15,6 +22,8 @@ from ..weight_files import config_folder
 PathLike = Union[str, Path]
 # what inference needs of a config: the model, its scope and the pipelines inference_model runs
 INFERENCE_KEYS = ("default_scope", "model", "test_pipeline", "tta_model", "tta_pipeline")
+SCOPE = "mmseg"
+UPSAMPLER_PATH = "model.backbone.upsampler"  # the one node built by brixel_plugins' upsampler registry
 
 
 def load_trained(config: PathLike, checkpoint: PathLike, device: Union[str, torch.device] = "cpu"):
@@ -68,6 +77,60 @@ def _plain_config(obj: Any) -> Any:
     return obj
 
 
+def _registered(registry) -> set:
+    """The names ``registry.build`` finds without importing anything: its own and its ancestors'."""
+    registry.import_from_location()  # the framework's own modules register their classes
+    names = set()
+    while registry is not None:
+        names.update(registry.module_dict)
+        registry = registry.parent
+    return names
+
+
+def check_config(config: Any, path: PathLike) -> None:
+    """Refuse, before anything is built, an exported config that names anything but a class the
+    ``mmseg`` scope registers (see the module docstring); the message names the key and value."""
+    from mmseg.registry import MODELS, TRANSFORMS
+
+    from ..upsamplers import UPSAMPLERS
+    from . import DINOv3Featurizer  # noqa: F401  registers our components
+
+    def refuse(where: str, what: str) -> None:
+        raise WeightFileError(f"{path}: refusing to build it: {where} = {what}. A model file builds only the "
+                              f"classes MMSegmentation, MMCV, mmengine and brixel_plugins register by plain "
+                              f"name; nothing is imported or called by path. Export the model again from its "
+                              f"config and checkpoint (python tools/export_model.py CONFIG CHECKPOINT OUT)")
+
+    if not isinstance(config, dict):
+        refuse("config", f"a {type(config).__name__}, not a dict")
+    for key in config:
+        if key not in INFERENCE_KEYS:
+            refuse(key, f"{json.dumps(config[key])[:200]} (an export holds only {', '.join(INFERENCE_KEYS)})")
+    if config.get("default_scope", SCOPE) != SCOPE:
+        refuse("default_scope", repr(config["default_scope"]))
+    models, transforms = _registered(MODELS), _registered(TRANSFORMS)
+
+    def walk(node: Any, where: str, names: set, registry: str) -> None:
+        if isinstance(node, dict):
+            if node.get("_scope_", SCOPE) != SCOPE:  # another scope's registries (and imports)
+                refuse(f"{where}._scope_", repr(node["_scope_"]))
+            if "type" in node:
+                kind, known = ("upsampler", set(UPSAMPLERS)) if where == UPSAMPLER_PATH else (registry, names)
+                value = node["type"]
+                if not isinstance(value, str) or value not in known:
+                    refuse(f"{where}.type", f"{value!r}, which is not a name in the {kind} registry")
+            for k, v in node.items():
+                walk(v, f"{where}.{k}", names, registry)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]", names, registry)
+
+    for key in ("model", "tta_model"):
+        walk(config.get(key), key, models, "MODELS")
+    for key in ("test_pipeline", "tta_pipeline"):
+        walk(config.get(key), key, transforms, "TRANSFORMS")
+
+
 def build_exported(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path: PathLike,
                    device: Union[str, torch.device] = "cpu"):
     """The segmentor of an export, as ``mmseg.apis.init_model`` returns one (``cfg``, ``dataset_meta``)."""
@@ -75,10 +138,9 @@ def build_exported(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path:
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    from . import DINOv3Featurizer  # noqa: F401  registers our components
-
+    check_config(meta["config"], path)  # before anything is built or looked up
     cfg = Config(meta["config"])  # plain data, never executed
-    cfg.model.backbone.weights = find_dinov3(meta)
+    cfg.model.backbone.weights = find_dinov3(meta, Path(path).parent)
     init_default_scope(cfg.get("default_scope", "mmseg"))
     with warnings.catch_warnings():  # the upsampler is built untrained, then gets the file's weights
         warnings.filterwarnings("ignore", message=r".*has no fitted statistics.*")
