@@ -456,7 +456,7 @@ class RecordsTraining:
 
     One rule for the frozen parts in checkpoints (:meth:`restorable_parts`): a frozen part that its
     file or its seed restores is not needed in a checkpoint; one that a checkpoint holds anyway (old
-    Detectron2 checkpoints of a random init) is compared with the model's and then ignored."""
+    Detectron2 checkpoints of a random init) must equal the model's."""
 
     config_key = "model.backbone"  # where the module sits in a config, for messages
 
@@ -485,7 +485,8 @@ class RecordsTraining:
 
     def check_state(self, state_dict: Dict[str, Any], prefix: str = "") -> None:
         """Refuse (or warn about) ``state_dict`` (this module's keys under ``prefix``) if it is not a
-        checkpoint of this module; then drop the frozen tensors it holds (compared with the model's)."""
+        checkpoint of this module. Frozen tensors it holds must equal the model's (loading them
+        changes nothing); under a partial load, those that differ are dropped from ``state_dict``."""
         parts = self.restorable_parts()
         restorable = tuple(f"{prefix}{name}." for name in parts)
         carried = [k for k in state_dict if k.startswith(restorable)]
@@ -498,14 +499,15 @@ class RecordsTraining:
                             f"not written for a model of this package, or is a part of one")
         else:
             problems += record_problems(decode_record(state_dict[prefix + RECORD_KEY]), self.training_record(),
-                                        dinov3_carried=bool(carried) and not differ)
+                                        dinov3_carried=any(k.startswith(prefix + "featurizer.backbone.")
+                                                           for k in carried) and not differ)
         if differ:
             problems.append(f"it holds {len(differ)} tensors of the frozen parts that differ from this model's "
                             f"({', '.join(parts.values())}): it was trained on other frozen weights "
                             f"({differ[:3]}{' ...' if len(differ) > 3 else ''})")
         problems += module_state_problems(self, state_dict, prefix, skip=tuple(f"{n}." for n in parts))
         refuse_foreign(problems, self.config_key)
-        for k in carried:  # equal to the model's, or a partial load asked to keep the model's
+        for k in differ:  # a partial load asked for: the model keeps its own frozen weights
             del state_dict[k]
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -522,8 +524,8 @@ def _same_tensor(a: Any, b: torch.Tensor) -> bool:
 
 def check_records(model: torch.nn.Module, state: Dict[str, Any]) -> None:
     """Check ``state`` against every :class:`RecordsTraining` module of ``model`` (training record,
-    own keys, carried frozen tensors, which are then dropped from ``state``): before the stock
-    checks, since "trained with another upsampler" says more than the shapes."""
+    own keys, frozen tensors it holds): before the stock checks, since "trained with another
+    upsampler" says more than the shapes."""
     for name, module in model.named_modules():
         if isinstance(module, RecordsTraining):
             module.check_state(state, f"{name}." if name else "")

@@ -114,8 +114,9 @@ def test_stock_loaders_refuse_another_models_checkpoint(toy, segformer, tmp_path
 
 
 def test_stock_test_tool_exits_nonzero_on_another_models_checkpoint(segformer, toy_root, tmp_path):
+    """mmseg's tools/test.py with mmengine's own Runner (its load_checkpoint loads with strict=False)."""
     code, log = run([STOCK_TOOLS / "test.py", TOY, segformer, "--work-dir", tmp_path, "--cfg-options",
-                     *toy_options(toy_root)], cwd=ROOT)
+                     "runner_type=Runner", *toy_options(toy_root)], cwd=ROOT)
     assert code != 0 and "mIoU" not in log and "it holds no training record" in log, log[-3000:]
 
 

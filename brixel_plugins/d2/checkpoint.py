@@ -119,13 +119,13 @@ class FrozenBackboneCheckpointer(DetectionCheckpointer):
         checkpoint.pop("external_weights", None)
         state = checkpoint["model"]
         heuristics = checkpoint.get("matching_heuristics", False)  # a model-zoo .pkl: stock parts only
-        if not heuristics:
-            # the backbone's own check first (record, its keys, the frozen tensors a checkpoint holds,
-            # dropped once compared), then every tensor of the detector
-            check_records(self.model, state)
-        for k in [k for k in state if k.rsplit(".", 1)[-1] == RECORD_KEY]:
-            del state[k]  # fvcore's loader takes tensors only
         external = tuple(self.external_weights())
+        if not heuristics:
+            # the backbone's own check first (record, its keys, the frozen tensors a checkpoint holds),
+            # then every tensor of the detector
+            check_records(self.model, state)
+        for k in [k for k in state if k.rsplit(".", 1)[-1] == RECORD_KEY or k.startswith(external)]:
+            del state[k]  # fvcore's loader takes tensors only; frozen tensors, compared, are the model's
         if not heuristics:
             own = {k: v for k, v in self.model.state_dict().items() if not k.startswith(external)}
             refuse_or_warn(state_dict_problems(own, state), f"{file_being_loaded() or 'the checkpoint'} does not fit "
