@@ -11,7 +11,7 @@
 - **Training records.** A model's frozen backbone module stores, in every ``state_dict``, what it
   was built with (DINOv3 arch and file hash, or the seed and tensor digest of a random init,
   upsampler method, config and file hash, ``train_upsampler``): :func:`training_record`. Loading
-  compares it with the model it is loaded into (:func:`check_record`) and compares every tensor's
+  compares it with the model it is loaded into (:func:`record_problems`) and compares every tensor's
   shape and the key sets (:func:`state_dict_problems`); a mismatch is a
   :class:`CheckpointMismatchError` naming both sides, unless ``BRIXEL_PARTIAL_LOAD=1`` asks for a
   partial load (then it is a loud warning).
@@ -347,14 +347,6 @@ def record_problems(recorded: Mapping[str, Any], current: Mapping[str, Any],
     return out
 
 
-def check_record(state: Any, current: Mapping[str, Any], where: str) -> None:
-    """Refuse (or warn about) a checkpoint trained with another backbone or upsampler than ``current``."""
-    recorded = decode_record(state)
-    refuse_or_warn(record_problems(recorded, current),
-                   f"{file_being_loaded() or 'the checkpoint'} does not fit this model ({where} was trained with "
-                   f"other parts)")
-
-
 def _class_count_note(key: str, theirs: Tuple[int, ...], ours: Tuple[int, ...]) -> str:
     """Names a class-count mismatch as such: the rows of a classifier (mmseg's ``conv_seg``,
     Detectron2's ``cls_score`` with its background row)."""
@@ -431,7 +423,8 @@ def file_being_loaded() -> Optional[str]:
 def refuse_foreign(problems: List[str], where: str) -> None:
     """:func:`refuse_or_warn` for a component's own check: the message names the file when a loader
     up the stack names it, and the config key of the component."""
-    refuse_or_warn(problems, f"{file_being_loaded() or 'the checkpoint'} does not fit this model ({where})")
+    if problems:  # the stack is searched for the file only when there is something to say
+        refuse_or_warn(problems, f"{file_being_loaded() or 'the checkpoint'} does not fit this model ({where})")
 
 
 def module_state_problems(module: torch.nn.Module, state_dict: Mapping[str, Any], prefix: str,

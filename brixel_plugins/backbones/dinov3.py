@@ -115,10 +115,10 @@ class FrozenDINOv3(nn.Module):
             drawn from ``init_seed``.
         init_seed: the seed of a random init (``weights=None``; ignored with a file). The draw
             uses its own RNG stream (the global RNG is left as it was), so the same seed gives the
-            same backbone in every process and build; checkpoints record the seed and a digest
-            of the drawn tensors (:attr:`init_digest`), so a checkpoint is refused under another
-            random backbone, as under another weight file. Default 0: every random backbone is
-            reproducible.
+            same backbone in every process and build on one device type (the adapters build on
+            the CPU); checkpoints record the seed and a digest of the drawn tensors
+            (:attr:`init_digest`), so a checkpoint is refused under another random backbone, as
+            under another weight file. Default 0: every random backbone is reproducible.
         device: where to build; ``"meta"`` builds without allocating memory (shape checks of 7B).
         autocast: ``"bf16"`` runs the forward under bfloat16 autocast on CUDA (ignored on CPU).
         check_finite: refuse input batches holding NaN/Inf (one pass over the pixels per call;
@@ -143,23 +143,17 @@ class FrozenDINOv3(nn.Module):
         if isinstance(init_seed, bool) or not isinstance(init_seed, int):
             raise ValueError(f"init_seed must be an int (the seed of a random init), got {init_seed!r}")
         random_init = weights is None and str(device) != "meta"
-        # a random init is drawn on the CPU from its own seed: the same tensors on every device and
-        # run, and the caller's RNG stream is not consumed
-        rng = torch.random.fork_rng(devices=[]) if random_init else contextlib.nullcontext()
-        with rng, torch.device("cpu" if random_init else (device or "cpu")):
-            if random_init:
-                torch.random.default_generator.manual_seed(init_seed)  # torch.manual_seed would reseed CUDA too
+        build_on = torch.device(device or "cpu")
+        with self._seeded(build_on, init_seed if random_init else None), build_on:
             self.model = timm.create_model(info.timm_name, pretrained=False, num_classes=0, **overrides)
         m = self.model
         self.spec = BackboneSpec(arch, m.embed_dim, len(m.blocks), m.blocks[0].attn.num_heads)
         self.weights = str(weights) if weights is not None else None
         self.init_seed: Optional[int] = init_seed if random_init else None
-        self.init_digest: Optional[str] = tensor_digest(m.state_dict()) if random_init else None
+        self._init_digest: Optional[str] = None
         if weights is not None:
             self.load_weights(weights)
         elif random_init:
-            if device is not None:
-                self.model.to(device)
             warnings.warn(
                 f"FrozenDINOv3({arch}): no weight file given, using a RANDOM init (init_seed={init_seed}); its "
                 f"features are meaningless for real use. Pass weights=<path to Meta's "
@@ -167,6 +161,31 @@ class FrozenDINOv3(nn.Module):
                 UserWarning, stacklevel=2)
         self.model.requires_grad_(False)
         super().train(False)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _seeded(device: torch.device, seed: Optional[int]):
+        """Draw from ``seed`` on a forked RNG: the same tensors in every process (on one device
+        type: CPU and CUDA generators differ; the adapters build on the CPU), and the caller's
+        RNG stream is not consumed."""
+        if seed is None:
+            yield
+            return
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.random.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every GPU
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            yield
+
+    @property
+    def init_digest(self) -> Optional[str]:
+        """sha256 of a random init's tensors (None with a weight file), computed once when first
+        asked for (a checkpoint's record): it tells two draws apart even from the same seed."""
+        if self.init_seed is not None and self._init_digest is None:
+            self._init_digest = tensor_digest(self.model.state_dict())
+        return self._init_digest
 
     # -- identity ----------------------------------------------------------------------------
     @property
@@ -213,7 +232,7 @@ class FrozenDINOv3(nn.Module):
                 f"{path} does not match {self.spec.arch}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
                 f", unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
         self.weights = str(path)
-        self.init_seed = self.init_digest = None
+        self.init_seed = self._init_digest = None
         logger.info("loaded DINOv3 %s weights from %s (%s layout)", self.spec.arch, path, seen["layout"])
 
     # -- frozen-ness -------------------------------------------------------------------------

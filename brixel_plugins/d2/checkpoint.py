@@ -128,8 +128,9 @@ class FrozenBackboneCheckpointer(DetectionCheckpointer):
             del state[k]  # fvcore's loader takes tensors only; frozen tensors, compared, are the model's
         if not heuristics:
             own = {k: v for k, v in self.model.state_dict().items() if not k.startswith(external)}
-            refuse_or_warn(state_dict_problems(own, state), f"{file_being_loaded() or 'the checkpoint'} does not fit "
-                           f"this model")
+            problems = state_dict_problems(own, state)
+            if problems:
+                refuse_or_warn(problems, f"{file_being_loaded() or 'the checkpoint'} does not fit this model")
         with checked_elsewhere():
             incompatible = super()._load_model(checkpoint)
         skip = external + tuple(k for k in self.model.state_dict() if k.rsplit(".", 1)[-1] == RECORD_KEY)
