@@ -420,11 +420,19 @@ def file_being_loaded() -> Optional[str]:
     return None
 
 
-def refuse_foreign(problems: List[str], where: str) -> None:
-    """:func:`refuse_or_warn` for a component's own check: the message names the file when a loader
-    up the stack names it, and the config key of the component."""
-    if problems:  # the stack is searched for the file only when there is something to say
-        refuse_or_warn(problems, f"{file_being_loaded() or 'the checkpoint'} does not fit this model ({where})")
+def check_module_state(module: torch.nn.Module, state_dict: Dict[str, Any], prefix: str, where: str,
+                       problems: Sequence[str] = (), skip: Tuple[str, ...] = ()) -> None:
+    """A component's own check at load: ``problems`` and :func:`module_state_problems` raise one
+    :class:`CheckpointMismatchError` naming the file (when a loader up the stack names it) and
+    ``where``. Under ``BRIXEL_PARTIAL_LOAD=1`` it warns, and tensors of other shapes are dropped
+    from ``state_dict``: they keep the model's values whichever loader runs (torch's own raises)."""
+    problems = [*problems, *module_state_problems(module, state_dict, prefix, skip)]
+    if not problems:  # the stack is searched for the file only when there is something to say
+        return
+    refuse_or_warn(problems, f"{file_being_loaded() or 'the checkpoint'} does not fit this model ({where})")
+    own = module.state_dict(prefix=prefix)
+    for k in [k for k, v in state_dict.items() if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]:
+        del state_dict[k]
 
 
 def module_state_problems(module: torch.nn.Module, state_dict: Mapping[str, Any], prefix: str,
@@ -498,8 +506,7 @@ class RecordsTraining:
             problems.append(f"it holds {len(differ)} tensors of the frozen parts that differ from this model's "
                             f"({', '.join(parts.values())}): it was trained on other frozen weights "
                             f"({differ[:3]}{' ...' if len(differ) > 3 else ''})")
-        problems += module_state_problems(self, state_dict, prefix, skip=tuple(f"{n}." for n in parts))
-        refuse_foreign(problems, self.config_key)
+        check_module_state(self, state_dict, prefix, self.config_key, problems, skip=tuple(f"{n}." for n in parts))
         for k in differ:  # a partial load asked for: the model keeps its own frozen weights
             del state_dict[k]
 

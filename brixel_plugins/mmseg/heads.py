@@ -8,7 +8,7 @@ from mmcv.cnn import build_norm_layer
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
-from ..checkpoints import checked_elsewhere_now, module_state_problems, refuse_foreign
+from ..checkpoints import check_module_state, checked_elsewhere_now
 
 
 @MODELS.register_module()
@@ -38,8 +38,7 @@ class LinearProbeHead(BaseDecodeHead):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         if not checked_elsewhere_now():
-            refuse_foreign(module_state_problems(self, state_dict, prefix), f"{prefix[:-1] or 'the head'}, a "
-                                                                           f"{type(self).__name__}")
+            check_module_state(self, state_dict, prefix, f"{prefix[:-1] or 'the head'}, a {type(self).__name__}")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
