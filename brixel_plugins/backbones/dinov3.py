@@ -155,8 +155,8 @@ class FrozenDINOv3(nn.Module):
             self.load_weights(weights)
         elif random_init:
             warnings.warn(
-                f"FrozenDINOv3({arch}): no weight file given, using a RANDOM init (init_seed={init_seed}); its "
-                f"features are meaningless for real use. Pass weights=<path to Meta's "
+                f"FrozenDINOv3({arch}): no weight file given, using a RANDOM init; its features are meaningless "
+                f"for real use (drawn from init_seed={init_seed}, the same in every run). Pass weights=<path to Meta's "
                 f"{info.timm_name.split('_qkvb')[0]} file> (e.g. dinov3_{arch}_pretrain_lvd1689m-*.pth).",
                 UserWarning, stacklevel=2)
         self.model.requires_grad_(False)
