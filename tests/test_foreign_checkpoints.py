@@ -148,6 +148,10 @@ def test_class_count_mismatch_is_named_as_such(toy, monkeypatch):
                                                       r":\n  - decode_head.conv_seg.weight: .*the checkpoint has 5 "
                                                       r"classes, this model 3"):
         init_model(three, ckpt, device="cpu")
+    from brixel_plugins.mmseg.inference import load_segmentor  # tools/infer.py's loader: the same message
+
+    with pytest.raises(CheckpointMismatchError, match="the checkpoint has 5 classes, this model 3"):
+        load_segmentor(three, ckpt)
     # a partial load asked for: torch's own loader (which raises on any shape mismatch) loads the rest
     monkeypatch.setenv("BRIXEL_PARTIAL_LOAD", "1")
     partial = build(three)
@@ -330,3 +334,22 @@ def test_record_tensor_has_one_shape_for_records_of_other_lengths():
     long = {"format": RECORD_FORMAT, "path": "/a" * 500}
     assert encode_record(short).shape == encode_record(long).shape
     assert decode_record(encode_record(long)) == long
+
+
+def test_d2_export_of_a_random_backbone_rebuilds_it_exactly(tmp_path, d2_files):
+    """Issue 27.3: the export dropped the random DINOv3 the d2 checkpoint held (p2 differed by up to 6)."""
+    from brixel_plugins.d2 import FrozenBackboneCheckpointer
+    from brixel_plugins.d2.export import export_checkpoint
+    from brixel_plugins.export import load_exported_model
+
+    model = d2_model(d2_random(d2_files))
+    FrozenBackboneCheckpointer(model, str(tmp_path)).save("ckpt")
+    config = ROOT / "configs" / "d2" / "toy" / "mask_rcnn_dinov3_vits16_bilinear_toy.py"
+    opts = ["model.backbone.net.overrides={" + ",".join(f"{k}:{v}" for k, v in TINY.items() if k != "arch") + "}",
+            "model.backbone.square_pad=64"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        exported, _ = load_exported_model(export_checkpoint(config, tmp_path / "ckpt.pth", tmp_path / "m.safetensors",
+                                                            opts=opts))
+    a, b = d2_outputs(model), d2_outputs(exported)
+    assert all(torch.equal(a[k], b[k]) for k in a)
