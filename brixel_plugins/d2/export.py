@@ -127,7 +127,8 @@ def build_exported(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path:
     with warnings.catch_warnings():  # the upsampler is built untrained, then gets the file's weights
         warnings.filterwarnings("ignore", message=r".*has no fitted statistics.*")
         model = instantiate(cfg.model)
+    frozen = _net(model)[0] + ".featurizer.backbone."
     with checked_elsewhere():  # an export has no training record in its tensors: check_loaded is its check
         check_loaded(model.load_state_dict(tensors, strict=False), path,
-                     allowed_missing=[k for k in model.state_dict() if k.startswith(_net(model)[0] + ".featurizer.backbone.")])
+                     allowed_missing=[k for k in model.state_dict() if k.startswith(frozen)])
     return model.to(device).eval(), cfg
