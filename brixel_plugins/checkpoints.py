@@ -9,14 +9,22 @@
   ones, newest step first) and :func:`resume_newest` (the first that loads, each skipped one
   logged with its reason).
 - **Training records.** A model's frozen backbone module stores, in every ``state_dict``, what it
-  was built with (DINOv3 arch and file hash, upsampler method, config and file hash,
-  ``train_upsampler``): :func:`training_record`. Loading compares it with the model it is loaded
-  into (:func:`check_record`) and compares every tensor's shape and the key sets
-  (:func:`state_dict_problems`); a mismatch is a :class:`CheckpointMismatchError` naming both
-  sides, unless ``BRIXEL_PARTIAL_LOAD=1`` asks for a partial load (then it is a loud warning).
+  was built with (DINOv3 arch and file hash, or the seed and tensor digest of a random init,
+  upsampler method, config and file hash, ``train_upsampler``): :func:`training_record`. Loading
+  compares it with the model it is loaded into (:func:`record_problems`) and compares every tensor's
+  shape and the key sets (:func:`state_dict_problems`); a mismatch is a
+  :class:`CheckpointMismatchError` naming both sides, unless ``BRIXEL_PARTIAL_LOAD=1`` asks for a
+  partial load (then it is a loud warning).
+- **Our components refuse what is not theirs**, whichever loader calls them (mmengine's
+  ``load_checkpoint`` with ``strict=False``, mmseg's ``init_model``, torch's ``load_state_dict``,
+  Detectron2's checkpointers): :class:`RecordsTraining` and :func:`module_state_problems` check, in
+  ``_load_from_state_dict``, that the state dict has the module's training record and its own keys
+  at their shapes. A loader that checks a state dict itself runs the load in
+  :func:`checked_elsewhere`.
 """
 from __future__ import annotations
 
+import contextvars
 import importlib
 import io
 import json
@@ -24,6 +32,7 @@ import logging
 import os
 import pickle
 import re
+import sys
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -255,23 +264,31 @@ def training_record(dinov3, upsampler, upsampler_file: Optional[str], train_upsa
               "dinov3": {"arch": spec.arch, "embed_dim": spec.embed_dim, "depth": spec.depth,
                          "num_heads": spec.num_heads, **file_entry(dinov3.weights)},
               "upsampler": {"method": "none"}}
+    if dinov3.weights is None:
+        record["dinov3"].update(init_seed=dinov3.init_seed, init_digest=dinov3.init_digest)
     if upsampler is not None:
         record["upsampler"] = {"method": upsampler.method, "config": _plain(upsampler.config),
                                "train_upsampler": bool(train_upsampler), **file_entry(upsampler_file)}
     return record
 
 
+RECORD_BLOCK = 4096
+
+
 def encode_record(record: Mapping[str, Any]) -> torch.Tensor:
     """The record as UTF-8 JSON in a uint8 tensor: every tensor-only consumer of state dicts
-    (weights_only, fvcore's shape checks, safetensors, device moves) carries it unchanged."""
+    (weights_only, fvcore's shape checks, safetensors, device moves) carries it unchanged. Padded
+    with zero bytes to a multiple of 4 KiB, so two records (other paths, another config) have one
+    shape and fvcore's shape check (stock ``DetectionCheckpointer``) does not drop it."""
     data = json.dumps(record, sort_keys=True).encode("utf-8")
-    return torch.tensor(list(data), dtype=torch.uint8)
+    data += bytes(-len(data) % RECORD_BLOCK)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def decode_record(state: Any) -> Dict[str, Any]:
     if isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1:
         try:
-            record = json.loads(bytes(state.tolist()).decode("utf-8"))
+            record = json.loads(bytes(state.tolist()).rstrip(b"\0").decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"the checkpoint's training record is damaged: {e}") from e
         if isinstance(record, dict) and record.get("format") == RECORD_FORMAT:
@@ -281,19 +298,37 @@ def decode_record(state: Any) -> Dict[str, Any]:
 
 def _describe_file(entry: Mapping[str, Any]) -> str:
     if entry.get("weights") is None:
-        return "random init (no file)"
+        if entry.get("init_seed") is None:
+            return "a random init whose seed was not recorded"
+        return f"a random init, init_seed={entry['init_seed']} (digest {(entry.get('init_digest') or '?')[:16]}...)"
     sha = entry.get("sha256")
     return f"{entry['weights']} (sha256 {sha[:16] if sha else '?'}...)"
 
 
-def record_problems(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
-    """How the model a checkpoint was trained with (``recorded``) differs from ``current``."""
+def record_problems(recorded: Mapping[str, Any], current: Mapping[str, Any],
+                    dinov3_carried: bool = False) -> List[str]:
+    """How the model a checkpoint was trained with (``recorded``) differs from ``current``.
+    ``dinov3_carried``: the checkpoint holds the DINOv3 tensors themselves, equal to the model's
+    (old Detectron2 checkpoints of a random init): then they, not the record, tell the backbone."""
     out = []
     a, b = recorded["dinov3"], current["dinov3"]
     arch = ("arch", "embed_dim", "depth", "num_heads")
+    random_init = a.get("weights") is None and b.get("weights") is None
     if any(a.get(k) != b.get(k) for k in arch):
         out.append("DINOv3: the checkpoint was trained on " + ", ".join(f"{k}={a.get(k)}" for k in arch)
                    + "; this model is " + ", ".join(f"{k}={b.get(k)}" for k in arch))
+    elif random_init and a.get("init_seed") is None and not dinov3_carried:
+        out.append(f"DINOv3 weights: the checkpoint was trained on a random-init DINOv3 whose seed it does not "
+                   f"record (written by an older version), and it does not hold that DINOv3: nothing can redraw "
+                   f"it, so its head would run on other features. Train again (random inits are now drawn from "
+                   f"model.backbone[.net].init_seed), or set {PARTIAL_LOAD_ENV}=1 to load it onto this model's "
+                   f"{_describe_file(b)} anyway")
+    elif random_init and not dinov3_carried and (a.get("init_seed"), a.get("init_digest")) != (
+            b.get("init_seed"), b.get("init_digest")):
+        why = "" if a.get("init_seed") != b.get("init_seed") else \
+            " (the same seed drew other values: another torch or timm version?)"
+        out.append(f"DINOv3 weights: the checkpoint was trained with {_describe_file(a)}; this model draws "
+                   f"{_describe_file(b)}{why} (model.backbone[.net].init_seed)")
     elif a.get("sha256") != b.get("sha256"):
         out.append(f"DINOv3 weights: the checkpoint was trained with {_describe_file(a)}; this model loads "
                    f"{_describe_file(b)} (model.backbone[.net].weights)")
@@ -312,12 +347,14 @@ def record_problems(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> 
     return out
 
 
-def check_record(state: Any, current: Mapping[str, Any], where: str) -> None:
-    """``set_extra_state`` of the frozen-backbone modules: refuse (or warn about) a checkpoint
-    trained with another backbone or upsampler than ``current``."""
-    recorded = decode_record(state)
-    refuse_or_warn(record_problems(recorded, current),
-                   f"the checkpoint does not fit this model ({where} was trained with other parts)")
+def _class_count_note(key: str, theirs: Tuple[int, ...], ours: Tuple[int, ...]) -> str:
+    """Names a class-count mismatch as such: the rows of a classifier (mmseg's ``conv_seg``,
+    Detectron2's ``cls_score`` with its background row)."""
+    layer = key.rsplit(".", 1)[0]
+    if theirs[1:] == ours[1:] and layer.endswith(("conv_seg", "cls_score")):
+        background = int(layer.endswith("cls_score"))
+        return f" (the checkpoint has {theirs[0] - background} classes, this model {ours[0] - background})"
+    return " (another num_classes?)" if layer.endswith(("bbox_pred", "predictor")) else ""
 
 
 def state_dict_problems(model_state: Mapping[str, Any], checkpoint_state: Mapping[str, Any],
@@ -330,9 +367,7 @@ def state_dict_problems(model_state: Mapping[str, Any], checkpoint_state: Mappin
         if k in model_state and k.split(".")[-1] != RECORD_KEY and isinstance(v, torch.Tensor) \
                 and tuple(v.shape) != tuple(model_state[k].shape):
             out.append(f"{k}: shape {tuple(v.shape)} in the checkpoint, {tuple(model_state[k].shape)} in this "
-                       f"model" + (" (another num_classes?)" if k.rsplit(".", 1)[0].endswith(("conv_seg", "cls_score",
-                                                                                            "bbox_pred", "predictor"))
-                                  else ""))
+                       f"model{_class_count_note(k, tuple(v.shape), tuple(model_state[k].shape))}")
     missing = [k for k in model_state if k not in checkpoint_state and not k.startswith(optional)
                and k.split(".")[-1] != RECORD_KEY]
     unexpected = [k for k in checkpoint_state if k not in model_state]
@@ -345,11 +380,84 @@ def state_dict_problems(model_state: Mapping[str, Any], checkpoint_state: Mappin
     return out
 
 
+_CHECKED_ELSEWHERE: contextvars.ContextVar[bool] = contextvars.ContextVar("brixel_checked_elsewhere", default=False)
+
+
+@contextmanager
+def checked_elsewhere() -> Iterator[None]:
+    """Loads inside this block skip the components' own checks: for loaders that have checked the
+    state dict themselves (Detectron2's checkpointer here, which removes the training records
+    before fvcore's loader; exports, whose file holds the record and its own key check)."""
+    token = _CHECKED_ELSEWHERE.set(True)
+    try:
+        yield
+    finally:
+        _CHECKED_ELSEWHERE.reset(token)
+
+
+def checked_elsewhere_now() -> bool:
+    return _CHECKED_ELSEWHERE.get()
+
+
+# the local names under which the stock loaders hold the file they load: mmengine's
+# load_checkpoint(filename) and Runner.load_checkpoint(filename), BaseInferencer._init_model(weights),
+# mmseg's init_model(checkpoint), fvcore's Checkpointer.load(path)
+_FILE_LOCALS = ("filename", "path", "weights", "checkpoint")
+_LOADER_MODULES = ("mmengine.", "mmseg.", "fvcore.", "detectron2.", "brixel_plugins.")
+
+
+def file_being_loaded() -> Optional[str]:
+    """The checkpoint file a stock loader up the call stack is loading, for messages only (a state
+    dict does not know its file; None when no loader up the stack names one)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(_LOADER_MODULES):
+            for name in _FILE_LOCALS:
+                value = frame.f_locals.get(name)
+                if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+                    return str(value)
+        frame = frame.f_back
+    return None
+
+
+def check_module_state(module: torch.nn.Module, state_dict: Dict[str, Any], prefix: str, where: str,
+                       problems: Sequence[str] = (), skip: Tuple[str, ...] = ()) -> None:
+    """A component's own check at load: ``problems`` and :func:`module_state_problems` raise one
+    :class:`CheckpointMismatchError` naming the file (when a loader up the stack names it) and
+    ``where``. Under ``BRIXEL_PARTIAL_LOAD=1`` it warns, and tensors of other shapes are dropped
+    from ``state_dict``: they keep the model's values whichever loader runs (torch's own raises)."""
+    problems = [*problems, *module_state_problems(module, state_dict, prefix, skip)]
+    if not problems:  # the stack is searched for the file only when there is something to say
+        return
+    refuse_or_warn(problems, f"{file_being_loaded() or 'the checkpoint'} does not fit this model ({where})")
+    own = module.state_dict(prefix=prefix)
+    for k in [k for k, v in state_dict.items() if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape]:
+        del state_dict[k]
+
+
+def module_state_problems(module: torch.nn.Module, state_dict: Mapping[str, Any], prefix: str,
+                          skip: Tuple[str, ...] = ()) -> List[str]:
+    """How ``state_dict`` (keys under ``prefix``) differs from what ``module`` itself holds: its keys
+    missing, at other shapes, or keys under ``prefix`` it does not have. Keys under ``skip``
+    (relative to the module) are not compared; nor are the training records."""
+    own = {prefix + k: v for k, v in module.state_dict().items()
+           if not k.startswith(skip) and k.rsplit(".", 1)[-1] != RECORD_KEY}
+    theirs = {k: v for k, v in state_dict.items() if k.startswith(prefix) and not k[len(prefix):].startswith(skip)
+              and k.rsplit(".", 1)[-1] != RECORD_KEY}
+    return state_dict_problems(own, theirs)
+
+
 class RecordsTraining:
     """Mixin of the adapters' frozen-backbone modules (they hold ``featurizer``, a DenseFeaturizer,
     and ``train_upsampler``): every ``state_dict()`` carries the :func:`training_record` as
-    ``<prefix>._extra_state``, and loading a state dict checks it (torch's ``get_extra_state`` /
-    ``set_extra_state``, so mmengine's, Detectron2's and torch's own loaders all check it)."""
+    ``<prefix>._extra_state`` (torch's ``get_extra_state``), and loading a state dict, by any loader
+    and even with ``strict=False``, refuses one that is not this module's: no record, a record of
+    other parts, its trainable keys missing or at other shapes, or frozen tensors other than the
+    model's (``BRIXEL_PARTIAL_LOAD=1`` turns the refusal into a warning).
+
+    One rule for the frozen parts in checkpoints (:meth:`restorable_parts`): a frozen part that its
+    file or its seed restores is not needed in a checkpoint; one that a checkpoint holds anyway (old
+    Detectron2 checkpoints of a random init) must equal the model's."""
 
     config_key = "model.backbone"  # where the module sits in a config, for messages
 
@@ -357,22 +465,67 @@ class RecordsTraining:
         up = self.featurizer.upsampler
         return training_record(self.featurizer.backbone, up, up.weight_file, self.train_upsampler)
 
+    def restorable_parts(self) -> Dict[str, str]:
+        """``{submodule name: what restores it}`` of the frozen parts a checkpoint need not hold:
+        DINOv3 (from its file or its init seed) and a frozen upsampler loaded from a file."""
+        dinov3, up = self.featurizer.backbone, self.featurizer.upsampler
+        out = {}
+        if dinov3.weights is not None:
+            out["featurizer.backbone"] = dinov3.weights
+        elif dinov3.init_seed is not None:
+            out["featurizer.backbone"] = f"random init, init_seed={dinov3.init_seed}"
+        if not self.train_upsampler and up.weight_file is not None:
+            out["featurizer.upsampler"] = up.weight_file
+        return out
+
     def get_extra_state(self) -> torch.Tensor:
         return encode_record(self.training_record())
 
     def set_extra_state(self, state: Any) -> None:
-        check_record(state, self.training_record(), self.config_key)
+        """Checked in :meth:`_load_from_state_dict`, which sees the whole state dict."""
+
+    def check_state(self, state_dict: Dict[str, Any], prefix: str = "") -> None:
+        """Refuse (or warn about) ``state_dict`` (this module's keys under ``prefix``) if it is not a
+        checkpoint of this module. Frozen tensors it holds must equal the model's (loading them
+        changes nothing); under a partial load, those that differ are dropped from ``state_dict``."""
+        parts = self.restorable_parts()
+        restorable = tuple(f"{prefix}{name}." for name in parts)
+        carried = [k for k in state_dict if k.startswith(restorable)]
+        # the featurizer's own state: the mmseg adapter's state_dict() leaves the frozen parts out
+        own = self.featurizer.state_dict(prefix=prefix + "featurizer.", keep_vars=True) if carried else {}
+        differ = [k for k in carried if k not in own or not _same_tensor(state_dict[k], own[k])]
+        problems = []
+        if prefix + RECORD_KEY not in state_dict:
+            problems.append(f"it holds no training record of {self.config_key} ({prefix + RECORD_KEY}): it was "
+                            f"not written for a model of this package, or is a part of one")
+        else:
+            problems += record_problems(decode_record(state_dict[prefix + RECORD_KEY]), self.training_record(),
+                                        dinov3_carried=any(k.startswith(prefix + "featurizer.backbone.")
+                                                           for k in carried) and not differ)
+        if differ:
+            problems.append(f"it holds {len(differ)} tensors of the frozen parts that differ from this model's "
+                            f"({', '.join(parts.values())}): it was trained on other frozen weights "
+                            f"({differ[:3]}{' ...' if len(differ) > 3 else ''})")
+        check_module_state(self, state_dict, prefix, self.config_key, problems, skip=tuple(f"{n}." for n in parts))
+        for k in differ:  # a partial load asked for: the model keeps its own frozen weights
+            del state_dict[k]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        if not checked_elsewhere_now():
+            self.check_state(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
-def check_records(model: torch.nn.Module, state: Mapping[str, Any]) -> None:
-    """Check every training record of ``state`` against the module it belongs to in ``model``
-    (before tensors are compared: "trained with another upsampler" says more than the shapes)."""
-    for key, record in state.items():
-        if key.rsplit(".", 1)[-1] == RECORD_KEY:
-            owner = key[: -len(RECORD_KEY) - 1]
-            try:
-                module = model.get_submodule(owner) if owner else model
-            except AttributeError:
-                continue  # reported as an unexpected key
-            if isinstance(module, RecordsTraining):
-                module.set_extra_state(record)
+def _same_tensor(a: Any, b: torch.Tensor) -> bool:
+    return isinstance(a, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu())
+
+
+def check_records(model: torch.nn.Module, state: Dict[str, Any]) -> None:
+    """Check ``state`` against every :class:`RecordsTraining` module of ``model`` (training record,
+    own keys, frozen tensors it holds): before the stock checks, since "trained with another
+    upsampler" says more than the shapes."""
+    for name, module in model.named_modules():
+        if isinstance(module, RecordsTraining):
+            module.check_state(state, f"{name}." if name else "")

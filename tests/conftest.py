@@ -64,10 +64,10 @@ def learned_upsamplers(spec) -> list:
 
 
 def make_tiny_backbone(seed: int = 0, **kw) -> FrozenDINOv3:
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # what the caller builds next starts from the seed, as before
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random-init warning is expected here
-        return FrozenDINOv3(**{**TINY, **kw})
+        return FrozenDINOv3(**{**TINY, "init_seed": seed, **kw})
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,12 @@ gets its DINOv3 features from :class:`FrozenDINOv3`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -110,7 +111,14 @@ class FrozenDINOv3(nn.Module):
     Args:
         arch: Meta's name: ``vits16``, ``vits16plus``, ``vitb16``, ``vitl16``, ``vith16plus``, ``vit7b16``.
         weights: Meta's official ``.pth`` or a timm-layout ``.pth``/``.safetensors``. ``None``
-            gives a random init (with a warning: the features are meaningless for real use).
+            gives a random init (with a warning: the features are meaningless for real use),
+            drawn from ``init_seed``.
+        init_seed: the seed of a random init (``weights=None``; ignored with a file). The draw
+            uses its own RNG stream (the global RNG is left as it was), so the same seed gives the
+            same backbone in every process and build on one device type (the adapters build on
+            the CPU); checkpoints record the seed and a digest of the drawn tensors
+            (:attr:`init_digest`), so a checkpoint is refused under another random backbone, as
+            under another weight file. Default 0: every random backbone is reproducible.
         device: where to build; ``"meta"`` builds without allocating memory (shape checks of 7B).
         autocast: ``"bf16"`` runs the forward under bfloat16 autocast on CUDA (ignored on CPU).
         check_finite: refuse input batches holding NaN/Inf (one pass over the pixels per call;
@@ -121,7 +129,7 @@ class FrozenDINOv3(nn.Module):
     Shapes: ``layers(x (B,3,H,W), [i, ...]) -> {i: (B, D, H/16, W/16)}`` (float32).
     """
 
-    def __init__(self, arch: str = "vits16", weights: Optional[Union[str, Path]] = None, *,
+    def __init__(self, arch: str = "vits16", weights: Optional[Union[str, Path]] = None, *, init_seed: int = 0,
                  device: Optional[Union[str, torch.device]] = None, autocast: Optional[str] = None,
                  check_finite: bool = True, **overrides):
         super().__init__()
@@ -132,20 +140,52 @@ class FrozenDINOv3(nn.Module):
             raise ValueError(f"autocast must be None or 'bf16', got {autocast!r}")
         self.autocast = autocast
         self.check_finite = bool(check_finite)
-        with torch.device(device or "cpu"):
+        if isinstance(init_seed, bool) or not isinstance(init_seed, int):
+            raise ValueError(f"init_seed must be an int (the seed of a random init), got {init_seed!r}")
+        random_init = weights is None and str(device) != "meta"
+        build_on = torch.device(device or "cpu")
+        with self._seeded(build_on, init_seed if random_init else None), build_on:
             self.model = timm.create_model(info.timm_name, pretrained=False, num_classes=0, **overrides)
         m = self.model
         self.spec = BackboneSpec(arch, m.embed_dim, len(m.blocks), m.blocks[0].attn.num_heads)
         self.weights = str(weights) if weights is not None else None
+        self.init_seed: Optional[int] = init_seed if random_init else None
+        self._init_digest: Optional[str] = None
         if weights is not None:
             self.load_weights(weights)
-        elif str(device) != "meta":
+        elif random_init:
             warnings.warn(
-                f"FrozenDINOv3({arch}): no weight file given, using a RANDOM init; its features are "
-                f"meaningless for real use. Pass weights=<path to Meta's {info.timm_name.split('_qkvb')[0]} "
-                f"file> (e.g. dinov3_{arch}_pretrain_lvd1689m-*.pth).", UserWarning, stacklevel=2)
+                f"FrozenDINOv3({arch}): no weight file given, using a RANDOM init; its features are meaningless "
+                f"for real use (drawn from init_seed={init_seed}, the same in every run). Pass weights=<path to Meta's "
+                f"{info.timm_name.split('_qkvb')[0]} file> (e.g. dinov3_{arch}_pretrain_lvd1689m-*.pth).",
+                UserWarning, stacklevel=2)
         self.model.requires_grad_(False)
         super().train(False)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _seeded(device: torch.device, seed: Optional[int]):
+        """Draw from ``seed`` on a forked RNG: the same tensors in every process (on one device
+        type: CPU and CUDA generators differ; the adapters build on the CPU), and the caller's
+        RNG stream is not consumed."""
+        if seed is None:
+            yield
+            return
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.random.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every GPU
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            yield
+
+    @property
+    def init_digest(self) -> Optional[str]:
+        """sha256 of a random init's tensors (None with a weight file), computed once when first
+        asked for (a checkpoint's record): it tells two draws apart even from the same seed."""
+        if self.init_seed is not None and self._init_digest is None:
+            self._init_digest = tensor_digest(self.model.state_dict())
+        return self._init_digest
 
     # -- identity ----------------------------------------------------------------------------
     @property
@@ -192,6 +232,7 @@ class FrozenDINOv3(nn.Module):
                 f"{path} does not match {self.spec.arch}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
                 f", unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
         self.weights = str(path)
+        self.init_seed = self._init_digest = None
         logger.info("loaded DINOv3 %s weights from %s (%s layout)", self.spec.arch, path, seen["layout"])
 
     # -- frozen-ness -------------------------------------------------------------------------
@@ -274,4 +315,16 @@ class FrozenDINOv3(nn.Module):
         return keys.float().transpose(1, 2).reshape(b, -1, h, w)
 
     def extra_repr(self) -> str:
-        return f"arch={self.spec.arch}, embed_dim={self.embed_dim}, depth={self.depth}, weights={self.weights}"
+        init = "" if self.weights is not None else f", init_seed={self.init_seed}"
+        return f"arch={self.spec.arch}, embed_dim={self.embed_dim}, depth={self.depth}, weights={self.weights}{init}"
+
+
+def tensor_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and bytes: tells two random draws apart
+    (another seed, or another torch/timm drawing other values from the same seed)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -33,15 +33,19 @@ class DINOv3Backbone(RecordsTraining, Backbone):
       (without an upsampler, f = 1: the last layer again).
 
     The DINOv3 never trains: no gradients, eval mode whatever ``.train()`` says. The upsampler is
-    frozen the same way unless ``train_upsampler=True``. Parts restored from their own files
-    (listed by :meth:`external_weights`) are left out of Detectron2 checkpoints by
+    frozen the same way unless ``train_upsampler=True``. Frozen parts restored from their files or
+    DINOv3's init seed (:meth:`restorable_parts`) are left out of Detectron2 checkpoints by
     :class:`~brixel_plugins.d2.checkpoint.FrozenBackboneCheckpointer`. Weight files are found by
     the lookup rule of :mod:`brixel_plugins.weight_files`; every checkpoint records what the
-    backbone was built with (:class:`~brixel_plugins.checkpoints.RecordsTraining`, checked at load).
+    backbone was built with, and a state dict that is not this backbone's is refused at load,
+    whichever checkpointer loads it (:class:`~brixel_plugins.checkpoints.RecordsTraining`).
 
     Args:
         arch: Meta's DINOv3 name (``vits16``, ``vitb16``, ``vitl16``, ...).
-        weights: DINOv3 weight file (Meta's or timm's layout); ``None`` = random init (warned).
+        weights: DINOv3 weight file (Meta's or timm's layout); ``None`` = random init (warned),
+            drawn from ``init_seed``.
+        init_seed: the seed of a random-init DINOv3 (ignored with a weight file); recorded in
+            checkpoints, which then need not hold the random tensors.
         upsampler: ``None`` for plain ViTDet features, ``dict(type='brixel', ...)`` (freshly
             initialised), or a weight file / ``dict(type=..., weights=FILE, factor=...)``: as
             :func:`~brixel_plugins.upsamplers.build_upsampler` takes it (a ``factor`` other than
@@ -58,7 +62,7 @@ class DINOv3Backbone(RecordsTraining, Backbone):
 
     config_key = "model.backbone.net"
 
-    def __init__(self, arch: str = "vits16", weights: Optional[PathLike] = None,
+    def __init__(self, arch: str = "vits16", weights: Optional[PathLike] = None, init_seed: int = 0,
                  upsampler: UpsamplerConfig = None, upsampler_weights: Optional[PathLike] = None,
                  train_upsampler: bool = False, working_scale: float = 1.0, autocast: Optional[str] = None,
                  overrides: Optional[Mapping] = None):
@@ -74,7 +78,7 @@ class DINOv3Backbone(RecordsTraining, Backbone):
                                  f"{upsampler['weights']!r} disagree; set one of them")
         weights = None if weights is None else find_weight_file(weights, "model.backbone.net.weights")
         upsampler = find_upsampler_file(upsampler, "model.backbone.net.upsampler_weights")
-        dinov3 = FrozenDINOv3(arch, weights, autocast=autocast, **dict(overrides or {}))
+        dinov3 = FrozenDINOv3(arch, weights, init_seed=init_seed, autocast=autocast, **dict(overrides or {}))
         up = build_upsampler(upsampler, dinov3.spec)
         self.working_scale = float(working_scale)
         self.train_upsampler = bool(train_upsampler)
@@ -118,17 +122,6 @@ class DINOv3Backbone(RecordsTraining, Backbone):
         if not self.train_upsampler:
             self.upsampler.train(False)  # frozen BatchNorm statistics and no drop-path
         return self
-
-    def external_weights(self) -> Dict[str, str]:
-        """``{submodule name: file}`` of the frozen parts that load from their own files (and so
-        need not be stored in detector checkpoints). Random-init frozen parts are not listed:
-        nothing but the checkpoint could restore them."""
-        out = {}
-        if self.frozen_dinov3.weights is not None:
-            out["featurizer.backbone"] = self.frozen_dinov3.weights
-        if not self.train_upsampler and self.upsampler_weights is not None:
-            out["featurizer.upsampler"] = self.upsampler_weights
-        return out
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         h, w = x.shape[-2:]

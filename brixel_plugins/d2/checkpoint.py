@@ -11,8 +11,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 
-from ..checkpoints import (RECORD_KEY, CheckpointError, check_records, load_checkpoint_file, refuse_or_warn,
-                           restricted_pickle_load, resume_candidates, resume_newest, state_dict_problems)
+from ..checkpoints import (RECORD_KEY, CheckpointError, check_records, checked_elsewhere, file_being_loaded,
+                           load_checkpoint_file, refuse_or_warn, restricted_pickle_load, resume_candidates,
+                           resume_newest, state_dict_problems)
 from ..utils import atomic_path, remove_stale_temp_files, write_text_atomic
 from .backbone import DINOv3Backbone
 
@@ -31,10 +32,12 @@ def looks_like_dinov3(state: Dict[str, Any]) -> bool:
 class FrozenBackboneCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` for detectors over :class:`DINOv3Backbone`.
 
-    - Frozen parts that load from their own files (the DINOv3 weights; a frozen upsampler's
-      export) are not written into checkpoints: the config rebuilds them from those files. A
-      300M-param ViT-L is thus not copied into every checkpoint. Random-init frozen parts are kept,
-      since nothing else could restore them.
+    - Frozen parts that their files or DINOv3's init seed restore (the DINOv3 weights or random
+      init; a frozen upsampler's export) are not written into checkpoints: the config rebuilds
+      them. A 300M-param ViT-L is thus not copied into every checkpoint. A frozen upsampler without
+      a file is kept, since nothing else could restore it. Frozen tensors a checkpoint holds anyway
+      (those of older versions, which kept a random-init DINOv3) are compared with the model's:
+      equal, they are ignored; different, the checkpoint is refused.
     - Loading is checked: the backbone's training record (DINOv3 arch and file hash, upsampler
       method, config and file hash) must match the model's, and every tensor's shape and the key
       sets must agree (another ``num_classes``, another upsampler); a mismatch is an error naming
@@ -49,11 +52,11 @@ class FrozenBackboneCheckpointer(DetectionCheckpointer):
     """
 
     def external_weights(self) -> Dict[str, str]:
-        """``{state-dict prefix (ending in '.'): file}`` of the parts left out of checkpoints."""
+        """``{state-dict prefix (ending in '.'): file or seed}`` of the parts left out of checkpoints."""
         out = {}
         for name, module in self.model.named_modules():
             if isinstance(module, DINOv3Backbone):
-                for sub, path in module.external_weights().items():
+                for sub, path in module.restorable_parts().items():
                     out[f"{name}.{sub}." if name else f"{sub}."] = path
         return out
 
@@ -115,13 +118,21 @@ class FrozenBackboneCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Dict[str, Any]):
         checkpoint.pop("external_weights", None)
         state = checkpoint["model"]
-        # fvcore's loader takes tensors only: the training records are checked here, first
-        check_records(self.model, {k: state.pop(k) for k in list(state) if k.rsplit(".", 1)[-1] == RECORD_KEY})
+        heuristics = checkpoint.get("matching_heuristics", False)  # a model-zoo .pkl: stock parts only
         external = tuple(self.external_weights())
-        if not checkpoint.get("matching_heuristics", False):
+        if not heuristics:
+            # the backbone's own check first (record, its keys, the frozen tensors a checkpoint holds),
+            # then every tensor of the detector
+            check_records(self.model, state)
+        for k in [k for k in state if k.rsplit(".", 1)[-1] == RECORD_KEY or k.startswith(external)]:
+            del state[k]  # fvcore's loader takes tensors only; frozen tensors, compared, are the model's
+        if not heuristics:
             own = {k: v for k, v in self.model.state_dict().items() if not k.startswith(external)}
-            refuse_or_warn(state_dict_problems(own, state), "the checkpoint does not fit this model")
-        incompatible = super()._load_model(checkpoint)
+            problems = state_dict_problems(own, state)
+            if problems:
+                refuse_or_warn(problems, f"{file_being_loaded() or 'the checkpoint'} does not fit this model")
+        with checked_elsewhere():
+            incompatible = super()._load_model(checkpoint)
         skip = external + tuple(k for k in self.model.state_dict() if k.rsplit(".", 1)[-1] == RECORD_KEY)
         return incompatible._replace(missing_keys=[k for k in incompatible.missing_keys if not k.startswith(skip)])
 

@@ -25,7 +25,8 @@ def add_dinov3_config(cfg: CfgNode) -> CfgNode:
     cfg.MODEL.DINOV3 = CfgNode()
     c = cfg.MODEL.DINOV3
     c.ARCH = "vits16"
-    c.WEIGHTS = ""  # DINOv3 file; "" = random init (warned)
+    c.WEIGHTS = ""  # DINOv3 file; "" = random init (warned), drawn from INIT_SEED
+    c.INIT_SEED = 0  # the random init's seed, recorded in checkpoints (ignored with WEIGHTS)
     c.UPSAMPLER = ""  # registered name (brixel, lift, jbu, featsharp, bilinear); "" = plain ViTDet
     c.UPSAMPLER_FACTOR = 0  # 0 = the method's default (or the file's)
     c.UPSAMPLER_WEIGHTS = ""  # export of tools/distill.py
@@ -45,7 +46,7 @@ def build_dinov3_vitdet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbo
     upsampler = None
     if c.UPSAMPLER:
         upsampler = {"type": c.UPSAMPLER, **({"factor": c.UPSAMPLER_FACTOR} if c.UPSAMPLER_FACTOR else {})}
-    net = DINOv3Backbone(arch=c.ARCH, weights=c.WEIGHTS or None, upsampler=upsampler,
+    net = DINOv3Backbone(arch=c.ARCH, weights=c.WEIGHTS or None, init_seed=c.INIT_SEED, upsampler=upsampler,
                          upsampler_weights=c.UPSAMPLER_WEIGHTS or None, train_upsampler=c.TRAIN_UPSAMPLER,
                          working_scale=c.WORKING_SCALE)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS

@@ -25,7 +25,11 @@ class DINOv3Featurizer(RecordsTraining, BaseModule):
 
     Args:
         arch: Meta's DINOv3 name (``vits16``, ``vitb16``, ``vitl16``, ``vith16plus``, ...).
-        weights: DINOv3 weight file (Meta's official ``.pth`` or timm layout); None = random init.
+        weights: DINOv3 weight file (Meta's official ``.pth`` or timm layout); None = random init,
+            drawn from ``init_seed``.
+        init_seed: the seed of a random-init DINOv3 (``weights=None``; ignored with a file): the same
+            seed draws the same backbone in every process, and checkpoints record it (see
+            :class:`~brixel_plugins.backbones.FrozenDINOv3`).
         upsampler: None (the stride-16 last layer), ``dict(type='bilinear', factor=4)``,
             ``dict(type='brixel', weights='.../best_upsampler.safetensors')``, ... (an export of
             tools/distill.py or tools/convert_weights.py, refused with a clear message when it was
@@ -43,14 +47,16 @@ class DINOv3Featurizer(RecordsTraining, BaseModule):
     Output: a tuple ``(dense (B, D, f*h, f*w), *[(B, D, h, w) for out_indices])`` for a working
     image of ``16h x 16w``; the dense map comes first so ``resize_concat`` heads keep its size.
 
-    Checkpoints hold only what trains: the frozen DINOv3 (and a frozen upsampler) are left out of
-    ``state_dict()`` and reloaded from their own files when the model is built, so a ViT-L run does
-    not write 1.2 GB of copies per checkpoint. Weight files are found by the lookup rule of
-    :mod:`brixel_plugins.weight_files`, and every checkpoint records what it was trained with
-    (:class:`~brixel_plugins.checkpoints.RecordsTraining`, checked when it is loaded).
+    Checkpoints hold only what trains: the frozen DINOv3 (and a frozen upsampler loaded from a
+    file) are left out of ``state_dict()`` and rebuilt from their files (or DINOv3's init seed) when
+    the model is built, so a ViT-L run does not write 1.2 GB of copies per checkpoint. Weight files
+    are found by the lookup rule of :mod:`brixel_plugins.weight_files`, and every checkpoint records
+    what it was trained with; a state dict that is not this model's is refused at load, whichever
+    loader loads it (:class:`~brixel_plugins.checkpoints.RecordsTraining`).
     """
 
-    def __init__(self, arch: str = "vits16", weights: Optional[str] = None, upsampler: UpsamplerConfig = None,
+    def __init__(self, arch: str = "vits16", weights: Optional[str] = None, init_seed: int = 0,
+                 upsampler: UpsamplerConfig = None,
                  train_upsampler: bool = False, out_indices: Sequence[int] = (),
                  working_size: Optional[Union[int, Sequence[int]]] = None, working_scale: Optional[float] = None,
                  autocast: Optional[str] = None, init_cfg=None, **overrides):
@@ -60,7 +66,7 @@ class DINOv3Featurizer(RecordsTraining, BaseModule):
         super().__init__()
         weights = None if weights is None else find_weight_file(weights, "model.backbone.weights")
         upsampler = find_upsampler_file(upsampler, "model.backbone.upsampler.weights")
-        backbone = FrozenDINOv3(arch, weights, autocast=autocast, **overrides)
+        backbone = FrozenDINOv3(arch, weights, init_seed=init_seed, autocast=autocast, **overrides)
         up = build_upsampler(upsampler, backbone.spec)
         self.featurizer = DenseFeaturizer(backbone, up, working_size=working_size, working_scale=working_scale)
         self.train_upsampler = bool(train_upsampler)
@@ -71,7 +77,6 @@ class DINOv3Featurizer(RecordsTraining, BaseModule):
                           f"(upsampler=dict(type='{up.method}', weights=...))", UserWarning, stacklevel=2)
         up.requires_grad_(self.train_upsampler)
         self.out_indices = tuple(backbone.resolve_indices([i])[0] for i in out_indices)
-        self._frozen_prefixes = ("featurizer.backbone.",) + (() if self.train_upsampler else ("featurizer.upsampler.",))
         self.register_state_dict_post_hook(_drop_frozen)
         self.register_load_state_dict_pre_hook(_fill_frozen)
 
@@ -103,7 +108,7 @@ class DINOv3Featurizer(RecordsTraining, BaseModule):
 
 
 def _frozen_keys(module: DINOv3Featurizer, keys, prefix: str):
-    return [k for k in keys if k.startswith(tuple(prefix + p for p in module._frozen_prefixes))]
+    return [k for k in keys if k.startswith(tuple(f"{prefix}{p}." for p in module.restorable_parts()))]
 
 
 def _drop_frozen(module: DINOv3Featurizer, state_dict, prefix: str, local_metadata) -> None:
@@ -113,7 +118,8 @@ def _drop_frozen(module: DINOv3Featurizer, state_dict, prefix: str, local_metada
 
 def _fill_frozen(module: DINOv3Featurizer, state_dict, prefix: str, local_metadata, strict,
                  missing_keys, unexpected_keys, error_msgs) -> None:
-    """A checkpoint without the frozen weights loads strictly: they keep the values from their files."""
+    """A checkpoint without the frozen weights loads strictly: they keep the values from their files
+    (or seed). Runs after :meth:`RecordsTraining.check_state`, which compared any the checkpoint holds."""
     own = module.featurizer.state_dict(prefix=prefix + "featurizer.", keep_vars=True)
     for k in _frozen_keys(module, own, prefix):
         state_dict.setdefault(k, own[k].detach())

@@ -15,7 +15,7 @@ from typing import Any, Dict, Union
 import torch
 
 from ..backbones.weights import WeightFileError
-from ..checkpoints import load_checkpoint_file, refuse_or_warn, state_dict_problems
+from ..checkpoints import checked_elsewhere, load_checkpoint_file, refuse_or_warn, state_dict_problems
 from ..export import check_loaded, dinov3_reference, find_dinov3, write_model_file
 from ..weight_files import config_folder
 
@@ -145,7 +145,8 @@ def build_exported(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path:
     with warnings.catch_warnings():  # the upsampler is built untrained, then gets the file's weights
         warnings.filterwarnings("ignore", message=r".*has no fitted statistics.*")
         model = MODELS.build(cfg.model)
-    check_loaded(model.load_state_dict(tensors, strict=False), path)
+    with checked_elsewhere():  # an export has no training record in its tensors: check_loaded is its check
+        check_loaded(model.load_state_dict(tensors, strict=False), path)
     model.cfg = cfg
     model.dataset_meta = meta.get("dataset_meta") or {}
     return model.to(device).eval()

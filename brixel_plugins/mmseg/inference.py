@@ -85,7 +85,11 @@ def load_segmentor(config: Union[str, Config], checkpoint: Optional[str] = None,
     cfg = model.cfg
     cfg.test_pipeline = without_annotations(cfg.test_pipeline)  # mmseg drops only LoadAnnotations
     num_classes = model.decode_head.num_classes
-    if len((model.dataset_meta or {}).get("classes") or ()) != num_classes:
+    classes = (model.dataset_meta or {}).get("classes") or ()
+    if classes and len(classes) != num_classes:
+        raise ValueError(f"{checkpoint or config}: its class names list {len(classes)} classes, the model has "
+                         f"{num_classes} (model.decode_head.num_classes)")
+    if not classes:
         raise ValueError(f"{checkpoint or config} records no class names and palette for its {num_classes} classes")
     if not tta:
         return model

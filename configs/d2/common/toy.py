@@ -64,9 +64,11 @@ optimizer.lr = 1e-3
 
 
 def use_toy_backbone(model, train, upsampler=None, upsampler_weights=None):
-    """DINOv3-S (random init; the demo passes DINOV3_WEIGHTS) + ``upsampler`` under the pyramid."""
+    """DINOv3-S (random init from init_seed, recorded in checkpoints; the demo passes DINOV3_WEIGHTS)
+    + ``upsampler`` under the pyramid."""
     use_dinov3(model, arch="vits16", upsampler=upsampler, square_pad=image_size)
     model.backbone.net.weights = None
+    model.backbone.net.init_seed = 0
     if upsampler is not None and upsampler != "bilinear":
         model.backbone.net.upsampler_weights = upsampler_weights
     train.output_dir = f"work_dirs/d2_toy/{upsampler or 'none'}"
