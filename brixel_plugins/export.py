@@ -142,6 +142,21 @@ def check_loaded(result, path: PathLike, allowed_missing=()) -> None:
                               f"unexpected {list(result.unexpected_keys)[:6]}")
 
 
+def check_same_dinov3(meta: Mapping[str, Any], built: Mapping[str, Any], path: PathLike) -> None:
+    """The DINOv3 an export was trained on (its recorded arch, file hash or random-init seed and
+    digest) must be the one just built: a random init drawn with another seed, or by a torch/timm
+    that draws other values from the same seed, would give other features without a word."""
+    from .checkpoints import record_problems
+
+    recorded = (meta.get("record") or {}).get("dinov3")
+    if recorded is None:
+        raise WeightFileError(f"{path}: its metadata records no DINOv3; the file is damaged. {_reexport(meta)}")
+    none = {"method": "none"}
+    problems = record_problems({"dinov3": recorded, "upsampler": none}, {"dinov3": built["dinov3"], "upsampler": none})
+    if problems:
+        raise WeightFileError(f"{path} was exported from a model on another DINOv3: " + "; ".join(problems))
+
+
 def load_exported_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
     """The model of an export (eval mode, on ``device``). MMSegmentation: the segmentor, with ``cfg``
     and ``dataset_meta`` as ``mmseg.apis.init_model`` sets them. Detectron2: ``(model, cfg)``, the

@@ -354,3 +354,22 @@ def test_d2_export_of_a_random_backbone_rebuilds_it_exactly(tmp_path, d2_files):
                                                             opts=opts))
     a, b = d2_outputs(model), d2_outputs(exported)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the same seed drawing other values (another torch or timm) is refused, not silently rebuilt:
+    # a file whose recorded draw differs, sealed anew as a forger (or another version) would write it
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from brixel_plugins.backbones.weights import WeightFileError
+    from brixel_plugins.export import model_digest
+
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        tensors, raw = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    meta = json.loads(raw["model"])
+    meta["record"]["dinov3"]["init_digest"] = "0" * 64
+    raw["model"] = json.dumps(meta, sort_keys=True)
+    raw["digest"] = model_digest(raw, tensors)
+    save_file(tensors, str(tmp_path / "other_draw.safetensors"), metadata=raw)
+    with pytest.raises(WeightFileError, match="another DINOv3.*same seed drew other values"):
+        load_exported_model(tmp_path / "other_draw.safetensors")

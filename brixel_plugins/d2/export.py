@@ -16,7 +16,7 @@ import torch
 
 from ..backbones.weights import WeightFileError
 from ..checkpoints import checked_elsewhere
-from ..export import check_loaded, dinov3_reference, find_dinov3, write_model_file
+from ..export import check_loaded, check_same_dinov3, dinov3_reference, find_dinov3, write_model_file
 from ..weight_files import config_folder
 from .backbone import DINOv3Backbone
 from .checkpoint import FrozenBackboneCheckpointer
@@ -155,6 +155,7 @@ def build_exported(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path:
     with warnings.catch_warnings():  # the upsampler is built untrained, then gets the file's weights
         warnings.filterwarnings("ignore", message=r".*has no fitted statistics.*")
         model = instantiate(cfg.model)
+    check_same_dinov3(meta, _net(model)[1].training_record(), path)
     frozen = _net(model)[0] + ".featurizer.backbone."
     with checked_elsewhere():  # an export has no training record in its tensors: check_loaded is its check
         check_loaded(model.load_state_dict(tensors, strict=False), path,

@@ -16,7 +16,7 @@ import torch
 
 from ..backbones.weights import WeightFileError
 from ..checkpoints import checked_elsewhere, load_checkpoint_file, refuse_or_warn, state_dict_problems
-from ..export import check_loaded, dinov3_reference, find_dinov3, write_model_file
+from ..export import check_loaded, check_same_dinov3, dinov3_reference, find_dinov3, write_model_file
 from ..weight_files import config_folder
 
 PathLike = Union[str, Path]
@@ -145,6 +145,7 @@ def build_exported(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path:
     with warnings.catch_warnings():  # the upsampler is built untrained, then gets the file's weights
         warnings.filterwarnings("ignore", message=r".*has no fitted statistics.*")
         model = MODELS.build(cfg.model)
+    check_same_dinov3(meta, model.backbone.training_record(), path)
     with checked_elsewhere():  # an export has no training record in its tensors: check_loaded is its check
         check_loaded(model.load_state_dict(tensors, strict=False), path)
     model.cfg = cfg
