@@ -132,7 +132,26 @@ def load_checkpoint_file(path: str, map_location="cpu") -> Any:
     if reason:
         raise CheckpointError(f"cannot load checkpoint {path}: {reason}")
     with trusted_checkpoint_globals(path):
-        return torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"cannot load checkpoint {path}: {_refused_pickle(path, e)}") from None
+
+
+def _refused_pickle(path: str, e: Exception) -> str:
+    """Why torch's safe unpickler refused ``path``, in our words: torch's own message suggests
+    ``weights_only=False``, i.e. running whatever the file holds."""
+    text = str(e)
+    size = os.path.getsize(path)
+    if "invalid load key" in text or "truncated" in text or "no persistent_load" in text:
+        return f"not a torch checkpoint ({size} bytes: neither torch.save's zip format nor a readable pickle)"
+    found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
+    holds = f" (e.g. {', '.join(found)})" if found else ""
+    if not is_zip_checkpoint(path):
+        return (f"a legacy torch file (one pickle stream, not torch.save's zip format since torch 1.6) holding "
+                f"objects other than tensors and plain Python types{holds}; refused because unpickling it can run "
+                f"code. Re-save its tensors with torch.save from code you trust")
+    return f"holds objects other than tensors and plain Python types{holds}; refused because unpickling it can run code"
 
 
 # numpy's array and scalar pickles, and the containers of plain data; nothing else is found

@@ -15,8 +15,7 @@ import argparse
 import os
 
 from brixel_plugins.engine.tool import (add_amp_argument, add_resume_argument, add_runner_arguments, apply_amp,
-                                        apply_resume, exit_on_explained_errors, init_cpu_process_group, load_config,
-                                        parse_runner_args)
+                                        apply_resume, load_config, parse_runner_args, work_dir_run)
 from brixel_plugins.cli import run_tool
 
 
@@ -54,8 +53,7 @@ def main(argv=None):
     cfg = build_config(args)
     from brixel_plugins.distill.runner import DistillRunner
 
-    init_cpu_process_group(args.launcher)
-    with exit_on_explained_errors():
+    with work_dir_run(cfg):  # one run at a time in the work dir
         DistillRunner.from_cfg(cfg).train()
 
 
