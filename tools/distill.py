@@ -8,6 +8,7 @@
 Outputs in the work dir: checkpoints (``iter_*.pth``, ``best_val_loss_*.pth``, written
 atomically), ``best_upsampler.safetensors`` / ``upsampler.safetensors`` (what MMSeg and Detectron2
 configs load), ``val_metrics.json``, logs and TensorBoard scalars under the timestamped folder.
+One run at a time per work dir: a second run into it is refused (``.brixel-run.lock``).
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ Only parses arguments and hands the config to mmengine's Runner (the config's ``
 ``SafeRunner``: trusted checkpoint loading, resume from the newest loadable checkpoint). Checkpoints
 hold what trains (head, and the upsampler with ``train_upsampler=True``); DINOv3 and a frozen
 upsampler reload from the files the config names.
+One run at a time per work dir: a second run into it is refused (``.brixel-run.lock``).
 """
 from __future__ import annotations
 
