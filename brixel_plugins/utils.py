@@ -32,7 +32,9 @@ def _write_error(e: BaseException, path: Path) -> Optional[OSError]:
     when ``e`` is about another file (something the block read) or not about writing at all."""
     if isinstance(e, OSError) and e.errno is not None:
         where = Path(e.filename) if isinstance(e.filename, (str, Path)) else None
-        if where is not None and where != path and where.parent != path.parent and where not in path.parents:
+        ours = where is None or where in (path, path.parent) or where in path.parents or (
+            where.parent == path.parent and where.name.startswith(f".{path.name}."))  # the temporary file
+        if not ours:
             return None  # about a file the block read
         if e.errno in (errno.ENOTDIR, errno.EEXIST):
             blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)

@@ -23,6 +23,7 @@ import torch
 
 from brixel_plugins.checkpoints import CheckpointError, load_checkpoint_file
 from brixel_plugins.engine.files import LOCK_FILE, WorkDirBusyError, work_dir_lock
+from brixel_plugins.toydata.instances import write_toy_instances
 from brixel_plugins.utils import atomic_path, write_text_atomic
 
 from conftest import tiny_distill_options
@@ -172,7 +173,7 @@ def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.join(30)
     assert (tmp_path / LOCK_FILE).exists()  # left behind, but the OS has released its flock
-    with pytest.warns(UserWarning, match=rf"taking over the lock .* pid {proc.pid} "):
+    with pytest.warns(UserWarning, match=rf"taking over the lock .*\(pid {proc.pid} "):
         with work_dir_lock(tmp_path):
             pass
 
@@ -238,8 +239,6 @@ def test_detectron2_training_into_a_busy_output_dir_is_refused(tmp_path):
 
 # -- 7. shared one-time work ------------------------------------------------------------------------
 def _write_toy(root: str, start, out) -> None:
-    from brixel_plugins.toydata.instances import write_toy_instances
-
     start.wait(60)
     try:
         write_toy_instances(root, num_train=3, num_val=2, size=48)
@@ -251,7 +250,7 @@ def _write_toy(root: str, start, out) -> None:
 def test_processes_writing_one_toy_dataset_at_once_all_succeed_and_agree(tmp_path):
     """The first 2-process Detectron2 run of a fresh checkout crashed: both ranks wrote the toy
     dataset and the second rename failed with 'Directory not empty'."""
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # the imports done once, here
     start, out = ctx.Event(), ctx.Queue()
     root = tmp_path / "toydata" / "instances"  # its parent does not exist either
     procs = [ctx.Process(target=_write_toy, args=(str(root), start, out)) for _ in range(3)]

@@ -118,7 +118,7 @@ def start_process_group(cfg) -> None:
     if cfg.launcher == "none" or is_distributed():
         return
     if torch.cuda.is_available():
-        init_dist(cfg.launcher, **cfg.env_cfg.get("dist_cfg", {}))
+        init_dist(cfg.launcher, **cfg.get("env_cfg", {}).get("dist_cfg", {}))
     else:
         init_cpu_process_group(cfg.launcher)
 
