@@ -220,6 +220,23 @@ def test_a_second_distillation_into_a_busy_work_dir_is_refused(small_photo_folde
     assert "resume" in resumed.stdout + resumed.stderr and not (work / LOCK_FILE).exists()
 
 
+def test_torchrun_into_a_busy_work_dir_is_refused_on_every_rank_before_any_writes(small_photo_folder, tmp_path):
+    """Rank 0 alone takes the lock (the other ranks do not refuse themselves: see the 2-process runs
+    of tests/test_distributed.py); every rank learns its refusal before the Runner writes anything."""
+    work = tmp_path / "work"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "--master-port", str(port)]
+    with work_dir_lock(work):
+        p = subprocess.run([*torchrun, *distill(work, small_photo_folder)[1:], "--launcher", "pytorch"], cwd=ROOT,
+                           env=env(), capture_output=True, text=True, timeout=180)
+    assert p.returncode != 0
+    lines = error_lines(p.stderr)
+    assert len(lines) == 2 and all(f"is in use by another run (pid {os.getpid()} " in x for x in lines), p.stderr[-3000:]
+    assert sorted(x.name for x in work.iterdir()) == []  # no rank wrote (and our lock is released)
+
+
 def test_detectron2_training_into_a_busy_output_dir_is_refused(tmp_path):
     pytest.importorskip("detectron2")
     with work_dir_lock(tmp_path):
