@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from brixel_plugins.checkpoints import CheckpointError, load_checkpoint_file
+from brixel_plugins.cli import run_tool
 from brixel_plugins.engine.files import LOCK_FILE, WorkDirBusyError, work_dir_lock
 from brixel_plugins.toydata.instances import write_toy_instances
 from brixel_plugins.utils import atomic_path, write_text_atomic
@@ -124,6 +125,30 @@ def test_a_legacy_checkpoint_of_tensors_still_loads_and_garbage_is_named(tmp_pat
     junk.write_bytes(b"this is not a checkpoint at all")
     with pytest.raises(CheckpointError, match="not a torch checkpoint"):
         load_checkpoint_file(str(junk))
+
+
+class BadLabels(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise ValueError("label map x.png is 20x20 (HxW),\nbut its image is 32x32")
+
+
+def test_an_error_in_a_dataloader_worker_ends_in_its_own_words(capsys):
+    """A label check failing in a DataLoader worker reached the user as the worker's whole traceback
+    (torch re-raises it as the message), folded into the error line."""
+    def main(argv):
+        for _ in torch.utils.data.DataLoader(BadLabels(), num_workers=1):
+            pass
+
+    with pytest.raises(SystemExit) as e:
+        run_tool(main, [])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("error: label map x.png is 20x20 (HxW), but its image is 32x32 (in DataLoader worker "
+                             "process 0)"), err
 
 
 # -- 4. one run per work dir ------------------------------------------------------------------------
