@@ -27,7 +27,7 @@ def current_umask() -> int:
     return mask
 
 
-def _write_error(e: BaseException, path: Path) -> Optional[OSError]:
+def write_error(e: BaseException, path: Path) -> Optional[OSError]:
     """An OSError naming ``path`` for a failed write into it (unwritable folder, disk full), or None
     when ``e`` is about another file (something the block read) or not about writing at all."""
     if isinstance(e, OSError) and e.errno is not None:
@@ -73,7 +73,7 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except Exception as e:
-        error = _write_error(e, path)
+        error = write_error(e, path)
         if error is None:
             raise
         raise error from e

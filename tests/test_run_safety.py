@@ -97,7 +97,8 @@ def test_distill_into_a_folder_under_a_regular_file_ends_in_one_line(tmp_path):
                        timeout=120)
     assert p.returncode == 1, p.stderr[-3000:]
     assert "Traceback" not in p.stderr and len(error_lines(p.stderr)) == 1, p.stderr[-3000:]
-    assert str(blocker / "work") in error_lines(p.stderr)[0]
+    assert f"cannot write {blocker / 'work'}/" in error_lines(p.stderr)[0], p.stderr[-3000:]
+    assert f"{blocker} is a file, not a folder" in error_lines(p.stderr)[0]
 
 
 class Opaque:

@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Tuple, Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
-from ..utils import acquire_lock_file, release_lock_file, write_bytes_atomic
+from ..utils import acquire_lock_file, release_lock_file, write_bytes_atomic, write_error
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -66,9 +66,9 @@ def _pid_alive(pid: int) -> bool:
 
 def _take(work_dir: Path) -> Tuple[int, Path, Optional[str]]:
     """Lock ``work_dir``: the lock's descriptor, its file, and a warning if a run that died left it."""
-    work_dir.mkdir(parents=True, exist_ok=True)
     lock = work_dir / LOCK_FILE
     try:
+        work_dir.mkdir(parents=True, exist_ok=True)
         fd = acquire_lock_file(lock, blocking=False)
     except BlockingIOError:
         try:
@@ -79,6 +79,8 @@ def _take(work_dir: Path) -> Tuple[int, Path, Optional[str]]:
         raise WorkDirBusyError(f"work dir {work_dir} is in use by another run ({holder}; lock file {lock}): "
                                f"two runs in one work dir mix their checkpoints and results; wait for it to end "
                                f"or give another work dir") from None
+    except OSError as e:  # an unwritable work dir: say which
+        raise (write_error(e, lock) or e) from None
     try:
         previous = _read_record(os.read(fd, 1 << 16).decode("utf-8", "replace"))
         here = socket.gethostname()
