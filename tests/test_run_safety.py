@@ -259,7 +259,8 @@ def test_torchrun_into_a_busy_work_dir_is_refused_on_every_rank_before_any_write
                            env=env(), capture_output=True, text=True, timeout=180)
     assert p.returncode != 0
     lines = error_lines(p.stderr)
-    assert len(lines) == 2 and all(f"is in use by another run (pid {os.getpid()} " in x for x in lines), p.stderr[-3000:]
+    busy = f"is in use by another run (pid {os.getpid()} "
+    assert len(lines) == 2 and all(busy in x for x in lines), p.stderr[-3000:]
     assert sorted(x.name for x in work.iterdir()) == []  # no rank wrote (and our lock is released)
 
 
