@@ -42,7 +42,8 @@ def write_error(e: BaseException, path: Path) -> Optional[OSError]:
                 return OSError(e.errno, f"cannot write {path}: {blocker} is a file, not a folder")
         return OSError(e.errno, f"cannot write {path}: {e.strerror or e}")
     try:  # writers that do not say why (torch's zip writer, safetensors): a full disk?
-        full = os.statvfs(path.parent).f_bavail == 0
+        fs = os.statvfs(path.parent)
+        full = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) == 0  # root may use the reserved blocks
     except OSError:
         return None
     if full:
