@@ -238,9 +238,13 @@ def test_a_second_distillation_into_a_busy_work_dir_is_refused(small_photo_folde
     finally:
         first.kill()
         first.wait(30)
-    resumed = subprocess.run(distill(work, small_photo_folder, "--resume", max_iters=2), cwd=ROOT, env=env(),
-                             capture_output=True, text=True, timeout=300)
+    done = max([int(x.stem.split("_")[1]) for x in work.glob("iter_*.pth")] + [0])  # where the kill left it
+    resumed = subprocess.run(distill(work, small_photo_folder, "--resume", max_iters=done + 2), cwd=ROOT, env=env(),
+                             capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0o002))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    files = sorted(x.name for x in work.iterdir())
+    for name in (f"iter_{done + 2}.pth", "last_checkpoint", "upsampler.safetensors", "val_metrics.json"):
+        assert name in files and (work / name).stat().st_mode & 0o777 == 0o664, (name, files)  # umask, not 0600
     assert f"taking over the lock of an earlier run that has ended and no longer holds it (pid {first.pid}" \
         in resumed.stderr, resumed.stderr[-3000:]
     assert "resume" in resumed.stdout + resumed.stderr and not (work / LOCK_FILE).exists()
