@@ -108,8 +108,8 @@ def unloadable_reason(path: str) -> Optional[str]:
         return f"not a readable torch checkpoint ({size} bytes, truncated or corrupt): {type(e).__name__}: {msg}"
     bad = _untrusted(names)
     if bad:
-        return (f"would unpickle objects outside what mmengine checkpoints hold: {bad} (if you trust the "
-                f"file, load it yourself with torch.load and weights_only=False)")
+        return (f"would unpickle objects outside what mmengine checkpoints hold: {bad}; refused because "
+                f"unpickling them can run code")
     return None
 
 
@@ -121,8 +121,8 @@ def trusted_checkpoint_globals(path: Optional[str]) -> Iterator[None]:
     bad = _untrusted(names)
     if bad:
         raise CheckpointError(
-            f"{path} would unpickle objects outside what mmengine checkpoints hold: {bad}. "
-            f"Refusing to load it with weights_only=False; if you trust the file, load it yourself.")
+            f"{path} would unpickle objects outside what mmengine checkpoints hold: {bad}; refused because "
+            f"unpickling them can run code")
     allowed = [_resolve(n) for n in names]
     if "numpy.dtype" in names:
         # numpy.dtype('f8') rebuilds as an instance of numpy.dtypes.Float64DType, which the
@@ -141,7 +141,28 @@ def load_checkpoint_file(path: str, map_location="cpu") -> Any:
     if reason:
         raise CheckpointError(f"cannot load checkpoint {path}: {reason}")
     with trusted_checkpoint_globals(path):
-        return torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001  bad bytes of the legacy format raise anything
+            if not isinstance(e, pickle.UnpicklingError) and is_zip_checkpoint(path):
+                raise
+            raise CheckpointError(f"cannot load checkpoint {path}: {_refused_pickle(path, e)}") from None
+
+
+def _refused_pickle(path: str, e: Exception) -> str:
+    """Why torch's safe unpickler refused ``path``, in our words: torch's own message suggests
+    ``weights_only=False``, i.e. running whatever the file holds."""
+    text = str(e)
+    if not isinstance(e, pickle.UnpicklingError) or "GLOBAL" not in text and "Unsupported" not in text:
+        return (f"not a torch checkpoint ({os.path.getsize(path)} bytes: neither torch.save's zip format nor a "
+                f"pickle torch reads; {type(e).__name__}: {(text.splitlines() or [''])[0][:200]})")
+    found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", text)))
+    holds = f" (e.g. {', '.join(found)})" if found else ""
+    if not is_zip_checkpoint(path):
+        return (f"a legacy torch file (one pickle stream, not torch.save's zip format since torch 1.6) holding "
+                f"objects other than tensors and plain Python types{holds}; refused because unpickling it can run "
+                f"code. Re-save its tensors with torch.save from code you trust")
+    return f"holds objects other than tensors and plain Python types{holds}; refused because unpickling it can run code"
 
 
 # numpy's array and scalar pickles, and the containers of plain data; nothing else is found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -65,8 +66,21 @@ DEBUG_ENV = "BRIXEL_DEBUG"
 DEBUG_FLAG = "--debug"
 
 
+def _worker_message(text: str) -> str:
+    """torch re-raises a DataLoader worker's error with the worker's whole traceback as its message:
+    keep what the error said, and where."""
+    m = re.match(r"Caught (\w+) (in DataLoader worker process \d+)\.\s*Original Traceback", text)
+    if not m:
+        return text
+    lines = text.rstrip().splitlines()
+    said = [i for i, line in enumerate(lines) if re.match(rf"(\w+\.)*{m.group(1)}(: |$)", line)]
+    if not said:
+        return text
+    return f"{' '.join(lines[said[-1]:]).split(': ', 1)[-1]} ({m.group(2)})"
+
+
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) if str(e).strip() else type(e).__name__
+    text = " ".join(_worker_message(str(e)).split()) if str(e).strip() else type(e).__name__
     # the exception types a user causes (files, values, checkpoints) speak for themselves
     plain = isinstance(e, (OSError, ValueError, LookupError)) or type(e).__name__.endswith("Error") \
         and type(e).__module__.startswith("brixel_plugins")

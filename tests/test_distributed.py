@@ -216,7 +216,10 @@ def test_d2_torchrun_two_processes(det_files, tmp_path):
 
 
 def test_d2_num_gpus_two_on_cpu(det_files, tmp_path):
-    """The issue's command: detectron2's own launcher with --num-gpus 2 and train.device=cpu."""
-    a = d2_args(det_files, tmp_path, 1)
+    """The issue's command: detectron2's own launcher with --num-gpus 2 and train.device=cpu, as in a
+    fresh checkout: the toy dataset does not exist yet and both ranks ask for it at once."""
+    fresh = dict(det_files, data=str(tmp_path / "toydata" / "instances"))
+    a = d2_args(fresh, tmp_path / "work", 1)
     run([sys.executable, "tools/d2_train.py", *a[:2], "--num-gpus", "2", *a[2:], "train.eval_period=0"])
-    assert (tmp_path / "model_final.pth").is_file()
+    assert (tmp_path / "work" / "model_final.pth").is_file()
+    assert (tmp_path / "toydata" / "instances" / "toy_instances.json").is_file()

@@ -11,12 +11,14 @@ options every tool here shares (``--resume [CHECKPOINT]``, ``--amp``, ``--launch
 torchrun); the loop is brixel_plugins.d2.engine (detectron2's trainer, hooks and COCOEvaluator;
 bfloat16 autocast on CUDA; checkpoints without the frozen backbone, written atomically; ``--resume``
 continues from the newest checkpoint that loads). ``--num-gpus N`` without CUDA starts N CPU
-processes (gloo). Run it as a script: the detectron2 wheel installs a top-level ``tools`` package
+processes (gloo). One training run at a time per ``train.output_dir``: a second is refused. Run it as a script: the detectron2 wheel installs a top-level ``tools`` package
 that shadows this folder for ``import tools``.
 """
 import argparse
+import contextlib
 import sys
 
+from brixel_plugins.cli import DEBUG_FLAG, run_tool
 from brixel_plugins.engine.tool import (add_amp_argument, add_launcher_argument, add_resume_argument, amp_enabled,
                                         exit_on_explained_errors)
 
@@ -43,30 +45,50 @@ def main(args):
     from detectron2.engine import default_setup
 
     from brixel_plugins.d2 import engine
+    from brixel_plugins.engine.files import work_dir_lock
     from brixel_plugins.weight_files import config_folder
 
     cfg = LazyConfig.load(args.config_file)
     if args.amp != "auto":  # auto: the config's train.amp.enabled (ours: bfloat16 on CUDA only)
         cfg.train.amp.enabled = amp_enabled(args.amp)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
-    default_setup(cfg, args)
-    try:
-        with exit_on_explained_errors(), config_folder(args.config_file):  # weight files beside the config
-            return engine.evaluate_checkpoint(cfg) if args.eval_only else engine.train(cfg, resume=args.resume)
-    except FloatingPointError as e:
-        sys.exit(f"error: training stopped: {e}\nThe checkpoints in {cfg.train.output_dir} predate the bad step "
-                 f"and are intact; lower optimizer.lr or lengthen the warm-up, then continue with --resume.")
+    # one training run at a time in train.output_dir, refused before any rank writes there
+    output_dir = cfg.train.get("output_dir")
+    with work_dir_lock(output_dir) if output_dir and not args.eval_only else contextlib.nullcontext():
+        default_setup(cfg, args)
+        try:
+            with exit_on_explained_errors(), config_folder(args.config_file):  # weight files beside the config
+                return engine.evaluate_checkpoint(cfg) if args.eval_only else engine.train(cfg, resume=args.resume)
+        except FloatingPointError as e:
+            sys.exit(f"error: training stopped: {e}\nThe checkpoints in {cfg.train.output_dir} predate the bad step "
+                     f"and are intact; lower optimizer.lr or lengthen the warm-up, then continue with --resume.")
 
 
-if __name__ == "__main__":
-    args = parse_args()
+def launched(args):
+    """``main`` in one of the processes detectron2's ``launch`` starts: a failure ends there as in
+    the tool itself (one ``error:`` line, exit status 1), not as a traceback handed to the parent."""
+    run_tool(lambda _: main(args), [DEBUG_FLAG] if DEBUG_FLAG in sys.argv else [])
+
+
+def cli(argv=None):
+    args = parse_args(argv)
     if args.launcher == "pytorch":  # torchrun started this process; it is one of the N
         from brixel_plugins.d2.engine import init_torchrun_process_group
 
         init_torchrun_process_group()
-        main(args)
-    else:
-        from detectron2.engine import launch
+        return main(args)
+    from detectron2.engine import launch
+    from torch.multiprocessing import ProcessExitedException
 
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
+    several = args.num_gpus * args.num_machines > 1
+    try:
+        launch(launched if several else main, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except ProcessExitedException as e:
+        if e.exit_code == 1:  # that process has said why (launched)
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    run_tool(cli)

@@ -8,6 +8,7 @@
 Outputs in the work dir: checkpoints (``iter_*.pth``, ``best_val_loss_*.pth``, written
 atomically), ``best_upsampler.safetensors`` / ``upsampler.safetensors`` (what MMSeg and Detectron2
 configs load), ``val_metrics.json``, logs and TensorBoard scalars under the timestamped folder.
+One run at a time per work dir: a second run into it is refused (``.brixel-run.lock``).
 """
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ import argparse
 import os
 
 from brixel_plugins.engine.tool import (add_amp_argument, add_resume_argument, add_runner_arguments, apply_amp,
-                                        apply_resume, exit_on_explained_errors, init_cpu_process_group, load_config,
-                                        parse_runner_args)
+                                        apply_resume, load_config, parse_runner_args, work_dir_run)
 from brixel_plugins.cli import run_tool
 
 
@@ -54,8 +54,7 @@ def main(argv=None):
     cfg = build_config(args)
     from brixel_plugins.distill.runner import DistillRunner
 
-    init_cpu_process_group(args.launcher)
-    with exit_on_explained_errors():
+    with work_dir_run(cfg):  # one run at a time in the work dir
         DistillRunner.from_cfg(cfg).train()
 
 

@@ -9,14 +9,14 @@ Only parses arguments and hands the config to mmengine's Runner (the config's ``
 ``SafeRunner``: trusted checkpoint loading, resume from the newest loadable checkpoint). Checkpoints
 hold what trains (head, and the upsampler with ``train_upsampler=True``); DINOv3 and a frozen
 upsampler reload from the files the config names.
+One run at a time per work dir: a second run into it is refused (``.brixel-run.lock``).
 """
 from __future__ import annotations
 
 import argparse
 
 from brixel_plugins.engine.tool import (add_amp_argument, add_resume_argument, add_runner_arguments, apply_amp,
-                                        apply_resume, build_runner, exit_on_explained_errors, init_cpu_process_group,
-                                        load_config, parse_runner_args)
+                                        apply_resume, build_runner, load_config, parse_runner_args, work_dir_run)
 from brixel_plugins.cli import run_tool
 
 
@@ -40,8 +40,7 @@ def build_config(args):
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
-    init_cpu_process_group(args.launcher)
-    with exit_on_explained_errors():
+    with work_dir_run(cfg):  # one run at a time in the work dir
         build_runner(cfg).train()
 
 

@@ -1,6 +1,7 @@
 """What the command-line tools share (tools/distill.py, tools/train.py, tools/test.py,
 tools/d2_train.py): the options with one meaning everywhere, the config they build, the process
-group under torchrun, and one way to stop with ``error: ...`` instead of a traceback.
+group under torchrun, one run at a time per work dir, and one way to stop with ``error: ...``
+instead of a traceback.
 
     --resume [CHECKPOINT]    continue from the newest loadable checkpoint of the work dir, or CHECKPOINT
     --amp [auto|bf16|off]    bf16 autocast: auto (default) = on with CUDA; bare --amp = bf16 (needs CUDA)
@@ -105,6 +106,33 @@ def init_cpu_process_group(launcher: str) -> None:
 
     if launcher == "pytorch" and not torch.cuda.is_available() and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="gloo")
+
+
+def start_process_group(cfg) -> None:
+    """Start the process group of ``cfg.launcher`` now rather than in the Runner (which then uses it
+    as it is), so that the ranks can agree before the Runner writes anything (:func:`work_dir_run`):
+    gloo on CPU (:func:`init_cpu_process_group`), mmengine's ``init_dist`` with CUDA."""
+    import torch
+    from mmengine.dist import init_dist, is_distributed
+
+    if cfg.launcher == "none" or is_distributed():
+        return
+    if torch.cuda.is_available():
+        init_dist(cfg.launcher, **cfg.get("env_cfg", {}).get("dist_cfg", {}))
+    else:
+        init_cpu_process_group(cfg.launcher)
+
+
+@contextlib.contextmanager
+def work_dir_run(cfg) -> Iterator[None]:
+    """Where a training tool runs its Runner: the process group started, ``cfg.work_dir`` locked
+    for this run (:func:`brixel_plugins.engine.files.work_dir_lock`: a second run into it is
+    refused before any rank writes), and the errors of :func:`explained_errors` as ``error: ...``."""
+    from .files import work_dir_lock
+
+    start_process_group(cfg)
+    with exit_on_explained_errors(), work_dir_lock(cfg.work_dir):
+        yield
 
 
 def build_runner(cfg):
