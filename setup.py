@@ -1,7 +1,11 @@
+import os
 import re
+import shutil
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "brixel_plugins" / "version.py").read_text()).group(1)
@@ -37,6 +41,51 @@ EXTRAS = {
     "dev": ["pytest>=7", "pytest-timeout", "ruff"],
 }
 
+# mmseg's `.mim` habit: the package carries configs/ and tools/ as brixel_plugins/.mim/{configs,tools}, so
+# an installed package resolves `brixel_plugins::<path>` (mmengine `_base_`), d2.model_zoo and the `brixel`
+# command without a clone. The repository's configs/ and tools/ stay the only copies in git.
+MIM_FOLDERS = ("configs", "tools")
+MIM_DIR = HERE / "brixel_plugins" / ".mim"
+
+
+def link_mim_folders() -> None:
+    """Editable installs read the source tree: .mim/<folder> links to the top-level folder (git ignores
+    .mim), so an edited config is what the installed package sees."""
+    MIM_DIR.mkdir(exist_ok=True)
+    for name in MIM_FOLDERS:
+        target = MIM_DIR / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)  # copies left by an older build
+        os.symlink(os.path.join("..", "..", name), target)
+
+
+class BuildWithMim(build_py):
+    """Wheels and sdist builds copy configs/ and tools/ into the built package only, never into the
+    source tree (where a stale copy would shadow later edits)."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        mim = Path(self.build_lib) / "brixel_plugins" / ".mim"
+        for name in MIM_FOLDERS:
+            target = mim / name
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            elif target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(HERE / name, target, symlinks=False,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+if any(cmd in sys.argv for cmd in ("develop", "editable_wheel")):
+    link_mim_folders()
+
+# one subcommand per tool: `brixel train ...` runs tools/train.py as `python tools/train.py ...` would
+COMMANDS = ["brixel = brixel_plugins.commands:main"]
+
 setup(
     name="brixel-plugins",
     version=VERSION,
@@ -45,6 +94,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["brixel_plugins", "brixel_plugins.*"]),
+    cmdclass={"build_py": BuildWithMim},
+    entry_points={"console_scripts": COMMANDS},
     install_requires=CORE,
     extras_require=EXTRAS,
     license="Apache-2.0",

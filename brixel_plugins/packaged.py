@@ -1,0 +1,83 @@
+"""The configs and tools that ship inside the package, the way MMSegmentation ships its own.
+
+``setup.py`` puts the repository's ``configs/`` and ``tools/`` into ``brixel_plugins/.mim/`` (copies in
+a wheel, links to the top-level folders in an editable install), so an installed package has what a
+clone has. A packaged config is named ``brixel_plugins::<path under configs/>``, mmengine's syntax for
+a package's config (``mmseg::_base_/default_runtime.py``), e.g.
+``brixel_plugins::mmseg/linear/linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.py``.
+
+Imported from a source checkout (``PYTHONPATH=.``, or an editable install), the checkout's own
+``configs/`` and ``tools/`` are used: they are the originals.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+PACKAGE = "brixel_plugins"
+PREFIX = PACKAGE + "::"
+PACKAGE_DIR = Path(__file__).resolve().parent
+MIM_DIR = PACKAGE_DIR / ".mim"
+FOLDERS = ("configs", "tools")
+
+
+def checkout_root() -> Optional[Path]:
+    """The source checkout this package is imported from, or None for an installed package."""
+    root = PACKAGE_DIR.parent
+    if (root / "setup.py").is_file() and all((root / f).is_dir() for f in FOLDERS):
+        return root
+    return None
+
+
+def folder(kind: str) -> Path:
+    """Where this installation keeps ``configs`` or ``tools``."""
+    if kind not in FOLDERS:
+        raise ValueError(f"unknown packaged folder {kind!r}; expected one of {', '.join(FOLDERS)}")
+    root = checkout_root()
+    if root is not None:
+        return root / kind
+    if (MIM_DIR / kind).is_dir():
+        return MIM_DIR / kind
+    raise FileNotFoundError(
+        f"this installation of brixel_plugins ({PACKAGE_DIR}) carries no {kind}: {MIM_DIR / kind} is missing and "
+        f"it is not a source checkout. Install it from a wheel or the repository (pip install .), which adds them.")
+
+
+def _relative(name: str, kind: str) -> str:
+    rel = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise ValueError(f"{name!r}: expected a path under the packaged {kind}/ folder, e.g. "
+                         f"{PREFIX}mmseg/linear/<config>.py")
+    return rel
+
+
+def config_file(name: str) -> str:
+    """The file of a packaged config: ``brixel_plugins::mmseg/linear/x.py`` or ``mmseg/linear/x.py``."""
+    base = folder("configs")
+    path = base / _relative(name, "configs")
+    if not path.is_file():
+        near = sorted(p.name for p in path.parent.glob("*.py")) if path.parent.is_dir() else []
+        hint = f"; {path.parent} holds: {', '.join(near)}" if near else f"; the packaged configs are under {base}"
+        raise FileNotFoundError(f"no packaged config {name!r} ({path} does not exist){hint}")
+    return str(path)
+
+
+def tool_file(name: str) -> str:
+    """The file of a tool script, e.g. ``train.py``."""
+    path = folder("tools") / _relative(name, "tools")
+    if not path.is_file():
+        raise FileNotFoundError(f"no tool {name!r} in this installation ({path} does not exist)")
+    return str(path)
+
+
+def resolve_config_name(text: str) -> str:
+    """``text`` with a ``brixel_plugins::`` config name replaced by its file; anything else unchanged."""
+    return config_file(text) if text.startswith(PREFIX) else text
+
+
+def register_with_mmengine() -> None:
+    """Let mmengine resolve ``_base_ = ['brixel_plugins::<path>']``. mmengine accepts ``pkg::`` only for
+    the packages of its table (OpenMMLab's); it then reads ``<installed package>/.mim/configs/<path>``."""
+    from mmengine.config import utils
+
+    utils.MODULE2PACKAGE.setdefault(PACKAGE, PACKAGE)
