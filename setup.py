@@ -1,6 +1,5 @@
-import os
+import importlib.util
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -44,21 +43,14 @@ EXTRAS = {
 # mmseg's `.mim` habit: the package carries configs/ and tools/ as brixel_plugins/.mim/{configs,tools}, so
 # an installed package resolves `brixel_plugins::<path>` (mmengine `_base_`), d2.model_zoo and the `brixel`
 # command without a clone. The repository's configs/ and tools/ stay the only copies in git.
-MIM_FOLDERS = ("configs", "tools")
-MIM_DIR = HERE / "brixel_plugins" / ".mim"
 
 
-def link_mim_folders() -> None:
-    """Editable installs read the source tree: .mim/<folder> links to the top-level folder (git ignores
-    .mim), so an edited config is what the installed package sees."""
-    MIM_DIR.mkdir(exist_ok=True)
-    for name in MIM_FOLDERS:
-        target = MIM_DIR / name
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.is_dir():
-            shutil.rmtree(target)  # copies left by an older build
-        os.symlink(os.path.join("..", "..", name), target)
+def _fill_mim():
+    # brixel_plugins/packaged.py imports nothing but the standard library: its fill_mim is the one copy
+    spec = importlib.util.spec_from_file_location("_packaged", HERE / "brixel_plugins" / "packaged.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fill_mim
 
 
 class BuildWithMim(build_py):
@@ -67,21 +59,14 @@ class BuildWithMim(build_py):
 
     def run(self):
         super().run()
-        if getattr(self, "editable_mode", False):
-            return
-        mim = Path(self.build_lib) / "brixel_plugins" / ".mim"
-        for name in MIM_FOLDERS:
-            target = mim / name
-            if target.is_symlink() or target.is_file():
-                target.unlink()
-            elif target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(HERE / name, target, symlinks=False,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        if not getattr(self, "editable_mode", False):
+            _fill_mim()(Path(self.build_lib) / "brixel_plugins" / ".mim", HERE, link=False)
 
 
 if any(cmd in sys.argv for cmd in ("develop", "editable_wheel")):
-    link_mim_folders()
+    # editable installs read the source tree: .mim links to the top-level folders (git ignores .mim),
+    # so an edited config is what the installed package sees
+    _fill_mim()(HERE / "brixel_plugins" / ".mim", HERE, link=True)
 
 # one subcommand per tool: `brixel train ...` runs tools/train.py as `python tools/train.py ...` would
 COMMANDS = ["brixel = brixel_plugins.commands:main"]

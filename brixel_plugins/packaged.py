@@ -11,6 +11,8 @@ Imported from a source checkout (``PYTHONPATH=.``, or an editable install), the 
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +21,26 @@ PREFIX = PACKAGE + "::"
 PACKAGE_DIR = Path(__file__).resolve().parent
 MIM_DIR = PACKAGE_DIR / ".mim"
 FOLDERS = ("configs", "tools")
+# mmengine reads .mim/model-index.yml (the metafiles of published models) before it falls back to
+# .mim/configs/<path>; there are no published models, so the index is empty
+MODEL_INDEX = "Import: []\n"
+
+
+def fill_mim(mim: Path, source: Path, link: bool) -> None:
+    """Make ``mim`` hold ``source``'s configs/ and tools/: links (an editable install, whose package is
+    the source tree) or copies (a built package), and the model index mmengine reads."""
+    mim.mkdir(parents=True, exist_ok=True)
+    for name in FOLDERS:
+        target = mim / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        if link:
+            os.symlink(os.path.relpath(source / name, mim), target)
+        else:
+            shutil.copytree(source / name, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (mim / "model-index.yml").write_text(MODEL_INDEX)
 
 
 def checkout_root() -> Optional[Path]:
@@ -76,8 +98,14 @@ def resolve_config_name(text: str) -> str:
 
 
 def register_with_mmengine() -> None:
-    """Let mmengine resolve ``_base_ = ['brixel_plugins::<path>']``. mmengine accepts ``pkg::`` only for
-    the packages of its table (OpenMMLab's); it then reads ``<installed package>/.mim/configs/<path>``."""
+    """Let mmengine resolve ``_base_ = ['brixel_plugins::<path>']``: it accepts ``pkg::`` only for the
+    packages of its table (OpenMMLab's), then reads ``<package folder>/.mim/configs/<path>``."""
     from mmengine.config import utils
 
-    utils.MODULE2PACKAGE.setdefault(PACKAGE, PACKAGE)
+    # a module of the package rather than the distribution's name: mmengine then takes the folder of
+    # the package Python imports (a wheel, an editable install or PYTHONPATH alike); from the
+    # distribution it would guess site-packages/brixel_plugins, which an editable install lacks
+    utils.MODULE2PACKAGE.setdefault(PACKAGE, __name__)
+    root = checkout_root()
+    if root is not None and not (MIM_DIR / "model-index.yml").is_file():
+        fill_mim(MIM_DIR, root, link=True)  # a clone used through PYTHONPATH: the editable install's links
