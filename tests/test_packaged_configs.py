@@ -109,3 +109,29 @@ def test_torchrun_reaches_the_tool_with_its_launcher(tmp_path):
     assert p.returncode == 0, log[-4000:]
     assert "Distributed training: True" in log and "Iter(train) [1/1]" in log
     assert (tmp_path / "w" / "iter_1.pth").is_file()
+
+
+def test_a_config_inheriting_a_packaged_mmseg_config_builds_mmseg_types(tmp_path):
+    """``_base_ = ['brixel_plugins::<toy>']``: mmengine finds the base in the package (.mim) and scopes its
+    dicts ``brixel_plugins``; in the mmseg Runner they still build mmseg's types, mmseg's LoadAnnotations
+    rather than mmcv's of the same name (which reads no label map: KeyError 'instances')."""
+    pytest.importorskip("mmseg")
+    from mmengine.config import Config
+    from mmengine.registry import RUNNERS
+
+    packaged.register_with_mmengine()
+    (tmp_path / "mine.py").write_text(f"_base_ = ['brixel_plugins::{TOY}']\nwork_dir = {str(tmp_path / 'w')!r}\n")
+    cfg = Config.fromfile(str(tmp_path / "mine.py"))
+    assert cfg.model.get("_scope_") == "brixel_plugins"  # what mmengine does to a package's base
+    cfg.merge_from_dict({**{f"model.backbone.{k}": v for k, v in TINY_DIMS.items()},
+                         "model.decode_head.in_channels": TINY["embed_dim"],
+                         "train_dataloader.dataset.data_root": str(tmp_path / "toy"),
+                         **{f"train_dataloader.dataset.generate.{k}": v
+                            for k, v in dict(num_train=2, num_val=1, size=32).items()}})
+    runner = RUNNERS.build(cfg)
+    assert type(runner.model).__module__.startswith("mmseg.")
+    assert type(runner.visualizer).__name__ == "SegLocalVisualizer"
+    loader = runner.train_dataloader
+    load = next(t for t in loader.dataset.pipeline.transforms if type(t).__name__ == "LoadAnnotations")
+    assert type(load).__module__.startswith("mmseg.")
+    assert next(iter(loader))["data_samples"][0].gt_sem_seg.data.shape[-2:] == (32, 32)
