@@ -125,7 +125,7 @@ def test_wheel_mmseg_stock_route_inherits_the_packaged_config(installed):
     inside the installed package."""
     work = installed["work"]
     (work / "my_probe.py").write_text(f"_base_ = ['brixel_plugins::{TOY}']\nwork_dir = {str(work / 'stock')!r}\n")
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import json, sys
         import brixel_plugins.packaged
         brixel_plugins.packaged.register_with_mmengine()
