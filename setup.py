@@ -45,12 +45,12 @@ EXTRAS = {
 # command without a clone. The repository's configs/ and tools/ stay the only copies in git.
 
 
-def _fill_mim():
+def _packaged():
     # brixel_plugins/packaged.py imports nothing but the standard library: its fill_mim is the one copy
     spec = importlib.util.spec_from_file_location("_packaged", HERE / "brixel_plugins" / "packaged.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.fill_mim
+    return module
 
 
 class BuildWithMim(build_py):
@@ -60,13 +60,17 @@ class BuildWithMim(build_py):
     def run(self):
         super().run()
         if not getattr(self, "editable_mode", False):
-            _fill_mim()(Path(self.build_lib) / "brixel_plugins" / ".mim", HERE, link=False)
+            packaged = _packaged()
+            packaged.fill_mim(Path(self.build_lib) / "brixel_plugins" / ".mim", HERE, link=False)
+            # site-packages/<name>.pth: brixel_plugins:: resolves in programs that never import us first
+            name, line = packaged.STARTUP_PTH
+            (Path(self.build_lib) / name).write_text(line)
 
 
 if any(cmd in sys.argv for cmd in ("develop", "editable_wheel")):
     # editable installs read the source tree: .mim links to the top-level folders (git ignores .mim),
     # so an edited config is what the installed package sees
-    _fill_mim()(HERE / "brixel_plugins" / ".mim", HERE, link=True)
+    _packaged().fill_mim(HERE / "brixel_plugins" / ".mim", HERE, link=True)
 
 # one subcommand per tool: `brixel train ...` runs tools/train.py as `python tools/train.py ...` would
 COMMANDS = ["brixel = brixel_plugins.commands:main"]

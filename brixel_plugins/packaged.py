@@ -11,8 +11,10 @@ Imported from a source checkout (``PYTHONPATH=.``, or an editable install), the 
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -97,15 +99,55 @@ def resolve_config_name(text: str) -> str:
     return config_file(text) if text.startswith(PREFIX) else text
 
 
+def _register(config_utils) -> None:
+    # a module of the package rather than the distribution's name: mmengine then takes the folder of
+    # the package Python imports (a wheel, an editable install or PYTHONPATH alike); from the
+    # distribution it would guess site-packages/brixel_plugins, which an editable install lacks
+    config_utils.MODULE2PACKAGE.setdefault(PACKAGE, __name__)
+
+
 def register_with_mmengine() -> None:
     """Let mmengine resolve ``_base_ = ['brixel_plugins::<path>']``: it accepts ``pkg::`` only for the
     packages of its table (OpenMMLab's), then reads ``<package folder>/.mim/configs/<path>``."""
     from mmengine.config import utils
 
-    # a module of the package rather than the distribution's name: mmengine then takes the folder of
-    # the package Python imports (a wheel, an editable install or PYTHONPATH alike); from the
-    # distribution it would guess site-packages/brixel_plugins, which an editable install lacks
-    utils.MODULE2PACKAGE.setdefault(PACKAGE, __name__)
+    _register(utils)
     root = checkout_root()
     if root is not None and not (MIM_DIR / "model-index.yml").is_file():
         fill_mim(MIM_DIR, root, link=True)  # a clone used through PYTHONPATH: the editable install's links
+
+
+# An installed wheel also puts this line into site-packages (setup.py), so a program that never imports
+# brixel_plugins before reading a config (mmseg's stock tools/train.py) resolves brixel_plugins:: too.
+STARTUP_PTH = ("brixel_plugins_mmengine.pth",
+               "import brixel_plugins.packaged as _brixel; _brixel.register_when_mmengine_loads()\n")
+_WATCHED = "mmengine.config.utils"
+
+
+class _RegisterOnImport:
+    """A meta-path finder that lets ``mmengine.config.utils`` load as usual, then registers with it;
+    nothing of mmengine is imported before a program asks for it."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _WATCHED:
+            return None
+        sys.meta_path.remove(self)  # once; the search below must not find this finder again
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                _register(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+def register_when_mmengine_loads() -> None:
+    """Register with mmengine now if it is loaded, else as soon as it is (at interpreter start-up, from
+    the ``.pth`` line above: cheap, mmengine is not imported)."""
+    if _WATCHED in sys.modules:
+        _register(sys.modules[_WATCHED])
+    elif not any(isinstance(f, _RegisterOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterOnImport())

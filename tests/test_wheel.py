@@ -93,6 +93,7 @@ def test_wheel_carries_configs_tools_and_license(installed):
     assert {n.rsplit("/", 1)[-1] for n in names if n.startswith("brixel_plugins/.mim/tools/")} == repo_tools
     assert any(n.endswith(".dist-info/entry_points.txt") for n in names)
     assert any(n.endswith("LICENSE") and "dist-info" in n for n in names)
+    assert "brixel_plugins_mmengine.pth" in names  # brixel_plugins:: for programs that do not import us
     assert not any("__pycache__" in n for n in names)
 
 
@@ -121,14 +122,12 @@ def test_wheel_console_script_trains_a_packaged_config(installed):
 
 def test_wheel_mmseg_stock_route_inherits_the_packaged_config(installed):
     """A user's config with ``_base_ = ['brixel_plugins::<toy>']``, run as mmseg's tools/train.py runs
-    configs (Config.fromfile, then the Runner of runner_type): the base and its own relative bases resolve
-    inside the installed package."""
+    configs (Config.fromfile, then the Runner of runner_type; nothing of ours imported first): the base and
+    its own relative bases resolve inside the installed package, and its types build in mmseg's scope."""
     work = installed["work"]
     (work / "my_probe.py").write_text(f"_base_ = ['brixel_plugins::{TOY}']\nwork_dir = {str(work / 'stock')!r}\n")
     script = textwrap.dedent("""
         import json, sys
-        import brixel_plugins.packaged
-        brixel_plugins.packaged.register_with_mmengine()
         from mmengine.config import Config
         from mmengine.registry import RUNNERS
         from mmengine.runner import Runner
@@ -141,6 +140,7 @@ def test_wheel_mmseg_stock_route_inherits_the_packaged_config(installed):
     opts = json.dumps(_tiny_options(work / "toy_data2"))
     out = _ok(_run([installed["python"], "-c", script, opts], work, installed["env"]))
     assert "Iter(train) [2/2]" in out and "backbone DINOv3Featurizer" in out, out[-3000:]
+    assert "mmengine does not support to load brixel_plugins config" not in out
     assert (work / "stock" / "iter_2.pth").is_file()
 
 
