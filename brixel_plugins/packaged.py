@@ -114,7 +114,10 @@ def register_with_mmengine() -> None:
     _register(utils)
     root = checkout_root()
     if root is not None and not (MIM_DIR / "model-index.yml").is_file():
-        fill_mim(MIM_DIR, root, link=True)  # a clone used through PYTHONPATH: the editable install's links
+        try:
+            fill_mim(MIM_DIR, root, link=True)  # a clone used through PYTHONPATH: the editable install's links
+        except OSError:
+            pass  # a read-only clone: mmengine's own error then names the missing .mim path
 
 
 # An installed wheel also puts this line into site-packages (setup.py), so a program that never imports

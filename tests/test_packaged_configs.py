@@ -135,3 +135,21 @@ def test_a_config_inheriting_a_packaged_mmseg_config_builds_mmseg_types(tmp_path
     load = next(t for t in loader.dataset.pipeline.transforms if type(t).__name__ == "LoadAnnotations")
     assert type(load).__module__.startswith("mmseg.")
     assert next(iter(loader))["data_samples"][0].gt_sem_seg.data.shape[-2:] == (32, 32)
+
+
+def test_tools_load_packaged_names_and_bases(tmp_path):
+    """tools/train.py, test.py and distill.py (engine.tool.load_config) take ``brixel_plugins::<path>``
+    and configs inheriting one, in a fresh process (mmengine knows nothing of us until the tool says)."""
+    pytest.importorskip("mmseg")
+    (tmp_path / "mine.py").write_text(
+        f"_base_ = ['brixel_plugins::{TOY}']\nmodel = dict(decode_head=dict(num_classes=3))\n")
+    script = ("import argparse; from brixel_plugins.engine.tool import load_config\n"
+              "for c in ('brixel_plugins::" + TOY + "', 'mine.py'):\n"
+              "    cfg = load_config(argparse.Namespace(config=c, cfg_options=None, launcher='none', work_dir=None))\n"
+              "    print(cfg.filename, cfg.model.decode_head.num_classes, cfg.work_dir)\n")
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 0, p.stderr[-3000:]
+    (packaged_file, n1, w1), (mine, n2, w2) = (line.split() for line in p.stdout.strip().splitlines()[-2:])
+    assert packaged_file == str(ROOT / "configs" / TOY) and n1 == "5" and w1 == f"work_dirs/{Path(TOY).stem}"
+    assert mine.endswith("mine.py") and n2 == "3" and w2 == "work_dirs/mine"
