@@ -39,6 +39,12 @@ COMMANDS = {
     "demo-det": ("demo_det.py", "the detection demo (source checkout only)"),
     "compare-recipes": ("compare_recipes.py", "release recipe vs our default (source checkout only)"),
 }
+
+
+class CommandError(Exception):
+    """A command that cannot run here; the message says why and what to do instead."""
+
+
 # these write their results beside their own script (<checkout>/work_dirs/...): inside an installed
 # package that would be site-packages, where an uninstall deletes them
 CHECKOUT_ONLY = {"demo", "demo-seg", "demo-det", "compare-recipes"}
@@ -75,7 +81,7 @@ def tool_argv(command: str, args: Sequence[str]) -> List[str]:
     script, _ = COMMANDS[command]
     path = packaged.tool_file(script)
     if command in CHECKOUT_ONLY and packaged.checkout_root() is None:
-        raise RuntimeError(
+        raise CommandError(
             f"'brixel {command}' writes its results into work_dirs/ beside tools/{script}, which in an installed "
             f"package is inside site-packages; run it from a clone of the repository (python tools/{script})")
     return [path, *map(_resolve_arg, args)]

@@ -148,5 +148,5 @@ def test_wheel_demo_refuses_outside_a_checkout(installed):
     """The demos write beside their script: from an installed package that is site-packages, so they say
     where to run them instead of writing there."""
     p = _run([installed["bin"] / "brixel", "demo"], installed["work"], installed["env"])
-    assert p.returncode == 1 and p.stderr.startswith("error: ") and "clone" in p.stderr, p.stderr
+    assert p.returncode == 1 and p.stderr.startswith("error: 'brixel demo' writes") and "clone" in p.stderr, p.stderr
     assert not (installed["site"] / "brixel_plugins" / ".mim" / "work_dirs").exists()
