@@ -1,7 +1,10 @@
+import importlib.util
 import re
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "brixel_plugins" / "version.py").read_text()).group(1)
@@ -37,6 +40,41 @@ EXTRAS = {
     "dev": ["pytest>=7", "pytest-timeout", "ruff"],
 }
 
+# mmseg's `.mim` habit: the package carries configs/ and tools/ as brixel_plugins/.mim/{configs,tools}, so
+# an installed package resolves `brixel_plugins::<path>` (mmengine `_base_`), d2.model_zoo and the `brixel`
+# command without a clone. The repository's configs/ and tools/ stay the only copies in git.
+
+
+def _packaged():
+    # brixel_plugins/packaged.py imports nothing but the standard library: its fill_mim is the one copy
+    spec = importlib.util.spec_from_file_location("_packaged", HERE / "brixel_plugins" / "packaged.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildWithMim(build_py):
+    """Wheels and sdist builds copy configs/ and tools/ into the built package only, never into the
+    source tree (where a stale copy would shadow later edits)."""
+
+    def run(self):
+        super().run()
+        if not getattr(self, "editable_mode", False):
+            packaged = _packaged()
+            packaged.fill_mim(Path(self.build_lib) / "brixel_plugins" / ".mim", HERE, link=False)
+            # site-packages/<name>.pth: brixel_plugins:: resolves in programs that never import us first
+            name, line = packaged.STARTUP_PTH
+            (Path(self.build_lib) / name).write_text(line)
+
+
+if any(cmd in sys.argv for cmd in ("develop", "editable_wheel")):
+    # editable installs read the source tree: .mim links to the top-level folders (git ignores .mim),
+    # so an edited config is what the installed package sees
+    _packaged().fill_mim(HERE / "brixel_plugins" / ".mim", HERE, link=True)
+
+# one subcommand per tool: `brixel train ...` runs tools/train.py as `python tools/train.py ...` would
+COMMANDS = ["brixel = brixel_plugins.commands:main"]
+
 setup(
     name="brixel-plugins",
     version=VERSION,
@@ -45,6 +83,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["brixel_plugins", "brixel_plugins.*"]),
+    cmdclass={"build_py": BuildWithMim},
+    entry_points={"console_scripts": COMMANDS},
     install_requires=CORE,
     extras_require=EXTRAS,
     license="Apache-2.0",

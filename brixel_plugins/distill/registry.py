@@ -3,6 +3,7 @@
 so mmengine's own types (Adam, ConstantLR, CheckpointHook, ...) resolve through it; every kind the
 Runner builds has one, otherwise mmengine warns that the scope has no registry for it."""
 from mmengine import registry as mme
+from mmengine.logging import MessageHub
 from mmengine.registry import DefaultScope, Registry
 
 SCOPE = "brixel_plugins"
@@ -22,9 +23,34 @@ def _in_our_scope(build_func):
     return build
 
 
+def _runner_scope():
+    """The default scope of the Runner running now (mmengine names a Runner's message hub and its default
+    scope after the experiment), None outside a Runner."""
+    name = MessageHub.get_current_instance().instance_name
+    return DefaultScope.get_instance(name).scope_name if DefaultScope.check_instance_created(name) else None
+
+
+class _ScopeRegistry(Registry):
+    """In another scope's Runner, a name our scope does not register resolves in that Runner's scope
+    first (then mmengine's, as usual): a config inheriting ``brixel_plugins::mmseg/...`` gets our scope
+    on its mmseg types (mmengine scopes the dicts of a package's base config by the package's name),
+    and mmseg's LoadAnnotations must win over mmcv's of the same name in mmengine's registry."""
+
+    def get(self, key):
+        outer = _runner_scope() if "." not in key else None
+        if outer not in (None, SCOPE):
+            self.import_from_location()
+            other = self._get_root_registry()._search_child(outer)
+            if key not in self.module_dict and other is not None:
+                found = other.get(key)
+                if found is not None:
+                    return found
+        return super().get(key)
+
+
 def _child(parent: Registry) -> Registry:
-    return Registry(parent.name, build_func=_in_our_scope(parent.build_func), parent=parent, scope=SCOPE,
-                    locations=_LOC)
+    return _ScopeRegistry(parent.name, build_func=_in_our_scope(parent.build_func), parent=parent, scope=SCOPE,
+                          locations=_LOC)
 
 
 MODELS = _child(mme.MODELS)
