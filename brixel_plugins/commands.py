@@ -34,20 +34,11 @@ COMMANDS = {
     "visualize": ("visualize.py", "PCA pictures of DINOv3 and upsampled feature maps"),
     "d2-train": ("d2_train.py", "train or evaluate a Detectron2 LazyConfig detector"),
     "d2-infer": ("d2_infer.py", "detect instances in pictures with a trained detector"),
-    "demo": ("demo.py", "the distillation demo (source checkout only)"),
-    "demo-seg": ("demo_seg.py", "the segmentation demo (source checkout only)"),
-    "demo-det": ("demo_det.py", "the detection demo (source checkout only)"),
-    "compare-recipes": ("compare_recipes.py", "release recipe vs our default (source checkout only)"),
+    "demo": ("demo.py", "the distillation demo"),
+    "demo-seg": ("demo_seg.py", "the segmentation demo"),
+    "demo-det": ("demo_det.py", "the detection demo"),
+    "compare-recipes": ("compare_recipes.py", "release recipe vs our default"),
 }
-
-
-class CommandError(Exception):
-    """A command that cannot run here; the message says why and what to do instead."""
-
-
-# these write their results beside their own script (<checkout>/work_dirs/...): inside an installed
-# package that would be site-packages, where an uninstall deletes them
-CHECKOUT_ONLY = {"demo", "demo-seg", "demo-det", "compare-recipes"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,10 +71,6 @@ def tool_argv(command: str, args: Sequence[str]) -> List[str]:
     replaced by their files."""
     script, _ = COMMANDS[command]
     path = packaged.tool_file(script)
-    if command in CHECKOUT_ONLY and packaged.checkout_root() is None:
-        raise CommandError(
-            f"'brixel {command}' writes its results into work_dirs/ beside tools/{script}, which in an installed "
-            f"package is inside site-packages; run it from a clone of the repository (python tools/{script})")
     return [path, *map(_resolve_arg, args)]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from brixel_plugins import packaged
-from brixel_plugins.commands import CHECKOUT_ONLY, COMMANDS, main, tool_argv
+from brixel_plugins.commands import COMMANDS, main, tool_argv
 from conftest import TINY, TINY_DIMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,6 @@ TOY = "mmseg/linear/linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.p
 
 def test_every_tool_is_a_command():
     assert sorted(script for script, _ in COMMANDS.values()) == sorted(p.name for p in (ROOT / "tools").glob("*.py"))
-    assert CHECKOUT_ONLY <= set(COMMANDS)
 
 
 def test_help_lists_every_command(capsys):

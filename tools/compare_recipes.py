@@ -31,7 +31,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--iters", type=int, default=None, help="iterations per variant (default: the variant's, 300)")
-    parser.add_argument("--work-dir", default=osp.join(ROOT, "work_dirs", "recipes"), help="where runs and summary.json go")
+    parser.add_argument("--work-dir", default=osp.join("work_dirs", "recipes"),
+                        help="where runs and summary.json go (default: work_dirs/recipes under the current directory)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="torch threads (1 is much faster on cores other jobs share)")
     args = parser.parse_args(argv)
