@@ -95,7 +95,8 @@ def progress_hook(label: str, total: int, every: Optional[int] = None):
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             loss = (outputs or {}).get("loss")
-            self.progress.step(runner.iter + 1, None if loss is None else float(loss.detach()))
+            loss = loss.detach() if hasattr(loss, "detach") else loss  # the graph's loss: a number to print
+            self.progress.step(runner.iter + 1, None if loss is None else float(loss))
 
     return ProgressHook()
 
