@@ -303,6 +303,7 @@ def handle_d2_eval(cmd, work):
 
 def handle_d2_infer(cmd, work):
     need(work, "d2_train")
+    cmd = cmd.replace(" [key=value ...]", "")  # the documented form: the overrides are the toy's own
     run(cmd, work["root"], replace=[("configs/d2/COCO/mask_rcnn_dinov3_vitb16_brixel_100ep.py", TOY_DET)],
         append=work["d2_opts"])
     assert list((work["root"] / "preds").glob("*.json")), "no COCO-format results"
