@@ -188,12 +188,22 @@ def work(tmp_path_factory):
         "train_cfg = dict(max_iters=2, val_interval=2)\n"
         "default_hooks = dict(checkpoint=dict(interval=2, save_best=None), logger=dict(interval=1))\n")
     det = write_toy_instances(root / "det", num_train=4, num_val=2, size=64)
-    dims = "{" + ",".join(f"{k}:{v}" for k, v in TINY_DIMS.items()) + "}"
-    d2_opts = [f"model.backbone.net.weights={root / 'tiny_dinov3.pth'}", f"model.backbone.net.overrides={dims}",
-               *(f"dataloader.{split}.dataset.names.{k}={v}" for split in ("train", "test")
-                 for k, v in dict(root=det, num_train=4, num_val=2, size=64).items()),
-               "dataloader.train.total_batch_size=2", "model.backbone.square_pad=64", "train.device=cpu"]
-    return dict(root=root, seg_config=root / "toy_seg.py", d2_opts=d2_opts, done=set())
+    # the toy LazyConfig with the tiny backbone, so that the documented command lines need no
+    # key=value overrides (``--resume`` takes an optional value: ``--resume key=value`` would be read
+    # as the checkpoint to resume from)
+    (root / "toy_det.py").write_text(
+        "from detectron2.config import LazyConfig\n"
+        f"_cfg = LazyConfig.load({str(TOY_DET)!r})\n"
+        f"_cfg.model.backbone.net.weights = {str(root / 'tiny_dinov3.pth')!r}\n"
+        f"_cfg.model.backbone.net.overrides = {TINY_DIMS!r}\n"
+        "for _split in ('train', 'test'):\n"
+        f"    _cfg.dataloader[_split].dataset.names.update(root={str(det)!r}, num_train=4, num_val=2, size=64)\n"
+        "_cfg.dataloader.train.total_batch_size = 2\n"
+        "_cfg.model.backbone.square_pad = 64\n"
+        "_cfg.train.update(device='cpu', max_iter=2, output_dir='output')\n"
+        "_cfg.train.checkpointer.period = 2\n"
+        "globals().update(_cfg)\n")
+    return dict(root=root, seg_config=root / "toy_seg.py", det_config=root / "toy_det.py", done=set())
 
 
 def seg_checkpoint(work) -> Path:
@@ -239,11 +249,9 @@ def handle_benchmark_distill(cmd, work):
 
 
 def handle_visualize(cmd, work):
-    out = run(cmd, work["root"], replace=[(META_WEIGHTS, "tiny_dinov3.pth")],
-              append=["astronaut", "--size", "32", "--hr-size", "64", "--cell", "64",
-                      "--backbone-overrides", TINY_OVERRIDES])
-    png = work["root"] / out.strip().splitlines()[-1]
-    assert png.suffix == ".png" and png.stat().st_size > 0
+    run(cmd, work["root"], replace=[(META_WEIGHTS, "tiny_dinov3.pth")],
+        append=["astronaut", "--size", "32", "--hr-size", "64", "--cell", "64", "--backbone-overrides", TINY_OVERRIDES])
+    assert (work["root"] / "work_dirs" / "visualize" / "pca.png").stat().st_size > 0  # the default --out
 
 
 def handle_mmseg_train(cmd, work):
@@ -271,7 +279,7 @@ def handle_mmseg_test(cmd, work):
     out = run(cmd.replace("[--show-dir vis]", "--show-dir vis"), work["root"],
               replace=[("CONFIG", work["seg_config"]), ("work_dirs/<config>/best_mIoU_epoch_40.pth", seg_checkpoint(work))])
     assert re.search(r"mIoU", out), out[-2000:]
-    assert list((work["root"] / "work_dirs" / "toy_seg").rglob("vis/*.png")), "no --show-dir pictures"
+    assert list((work["root"] / "vis").rglob("*.png")), "no --show-dir pictures"
 
 
 def handle_mmseg_infer(cmd, work):
@@ -289,23 +297,21 @@ def handle_export_model(cmd, work):
 
 
 def handle_d2_train(cmd, work):
-    run(cmd, work["root"], replace=[("...", TOY_DET)],
-        append=[*work["d2_opts"], "train.max_iter=2", "train.checkpointer.period=2", "train.output_dir=output"])
+    run(cmd, work["root"], replace=[("...", work["det_config"])])
     assert (work["root"] / "output" / "model_final.pth").is_file()
     work["done"].add("d2_train")
 
 
 def handle_d2_eval(cmd, work):
     need(work, "d2_train")
-    out = run(cmd, work["root"], replace=[("...", TOY_DET)], append=work["d2_opts"])
+    out = run(cmd, work["root"], replace=[("...", work["det_config"])])
     assert "bbox" in out and "segm" in out, out[-2000:]
 
 
 def handle_d2_infer(cmd, work):
     need(work, "d2_train")
-    cmd = cmd.replace(" [key=value ...]", "")  # the documented form: the overrides are the toy's own
-    run(cmd, work["root"], replace=[("configs/d2/COCO/mask_rcnn_dinov3_vitb16_brixel_100ep.py", TOY_DET)],
-        append=work["d2_opts"])
+    cmd = cmd.replace(" [key=value ...]", "")  # the overrides are optional; the toy config holds them
+    run(cmd, work["root"], replace=[("configs/d2/COCO/mask_rcnn_dinov3_vitb16_brixel_100ep.py", work["det_config"])])
     assert list((work["root"] / "preds").glob("*.json")), "no COCO-format results"
 
 
