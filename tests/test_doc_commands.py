@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,7 @@ def test_covering_tests_exist():
 
 
 # -- running the runnable ones ---------------------------------------------------------------------
-def run(cmd: str, cwd: Path, replace=(), append=(), timeout=600) -> str:
+def run(cmd: str, cwd: Path, replace=(), append=(), timeout=300) -> str:
     """The documented command with only the toy substitutions ``replace`` ((old, new) on the
     text) and extra arguments ``append``, run in ``cwd`` with this checkout's code; its output."""
     for old, new in replace:
@@ -222,7 +223,6 @@ def handle_convert_weights(cmd, work):
 
     argv = shlex.split(cmd)
     method, src, dst = argv[2:5]
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         spec = FrozenDINOv3("vits16").spec
