@@ -281,7 +281,7 @@ def handle_mmseg_test(cmd, work):
     out = run(cmd.replace("[--show-dir vis]", "--show-dir vis"), work["root"],
               replace=[("CONFIG", work["seg_config"]), ("work_dirs/<config>/best_mIoU_epoch_40.pth", seg_checkpoint(work))])
     assert re.search(r"mIoU", out), out[-2000:]
-    assert list((work["root"] / "vis").rglob("*.png")), "no --show-dir pictures"
+    assert list((work["root"] / "vis" / "vis_data" / "vis_image").glob("*.png")), "no --show-dir pictures"
 
 
 def handle_mmseg_infer(cmd, work):
