@@ -1,5 +1,5 @@
-"""README's Python examples run as written: every ```python block, in order, in one namespace, in a
-folder holding the files they name (a real-size random DINOv3 ViT-S/16 in timm's layout, the
+"""The Python examples of README.md and docs/python_api.md run as written: every ```python block of
+a page, in order, in one namespace per page, in a folder holding the files they name (a real-size random DINOv3 ViT-S/16 in timm's layout, the
 upsampler exports tools/distill.py would write, a photo)."""
 from __future__ import annotations
 
@@ -15,8 +15,21 @@ from brixel_plugins.featurizer import working_hw
 from brixel_plugins.io import save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = Path(__file__).resolve().parents[1]
+README, API = ROOT / "README.md", ROOT / "docs" / "python_api.md"
+
+
+def blocks(page: Path) -> list:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+
+
+def run_blocks(page: Path) -> dict:
+    namespace = {"__name__": "readme"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for block in blocks(page):
+            exec(compile(block, str(page), "exec"), namespace)
+    return namespace
 
 
 @pytest.fixture
@@ -42,16 +55,20 @@ def readme_files(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_readme_has_the_python_api_example():
-    assert any("DenseFeaturizer.build" in b and "working_scale" in b for b in BLOCKS)
+def test_pages_have_the_python_api_examples():
+    assert any("DenseFeaturizer.build" in b for b in blocks(README))
+    assert any("DenseFeaturizer.build" in b and "working_scale" in b for b in blocks(API))
 
 
 def test_readme_python_blocks_run_as_written(readme_files):
-    namespace = {"__name__": "readme"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for block in BLOCKS:
-            exec(compile(block, str(README), "exec"), namespace)
+    namespace = run_blocks(README)
+    assert tuple(namespace["dense"].shape) == (1, 384, 56, 56)  # as its comment says: 4x the 14 x 14 tokens
+    assert torch.isfinite(namespace["dense"]).all()
+    assert namespace["model"]["backbone"]["upsampler"]["type"] == "brixel"  # the MMSegmentation config line
+
+
+def test_python_api_page_blocks_run_as_written(readme_files):
+    namespace = run_blocks(API)
     # the API example's results have the shapes its comments promise, for this 144 x 176 photo:
     # DINOv3 at half size (rounded to whole patches: 64 x 96, 4 x 6 tokens), FeatSharp 2x
     h, w = (s // 16 for s in working_hw((144, 176), scale=0.5))
