@@ -95,7 +95,13 @@ ROWS = [
     (r"^python tools/train\.py CONFIG --resume$", "run", "mmseg_resume"),
     (r"^python tools/train\.py CONFIG --cfg-options model\.backbone\.train_upsampler=True$", "covered",
      "tests/test_mmseg.py::test_train_upsampler_finetunes_and_is_checkpointed"),
-    (r"^python tools/test\.py CONFIG \S+ \[--show-dir vis\]$", "run", "mmseg_test"),
+    (r"^python tools/test\.py CONFIG \S+ \[--show-dir vis\] \[--out preds\]$", "run", "mmseg_test"),
+    (r"^brixel --help$", "covered", "tests/test_packaged_configs.py::test_help_lists_every_command"),
+    (r"^brixel train brixel_plugins::mmseg/", "covered",
+     "tests/test_wheel.py::test_wheel_console_script_trains_a_packaged_config"),
+    (r"^brixel d2-train --config-file brixel_plugins::d2/toy/", "run", "brixel_d2_train"),
+    (r"^torchrun --nproc-per-node 2 -m brixel_plugins\.commands train CONFIG --launcher pytorch$", "covered",
+     "tests/test_packaged_configs.py::test_torchrun_reaches_the_tool_with_its_launcher"),
     (r"^python tools/infer\.py CONFIG \S+ photo\.jpg ", "run", "mmseg_infer"),
     (r"^python tools/infer\.py CONFIG ", "covered",
      "tests/test_infer.py::test_infer_tool_writes_picture_sized_maps_and_overlays"),
@@ -142,8 +148,9 @@ def run(cmd: str, cwd: Path, replace=(), append=(), timeout=300) -> str:
         assert old in cmd, f"{old!r} is no longer in {cmd!r}: update the substitution"
         cmd = cmd.replace(old, str(new))
     argv = shlex.split(cmd) + [str(a) for a in append]
-    assert argv[0] == "python", cmd
-    argv = [sys.executable] + [str(ROOT / a) if a.startswith(("tools/", "configs/")) else a for a in argv[1:]]
+    assert argv[0] in ("python", "brixel"), cmd
+    python = [sys.executable] if argv[0] == "python" else [sys.executable, "-m", "brixel_plugins.commands"]
+    argv = python + [str(ROOT / a) if a.startswith(("tools/", "configs/")) else a for a in argv[1:]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("DINOV3_WEIGHTS", None)
@@ -278,10 +285,11 @@ def handle_mmseg_resume(cmd, work):
 
 def handle_mmseg_test(cmd, work):
     need(work, "mmseg_train")
-    out = run(cmd.replace("[--show-dir vis]", "--show-dir vis"), work["root"],
+    out = run(cmd.replace("[--show-dir vis]", "--show-dir vis").replace("[--out preds]", "--out preds"), work["root"],
               replace=[("CONFIG", work["seg_config"]), ("work_dirs/<config>/best_mIoU_epoch_40.pth", seg_checkpoint(work))])
     assert re.search(r"mIoU", out), out[-2000:]
     assert list((work["root"] / "vis" / "vis_data" / "vis_image").glob("*.png")), "no --show-dir pictures"
+    assert list((work["root"] / "preds").rglob("*.png")), "no --out predictions"
 
 
 def handle_mmseg_infer(cmd, work):
@@ -296,6 +304,19 @@ def handle_export_model(cmd, work):
     run(cmd, work["root"], replace=[("CONFIG", work["seg_config"]),
                                     ("work_dirs/<config>/best_mIoU_iter_N.pth", seg_checkpoint(work))])
     assert (work["root"] / "model.safetensors").stat().st_size > 0
+
+
+def handle_brixel_d2_train(cmd, work):
+    """The packaged toy LazyConfig by name, through the ``brixel`` command (what its console script runs)."""
+    det = work["root"] / "det"
+    run(cmd, work["root"], append=[
+        "train.device=cpu", "train.max_iter=2", "train.output_dir=output_brixel", "train.checkpointer.period=2",
+        "dataloader.train.total_batch_size=2", "model.backbone.square_pad=64",
+        f"model.backbone.net.weights={work['root'] / 'tiny_dinov3.pth'}",
+        "model.backbone.net.overrides={" + ",".join(f"{k}:{v}" for k, v in TINY_DIMS.items()) + "}",
+        *(f"dataloader.{split}.dataset.names.{k}={v}" for split in ("train", "test")
+          for k, v in (("root", det), ("num_train", 4), ("num_val", 2), ("size", 64)))])
+    assert (work["root"] / "output_brixel" / "model_final.pth").is_file()
 
 
 def handle_d2_train(cmd, work):
