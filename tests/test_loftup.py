@@ -192,7 +192,8 @@ def test_release_layouts_and_refusals():
     core = loaded_core(sd)
     assert all(torch.equal(v, sd[k]) for k, v in release_state_dict(core).items())
     # a Lightning training checkpoint's state dict: ChannelNorm as model.1.norm.*, the backbone as model.0.*
-    lightning = {("model.1." + k[len("channelnorm."):] if k.startswith("channelnorm.") else k): v for k, v in sd.items()}
+    lightning = {("model.1." + k[len("channelnorm."):] if k.startswith("channelnorm.") else k): v
+                 for k, v in sd.items()}
     lightning["model.0.blocks.0.attn.qkv.weight"] = torch.zeros(3, 3)
     assert checkpoint_filter_fn(lightning, core).keys() == core.state_dict().keys()
     with pytest.raises(WeightFileError, match="'upsampler.refiner.weight'"):
