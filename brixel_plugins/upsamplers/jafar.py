@@ -38,6 +38,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
+from ..ops.layout import channels_last, pointwise
 from .base import DetailGate, Upsampler, register_upsampler
 
 QK_DIM = 128
@@ -57,14 +58,25 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(dim, dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv1(F.silu(self.norm1(x)))
-        return x + self.conv2(F.silu(self.norm2(y)))
+        y = pointwise(self.conv1, F.silu(self.norm1(x)))
+        return x + pointwise(self.conv2, F.silu(self.norm2(y)))
 
 
-def encoder(cin: int, kernel_size: int = 1) -> nn.Sequential:
-    """conv k x k (reflect padding, no bias) cin -> 128, then 2 ResBlocks: keys ``0``, ``1.*``, ``2.*``."""
-    conv = nn.Conv2d(cin, QK_DIM, kernel_size, padding=kernel_size // 2, padding_mode="reflect", bias=False)
-    return nn.Sequential(conv, ResBlock(QK_DIM), ResBlock(QK_DIM))
+class Encoder(nn.Sequential):
+    """conv k x k (reflect padding, no bias) cin -> 128, then 2 ResBlocks: keys ``0``, ``1.*``, ``2.*``.
+    (B,cin,H,W) -> (B,128,H,W) channels-last (on CPU its 1x1 convolutions run as matrix products,
+    half the time of oneDNN's; the full-resolution encoders are most of JAFAR's time)."""
+
+    def __init__(self, cin: int, kernel_size: int = 1):
+        # a 1x1 convolution pads nothing: zeros mode avoids the reflect mode's copy of the input
+        conv = nn.Conv2d(cin, QK_DIM, kernel_size, padding=kernel_size // 2,
+                         padding_mode="reflect" if kernel_size > 1 else "zeros", bias=False)
+        super().__init__(conv, ResBlock(QK_DIM), ResBlock(QK_DIM))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = channels_last(x)
+        x = pointwise(self[0], x) if self[0].kernel_size == (1, 1) else self[0](x)
+        return self[2](self[1](x))
 
 
 class RoPE(nn.Module):
@@ -111,10 +123,10 @@ class JafarCore(nn.Module):
         if QK_DIM % num_heads:
             raise ValueError(f"JAFAR: num_heads must divide {QK_DIM}, got {num_heads}")
         self.dim, self.num_heads, self.query_chunk = int(dim), int(num_heads), query_chunk
-        self.image_encoder = encoder(3, kernel_size)
-        self.query_encoder = encoder(QK_DIM)
-        self.key_encoder = encoder(QK_DIM)
-        self.key_features_encoder = encoder(dim)
+        self.image_encoder = Encoder(3, kernel_size)
+        self.query_encoder = Encoder(QK_DIM)
+        self.key_encoder = Encoder(QK_DIM)
+        self.key_features_encoder = Encoder(dim)
         self.rope = RoPE(QK_DIM)
         self.sft_key = nn.ModuleDict(dict(gamma=nn.Conv2d(QK_DIM, QK_DIM, 1, bias=False),
                                           beta=nn.Conv2d(QK_DIM, QK_DIM, 1, bias=False)))

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
+from ..ops.layout import run_folded
 from .base import DetailGate, Upsampler, register_upsampler
 
 # attention weights held at once per chunk of pixels (B * heads * chunk * keys floats: 64 MB fp32)
@@ -195,7 +196,8 @@ class LoftUpCore(nn.Module):
         if output_size is not None and tuple(int(s) for s in output_size) != tuple(image.shape[-2:]):
             image = F.interpolate(image, size=tuple(int(s) for s in output_size), mode="bilinear", align_corners=False)
         b, _, h, w = image.shape
-        x = self.first_conv(self.pixel_fourier(self.min_max(image.float())))
+        # eval BatchNorms folded into their convolutions: one full-resolution map fewer per pair
+        x = run_folded(self.first_conv, self.pixel_fourier(self.min_max(image.float())))
         x = x.flatten(2).transpose(1, 2)  # (B, HW, E) pixel queries
         f = self.channelnorm(feats.float())
         kv = torch.cat([f, self.token_fourier(f[:, :0])], dim=1).flatten(2).transpose(1, 2)  # (B, hw, E)
@@ -207,6 +209,7 @@ class LoftUpCore(nn.Module):
             for (attn, ff), (k, v) in zip(self.layers, kvs):
                 y = ff(attn(y, k, v))
             out[:, s:s + step] = self.norm(y)
+        del x  # one full-resolution map fewer at the peak of the last convolution
         out = out.transpose(1, 2).reshape(b, -1, h, w)
         return self.final_conv(out)
 
