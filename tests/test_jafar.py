@@ -235,3 +235,24 @@ def test_parameter_count_of_the_registered_upsampler():
     with torch.device("meta"):
         up = JAFAR(BackboneSpec("vits16", 384, 12, 6))
     assert sum(p.numel() for p in up.parameters()) == 628_480 - 66_176
+
+
+class _Payload:
+    """What a hostile file could hold: an object whose unpickling runs a command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_reading_an_authors_file_builds_nothing_but_tensors_and_plain_data(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"jafar": seeded_release(), "cfg": _Payload(marker), "epoch": 2}, tmp_path / "hostile.pth")
+    read = read_release(tmp_path / "hostile.pth")
+    assert not marker.exists()  # os.system was never called
+    assert read["epoch"] == 2 and set(read["jafar"]) == set(seeded_release())
+    assert type(read["cfg"]).__module__ == "brixel_plugins.upsamplers.jafar"  # an inert stand-in
