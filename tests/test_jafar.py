@@ -256,3 +256,25 @@ def test_reading_an_authors_file_builds_nothing_but_tensors_and_plain_data(tmp_p
     assert not marker.exists()  # os.system was never called
     assert read["epoch"] == 2 and set(read["jafar"]) == set(seeded_release())
     assert type(read["cfg"]).__module__ == "brixel_plugins.upsamplers.jafar"  # an inert stand-in
+
+
+def test_any_output_size_through_the_interface(tiny_backbone, photo):
+    """``output_size`` (the upsampler interface, DenseFeaturizer's output_scale) gives JAFAR's output
+    at that size, the core's computation on the same inputs; the zero start is bilinear at any size."""
+    from brixel_plugins.featurizer import DenseFeaturizer
+
+    spec = tiny_backbone.spec
+    torch.manual_seed(0)
+    up = build_upsampler(dict(type="jafar"), spec).eval()
+    assert up.any_output_size
+    layers = tiny_backbone.layers(photo, up.layer_indices)
+    last = layers[spec.depth - 1]
+    image_hr = F.interpolate(photo, scale_factor=2, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        out = up(photo, layers, image_hr=image_hr, output_size=(37, 53))
+        assert torch.equal(out, up.core(image_hr, last, (37, 53)))
+        assert DenseFeaturizer(tiny_backbone, up).features(photo, output_scale=2.5)[0].shape[-2:] == (10, 15)
+        zero = build_upsampler(dict(type="jafar", zero_start=True), spec).eval()
+        torch.testing.assert_close(zero(photo, layers, output_size=(37, 53)),
+                                   F.interpolate(last, size=(37, 53), mode="bilinear", align_corners=False),
+                                   rtol=0, atol=1e-5)

@@ -254,3 +254,25 @@ def test_parameter_count_of_the_registered_upsampler():
     with torch.device("meta"):
         up = LoftUp(BackboneSpec("vits16", 384, 12, 6))
     assert sum(p.numel() for p in up.parameters()) == 4_303_894
+
+
+def test_any_output_size_through_the_interface(tiny_backbone, photo):
+    """``output_size`` resizes the guidance to it (the authors' recipe), through the upsampler
+    interface and DenseFeaturizer; the zero start is bilinear at any size."""
+    from brixel_plugins.featurizer import DenseFeaturizer
+
+    spec = tiny_backbone.spec
+    torch.manual_seed(0)
+    up = build_upsampler(dict(type="loftup"), spec).eval()
+    assert up.any_output_size
+    layers = tiny_backbone.layers(photo, up.layer_indices)
+    last = layers[spec.depth - 1]
+    with torch.no_grad():
+        out = up(photo, layers, output_size=(37, 53))
+        guidance = F.interpolate(photo, size=(37, 53), mode="bilinear", align_corners=False)
+        assert torch.equal(out, up.core(guidance, last))
+        assert DenseFeaturizer(tiny_backbone, up).features(photo, output_scale=2.5)[0].shape[-2:] == (10, 15)
+        zero = build_upsampler(dict(type="loftup", zero_start=True), spec).eval()
+        torch.testing.assert_close(zero(photo, layers, output_size=(37, 53)),
+                                   F.interpolate(last, size=(37, 53), mode="bilinear", align_corners=False),
+                                   rtol=0, atol=1e-5)

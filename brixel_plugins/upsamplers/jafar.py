@@ -295,13 +295,14 @@ def release_state_dict(model: JafarCore) -> Dict[str, torch.Tensor]:
 # -- the registered upsampler ----------------------------------------------------------------------
 @register_upsampler("jafar")
 class JAFAR(Upsampler):
-    """JAFAR on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16).
+    """JAFAR on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16), or
+    (B,D,H_out,W_out) for any ``output_size`` (``any_output_size``).
 
     Guidance pixels come from ``image_hr`` when one is given (JAFAR reads the image at any size).
 
     Args:
         spec: the backbone (C = ``spec.embed_dim``; the released files exist for C = 384 / 768).
-        factor: the output grid is ``factor`` x the token grid (any positive integer).
+        factor: the output grid without an ``output_size``: ``factor`` x the token grid (any positive integer).
         kernel_size, num_heads: as :class:`JafarCore` (the released files: 1 and 4).
         zero_start: new trainings start at bilinear interpolation: ``bilinear + gate(jafar - bilinear)``
             with a :class:`~.base.DetailGate` at zero. The authors' files need the default False.
@@ -309,6 +310,7 @@ class JAFAR(Upsampler):
 
     needs_image = True
     uses_image_hr = True
+    any_output_size = True
 
     def __init__(self, spec: BackboneSpec, factor: int = 4, kernel_size: int = 1, num_heads: int = 4,
                  zero_start: bool = False):
@@ -320,8 +322,9 @@ class JAFAR(Upsampler):
 
     def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: torch.Tensor,
                    base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,
-                   image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
-        size = self.output_size(tuple(image.shape[-2:]))
+                   image_hr: Optional[torch.Tensor] = None, output_size: Optional[Tuple[int, int]] = None
+                   ) -> torch.Tensor:
+        size = output_size or self.output_size(tuple(image.shape[-2:]))
         out = self.core(self.pixels(image, image_hr), source, size)
         return out if base is None else self.detail(out - base.to(out.dtype))
 

@@ -261,15 +261,16 @@ def checkpoint_filter_fn(sd: Mapping[str, torch.Tensor], model: LoftUpCore, sour
 # -- the registered upsampler ----------------------------------------------------------------------
 @register_upsampler("loftup")
 class LoftUp(Upsampler):
-    """LoftUp on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16),
-    LayerNorm'd per pixel (not the backbone's feature space).
+    """LoftUp on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16), or
+    (B,D,H_out,W_out) for any ``output_size``; LayerNorm'd per pixel (not the backbone's feature space).
 
     The guidance is ``image_hr`` when one is given, else ``image``, bilinearly resized to the output
     grid (the authors' recipe for an output size other than the image's).
 
     Args:
         spec: the backbone (C = ``spec.embed_dim``; released files for C = 384 / 512 / 768).
-        factor: output grid = ``factor`` x the token grid (16: the image's resolution).
+        factor: the output grid without an ``output_size``: ``factor`` x the token grid (16: the image's
+            resolution).
         n_freqs, num_heads, num_layers: as released (20, 4, 2).
         batch_statistics: ``'image'`` (default, a picture's output never depends on its batch) or
             ``'batch'`` (the release's batch-wide colour scaling).
@@ -279,6 +280,7 @@ class LoftUp(Upsampler):
 
     needs_image = True
     uses_image_hr = True
+    any_output_size = True
 
     def __init__(self, spec: BackboneSpec, factor: int = 16, n_freqs: int = 20, num_heads: int = 4,
                  num_layers: int = 2, batch_statistics: str = "image", zero_start: bool = False):
@@ -290,8 +292,9 @@ class LoftUp(Upsampler):
 
     def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: torch.Tensor,
                    base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,
-                   image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
-        size = self.output_size(tuple(image.shape[-2:]))
+                   image_hr: Optional[torch.Tensor] = None, output_size: Optional[Tuple[int, int]] = None
+                   ) -> torch.Tensor:
+        size = output_size or self.output_size(tuple(image.shape[-2:]))
         out = self.core(self.pixels(image, image_hr), source, size).to(source.dtype)
         return out if base is None else self.detail(out - base.to(out.dtype))
 
