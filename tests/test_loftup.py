@@ -200,7 +200,8 @@ def test_release_layouts_and_refusals():
     # a Lightning training checkpoint's state dict: ChannelNorm as model.1.norm.*, the backbone as model.0.*
     lightning = {("model.1." + k[len("channelnorm."):] if k.startswith("channelnorm.") else k): v
                  for k, v in sd.items()}
-    lightning["model.0.blocks.0.attn.qkv.weight"] = torch.zeros(3, 3)
+    lightning.update({"model.0.blocks.0.attn.qkv.weight": torch.zeros(3, 3), "downsampler.w.weight": torch.zeros(1),
+                      "scale_net.net.weight": torch.zeros(1)})
     assert checkpoint_filter_fn(lightning, core).keys() == core.state_dict().keys()
     with pytest.raises(WeightFileError, match="'upsampler.refiner.weight'"):
         checkpoint_filter_fn({**sd, "upsampler.refiner.weight": torch.zeros(1)}, core)
@@ -226,6 +227,18 @@ def test_registered_upsampler_loads_the_hub_file(tmp_path, tiny_backbone, photo)
         guidance = F.interpolate(photo, size=(32, 48), mode="bilinear", align_corners=False)
         ref = authors_forward(sd, layers[spec.depth - 1], guidance)
     assert out.shape == (1, spec.embed_dim, 32, 48) and rel_err(out, ref) <= 1e-3
+
+    # a Lightning checkpoint with its hydra config in the hyper-parameters: the state dict is read
+    from omegaconf import OmegaConf
+
+    torch.save({"state_dict": {("model.1." + k[len("channelnorm."):] if k.startswith("channelnorm.") else k): v
+                               for k, v in sd.items()},
+                "hyper_parameters": {"cfg": OmegaConf.create({"dim": spec.embed_dim})}, "epoch": 0},
+               tmp_path / "last.ckpt")
+    lightning = load_upsampler(convert_release(tmp_path / "last.ckpt", tmp_path / "l.safetensors", "loftup", spec,
+                                               factor=8), spec).eval()
+    with torch.no_grad():
+        assert torch.equal(lightning(photo, layers), out)
 
     wrong = dict(sd, **{"upsampler.final_conv.0.weight": torch.zeros(384, 84, 1, 1)})
     torch.save(wrong, tmp_path / "wrong.bin")

@@ -26,11 +26,7 @@ Parameters: 562,304 at C=384 (the release's 628,480 minus the 66,176 dead ones);
 from __future__ import annotations
 
 import math
-import os
-import pickle
-import types
-from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +36,7 @@ from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from ..ops.layout import channels_last, pointwise
 from .base import DetailGate, Upsampler, register_upsampler
+from .release_files import read_release_file
 
 QK_DIM = 128
 # attention weights held at once per chunk of queries (B * heads * chunk * keys floats: 64 MB fp32)
@@ -219,66 +216,6 @@ def checkpoint_filter_fn(sd: Mapping[str, torch.Tensor], model: JafarCore, sourc
     return out
 
 
-class _NotRead:
-    """Stands in for every object of an authors' file that is neither a tensor nor plain data (the
-    hydra ``DictConfig`` JAFAR's training script saves beside the weights): nothing of it is
-    imported or built, whatever it holds is dropped."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-    def __setitem__(self, key, value):
-        pass
-
-    def append(self, value):
-        pass
-
-    def extend(self, values):
-        pass
-
-
-# what torch.save writes for tensors and plain containers; every other global becomes _NotRead
-_TENSOR_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-                   ("collections", "OrderedDict")}
-
-
-class _TensorsOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) in _TENSOR_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None),
-                                                                                   torch.dtype)):
-            return super().find_class(module, name)
-        return _NotRead
-
-
-_TENSORS_ONLY = types.ModuleType("tensors_only_pickle")
-_TENSORS_ONLY.Unpickler = _TensorsOnlyUnpickler
-_TENSORS_ONLY.load = lambda f, **kw: _TensorsOnlyUnpickler(f, **kw).load()
-
-
-def read_release(path: os.PathLike | str) -> Dict[str, Any]:
-    """The authors' JAFAR ``.pth`` as data: tensors and plain Python values are read, every other
-    object (their training script saves its hydra config, an omegaconf ``DictConfig``, with the
-    weights) is replaced by an inert stand-in without importing or building it. A ``.safetensors``
-    file is read as a flat state dict. Unreadable files raise :class:`WeightFileError`."""
-    from ..backbones.weights import read_state_dict
-
-    path = Path(path)
-    if path.suffix == ".safetensors" or not path.is_file() or path.stat().st_size == 0:
-        return read_state_dict(path)  # its clear errors for missing and empty files
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_TENSORS_ONLY)
-    except Exception as e:  # torch raises several types for bad bytes
-        first = (str(e).strip().splitlines() or ["(no message)"])[0][:200]
-        raise WeightFileError(f"could not read {path} ({path.stat().st_size} bytes): {type(e).__name__}: {first}. "
-                              f"The file is truncated or corrupt (or not a weight file).") from e
-    if not isinstance(data, dict):
-        raise WeightFileError(f"{path} does not hold a dict (found {type(data).__name__})")
-    return data
-
-
 def release_state_dict(model: JafarCore) -> Dict[str, torch.Tensor]:
     """``model``'s weights in the authors' key layout (the inverse of :func:`checkpoint_filter_fn`;
     the discarded value path filled with zeros, as it never reaches the output)."""
@@ -328,10 +265,10 @@ class JAFAR(Upsampler):
         out = self.core(self.pixels(image, image_hr), source, size)
         return out if base is None else self.detail(out - base.to(out.dtype))
 
-    read_release = staticmethod(read_release)
+    read_release = staticmethod(read_release_file)
 
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
-        """The authors' ``.pth`` (:func:`read_release`: their training checkpoint, whose ``'jafar'``
+        """The authors' ``.pth`` (:func:`.read_release_file`: their training checkpoint, whose ``'jafar'``
         entry is read, or that state dict alone) through :func:`checkpoint_filter_fn`, under ``core.``."""
         if self.zero_start:
             raise WeightFileError(f"{source}: the authors' JAFAR has no zero start; build it with zero_start=False")

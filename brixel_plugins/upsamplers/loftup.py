@@ -39,6 +39,7 @@ from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from ..ops.layout import run_folded
 from .base import DetailGate, Upsampler, register_upsampler
+from .release_files import read_release_file
 
 # attention weights held at once per chunk of pixels (B * heads * chunk * keys floats: 64 MB fp32)
 ATTENTION_BUDGET = 1 << 24
@@ -234,13 +235,19 @@ def release_state_dict(model: LoftUpCore) -> Dict[str, torch.Tensor]:
     return {_release_key(k): v for k, v in model.state_dict().items()}
 
 
+# what the authors' Lightning module holds beside the upsampler: the frozen backbone (model.0) and
+# the training losses' attention downsampler and uncertainty net
+_TRAINING_ONLY = ("model.0.", "downsampler.", "scale_net.")
+
+
 def checkpoint_filter_fn(sd: Mapping[str, torch.Tensor], model: LoftUpCore, source: str = "state dict"
                          ) -> Dict[str, torch.Tensor]:
     """The authors' LoftUp weights in :class:`LoftUpCore`'s keys. Read: the hub's
     ``pytorch_model.bin`` (``upsampler.*`` and ``channelnorm.norm.*``) and the state dict of their
-    Lightning training checkpoints (the ChannelNorm stored as ``model.1.norm.*``; the frozen
-    backbone's ``model.0.*`` dropped). Any other key is refused with a :class:`WeightFileError`
-    naming it; shapes are checked by the strict load that follows."""
+    stage-1 Lightning training checkpoints (the ChannelNorm stored as ``model.1.norm.*``; the frozen
+    backbone ``model.0.*`` and the training-only ``downsampler.*`` / ``scale_net.*`` dropped). Any
+    other key is refused with a :class:`WeightFileError` naming it; shapes are checked by the
+    strict load that follows."""
     names = {_release_key(k): k for k in model.state_dict()}
     if "first_conv.1.weight" in sd and not any(k.startswith("upsampler.") for k in sd):
         raise WeightFileError(f"{source} holds the LoftUp upsampler without its ChannelNorm (the authors' "
@@ -248,8 +255,8 @@ def checkpoint_filter_fn(sd: Mapping[str, torch.Tensor], model: LoftUpCore, sour
                               f"whose keys are 'upsampler.*' and 'channelnorm.norm.*'")
     out = {}
     for k, v in sd.items():
-        if k.startswith("model.0."):
-            continue  # the backbone a Lightning checkpoint stores beside the upsampler
+        if k.startswith(_TRAINING_ONLY):
+            continue
         key = "channelnorm." + k[len("model.1."):] if k.startswith("model.1.norm.") else k
         if key not in names:
             raise WeightFileError(f"{source}: key {k!r} is not part of a released LoftUp "
@@ -298,9 +305,16 @@ class LoftUp(Upsampler):
         out = self.core(self.pixels(image, image_hr), source, size).to(source.dtype)
         return out if base is None else self.detail(out - base.to(out.dtype))
 
+    read_release = staticmethod(read_release_file)
+
     def from_release_layout(self, sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
-        """The hub's ``pytorch_model.bin`` (or a Lightning checkpoint's state dict) through
-        :func:`checkpoint_filter_fn`, under ``core.``."""
+        """The hub's ``pytorch_model.bin`` (or a Lightning checkpoint, whose ``state_dict`` is read)
+        through :func:`checkpoint_filter_fn`, under ``core.``."""
         if self.zero_start:
             raise WeightFileError(f"{source}: the authors' LoftUp has no zero start; build it with zero_start=False")
+        if isinstance(sd.get("state_dict"), Mapping):
+            sd = sd["state_dict"]
+        if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise WeightFileError(f"{source} does not hold a state dict of tensors (the hub's pytorch_model.bin, "
+                                  f"or a Lightning checkpoint's 'state_dict')")
         return {f"core.{k}": v for k, v in checkpoint_filter_fn(sd, self.core, source).items()}
