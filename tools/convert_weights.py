@@ -5,7 +5,7 @@ brixel_plugins weight file that MMSeg / Detectron2 configs and ``DenseFeaturizer
     python tools/convert_weights.py brixel brixel_vits16.pth work_dirs/brixel_vits16.safetensors --arch vits16
     python tools/convert_weights.py lift lift_dino_s16.pth lift_vits16_x4.safetensors --arch vits16 --factor 4
     python tools/convert_weights.py jbu featup_jbu.pth jbu_vits16_x16.safetensors --arch vits16 --factor 16
-    python tools/convert_weights.py jafar vit_small_patch14_dinov2.lvd142m.pth jafar.safetensors --arch vits16 --factor 4
+    python tools/convert_weights.py jafar vit_small_patch14_dinov2.lvd142m.pth jafar_x4.safetensors --arch vits16
     python tools/convert_weights.py loftup pytorch_model.bin loftup_vits16_x16.safetensors --arch vits16 --factor 16
     python tools/convert_weights.py anyup anyup_paper.pth anyup_vits16.safetensors --arch vits16
 
