@@ -6,7 +6,8 @@ The image arrives at the resolution the user has; the backbone runs at a working
     image (B,3,H',W') --resize--> working (B,3,H,W) --DINOv3--> {i: (B,D,H/16,W/16)}
     upsampler(working, layers, backbone, image_hr=image) -> (B, D, f*H/16, f*W/16)
 
-See :mod:`brixel_plugins.upsamplers.base` for which upsampler reads which image.
+or, with ``output_size`` / ``output_scale`` (upsamplers with ``any_output_size``: bilinear, bicubic,
+AnyUp), (B, D, H_out, W_out). See :mod:`brixel_plugins.upsamplers.base` for which upsampler reads which image.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import nn
 from .backbones.dinov3 import PATCH_SIZE, FrozenDINOv3, check_image_batch, check_image_size
 from .images import resize
 from .upsamplers import Upsampler, UpsamplerConfig, build_upsampler
+from .upsamplers.base import check_output_size
 
 Size = Union[int, Sequence[int]]
 
@@ -50,6 +52,22 @@ def working_hw(hw: Sequence[int], size: Optional[Size] = None, scale: Optional[f
     return h, w
 
 
+def requested_output_size(grid_hw: Sequence[int], size: Optional[Size] = None,
+                          scale: Optional[float] = None) -> Optional[Tuple[int, int]]:
+    """The output size asked for over a token grid ``grid_hw`` = (h, w): ``size`` itself ((H_out, W_out),
+    an int for a square), or ``scale`` x the grid (each side rounded, at least 1; any positive
+    float), or None for the upsampler's own ``factor`` x the grid."""
+    if size is not None and scale is not None:
+        raise ValueError("give output_size or output_scale, not both")
+    if size is not None:
+        return check_output_size(size)
+    if scale is not None:
+        if not float(scale) > 0:
+            raise ValueError(f"output_scale must be > 0, got {scale!r}")
+        return tuple(max(1, int(round(s * float(scale)))) for s in grid_hw)
+    return None
+
+
 def backbone_layers(backbone: FrozenDINOv3, image: torch.Tensor, upsamplers: Sequence[Upsampler],
                     extra: Sequence[int] = ()) -> Dict[int, torch.Tensor]:
     """One backbone pass for the union of the layers ``upsamplers`` read and ``extra`` ({} if none)."""
@@ -67,6 +85,11 @@ class DenseFeaturizer(nn.Module):
         working_size: run the backbone at exactly this size ((h, w), or an int for a square).
         working_scale: or at the image's size times this (each side rounded to a multiple of 16).
             With neither, the image itself is the working image and must be a multiple of 16.
+        output_size: the dense map's (H_out, W_out) (an int for a square), whatever the image size;
+        output_scale: or this (non-integer allowed) times the token grid of the working image.
+            With neither, ``factor`` x the token grid. Other sizes than that only from upsamplers
+            that give any size (``upsampler.any_output_size``: bilinear, bicubic, AnyUp); the rest
+            refuse them with a ValueError (a scale here, a size at the first image).
 
     The backbone runs once per image for all layers the upsampler reads (plus any asked for in
     :meth:`features`); upsamplers that run the backbone themselves (FeatSharp tiles, ``highres``)
@@ -75,14 +98,26 @@ class DenseFeaturizer(nn.Module):
     """
 
     def __init__(self, backbone: FrozenDINOv3, upsampler: Upsampler, working_size: Optional[Size] = None,
-                 working_scale: Optional[float] = None):
+                 working_scale: Optional[float] = None, output_size: Optional[Size] = None,
+                 output_scale: Optional[float] = None):
         super().__init__()
         if upsampler.spec != backbone.spec:
             raise ValueError(f"upsampler built for {upsampler.spec}, backbone is {backbone.spec}")
         working_hw((PATCH_SIZE, PATCH_SIZE), working_size, working_scale)  # validate now, not at the first batch
+        requested_output_size((1, 1), output_size, output_scale)
+        self._check_scale(upsampler, output_scale)
         self.backbone = backbone
         self.upsampler = upsampler
         self.working_size, self.working_scale = working_size, working_scale
+        self.output_size, self.output_scale = output_size, output_scale
+
+    @staticmethod
+    def _check_scale(upsampler: Upsampler, scale: Optional[float]) -> None:
+        """Refuse a scale a factor-only upsampler cannot give, before any image (sizes are checked
+        per image by ``upsampler.output_size``)."""
+        if scale is not None and not upsampler.any_output_size and float(scale) != upsampler.factor:
+            raise ValueError(f"{upsampler.method} upsamples by its factor {upsampler.factor} only, got "
+                             f"output_scale={scale!r}; use bilinear, bicubic or anyup for other scales")
 
     @classmethod
     def build(cls, backbone: Union[FrozenDINOv3, Mapping], upsampler: UpsamplerConfig,
@@ -90,7 +125,7 @@ class DenseFeaturizer(nn.Module):
         """From a backbone (or its kwargs, e.g. ``dict(arch='vits16', weights=...)``) and an
         upsampler config as :func:`~brixel_plugins.upsamplers.build_upsampler` takes it (``None``,
         ``dict(type='brixel')``, a weight file, ``dict(type='jbu', weights=..., factor=2)``);
-        ``working`` takes ``working_size`` / ``working_scale``."""
+        ``working`` takes ``working_size`` / ``working_scale`` / ``output_size`` / ``output_scale``."""
         if not isinstance(backbone, FrozenDINOv3):
             backbone = FrozenDINOv3(**backbone)
         return cls(backbone, build_upsampler(upsampler, backbone.spec), **working)
@@ -114,15 +149,25 @@ class DenseFeaturizer(nn.Module):
     def trainable_parameters(self):
         return (p for p in self.upsampler.parameters() if p.requires_grad)
 
-    def features(self, image: torch.Tensor, layer_indices: Sequence[int] = ()
-                 ) -> Tuple[torch.Tensor, Dict[int, torch.Tensor]]:
+    def features(self, image: torch.Tensor, layer_indices: Sequence[int] = (), output_size: Optional[Size] = None,
+                 output_scale: Optional[float] = None) -> Tuple[torch.Tensor, Dict[int, torch.Tensor]]:
         """``(dense (B,D,f*h,f*w), {i: (B,D,h,w)})`` for the upsampler's layers plus ``layer_indices``
-        (negative indices count from the end), from one backbone pass on the working image."""
+        (negative indices count from the end), from one backbone pass on the working image.
+        ``output_size`` / ``output_scale``: for this call, instead of the constructor's (see there)."""
+        if output_size is None and output_scale is None:
+            output_size, output_scale = self.output_size, self.output_scale
+        else:
+            self._check_scale(self.upsampler, output_scale)
         check_image_batch(image)  # before resizing: a uint8 or empty batch gets a clear error
         work = resize(image, self.working_hw(image.shape[-2:]))
         check_image_size(work)
+        size = requested_output_size([s // self.backbone.spec.patch_size for s in work.shape[-2:]], output_size,
+                                     output_scale)
+        if size is not None:  # refused before the backbone pass, not after
+            self.upsampler.output_size(tuple(work.shape[-2:]), size)
         layers = backbone_layers(self.backbone, work, [self.upsampler], layer_indices)
-        dense = self.upsampler(work, layers, self.backbone, image_hr=image)
+        sized = {} if size is None else {"output_size": size}  # None: the upsampler's own factor x the grid
+        dense = self.upsampler(work, layers, self.backbone, image_hr=image, **sized)
         return dense, layers
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

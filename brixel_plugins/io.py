@@ -190,5 +190,6 @@ def convert_release(src: PathLike, dst: PathLike, method: str, spec: BackboneSpe
 
     src = Path(src)
     up = build_upsampler({"type": method, **config}, spec)
-    up.load_release_state_dict(read_state_dict(src), source=str(src))
+    read = getattr(up, "read_release", read_state_dict)  # a method whose release files hold more than tensors
+    up.load_release_state_dict(read(src), source=str(src))
     return save_upsampler(dst, up, extra={"converted_from": src.name, "source": "release"})

@@ -5,6 +5,12 @@ brixel_plugins weight file that MMSeg / Detectron2 configs and ``DenseFeaturizer
     python tools/convert_weights.py brixel brixel_vits16.pth work_dirs/brixel_vits16.safetensors --arch vits16
     python tools/convert_weights.py lift lift_dino_s16.pth lift_vits16_x4.safetensors --arch vits16 --factor 4
     python tools/convert_weights.py jbu featup_jbu.pth jbu_vits16_x16.safetensors --arch vits16 --factor 16
+    python tools/convert_weights.py jafar vit_small_patch14_dinov2.lvd142m.pth jafar_x4.safetensors --arch vits16
+    python tools/convert_weights.py loftup pytorch_model.bin loftup_vits16_x16.safetensors --arch vits16 --factor 16
+    python tools/convert_weights.py anyup anyup_paper.pth anyup_vits16.safetensors --arch vits16
+
+JAFAR's files are the authors' training checkpoints: their 'jafar' entry is read, the rest (optimizer
+state, the hydra config) is not built. LoftUp's is the hub's pytorch_model.bin (upsampler + ChannelNorm).
 """
 import argparse
 import sys
@@ -21,7 +27,8 @@ def main(argv=None):
     ap.add_argument("src", help="the authors' released .pth")
     ap.add_argument("dst", help="output .safetensors")
     ap.add_argument("--arch", required=True, choices=sorted(ARCHS), help="DINOv3 backbone the weights were made for")
-    ap.add_argument("--factor", type=int, default=None, help="upsampling factor (LiFT: 2/4/8 recursion; JBU: stack)")
+    ap.add_argument("--factor", type=int, default=None,
+                    help="upsampling factor (LiFT: 2/4/8 recursion; JBU: stack; JAFAR, LoftUp: any)")
     args = ap.parse_args(argv)
     spec = FrozenDINOv3(args.arch, device="meta").spec  # shapes only, no weights needed
     cfg = {} if args.factor is None else {"factor": args.factor}

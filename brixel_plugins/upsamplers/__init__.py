@@ -6,3 +6,6 @@ __all__ = ["UPSAMPLERS", "Upsampler", "UpsamplerConfig", "build_upsampler", "lis
 from . import lift  # noqa: F401
 from . import brixel, brixel_lean  # noqa: F401
 from . import jbu, featsharp  # noqa: F401
+from . import anyup  # noqa: F401
+from . import jafar  # noqa: F401
+from . import loftup  # noqa: F401

@@ -2,7 +2,7 @@
 
 An upsampler turns low-resolution DINOv3 maps into a denser map of the same channels::
 
-    forward(image, layers, backbone=None, image_hr=None) -> (B, D, f*H/16, f*W/16)
+    forward(image, layers, backbone=None, image_hr=None, output_size=None) -> (B, D, H_out, W_out)
 
       image     (B, 3, H, W)    ImageNet-normalised: the image the backbone saw, at the working
                                 resolution (H, W multiples of 16; h, w = H/16, W/16)
@@ -12,13 +12,19 @@ An upsampler turns low-resolution DINOv3 maps into a denser map of the same chan
       image_hr  (B, 3, H', W') or None
                                 the same picture at the resolution the user has (any size, usually
                                 H' >= H, W' >= W); None means ``image``.
+      output_size (H_out, W_out) or None
+                                None: ``factor`` x the token grid, (f*H/16, f*W/16). Any other size
+                                only where the method supports it (``any_output_size``); the rest
+                                refuse it with a ValueError naming the method and the one size
+                                they give (a size equal to ``factor`` x the grid is always accepted).
 
 The high-resolution contract: a user's image is often larger than the backbone's working
 resolution (a 1024 px photo, DINOv3 run at 512). The backbone sees the working image; methods
 whose point is real pixels read them from ``image_hr`` (``uses_image_hr = True``): JBU's guidance,
 FeatSharp's u x u tiles, ``highres``. Methods trained against a fixed input resolution (BRIXEL's
 spatial prior, LiFT's image branch) keep reading ``image``, so they see what they were trained
-on. The output grid is always ``factor`` x the token grid of ``image``, whatever ``image_hr`` is.
+on. Without ``output_size`` the output grid is ``factor`` x the token grid of ``image``, whatever
+``image_hr`` is.
 
 Each upsampler declares what it needs, so that :class:`~brixel_plugins.featurizer.DenseFeaturizer`
 (and every consumer built on it) runs the backbone once and never cares which upsampler it holds:
@@ -26,6 +32,11 @@ Each upsampler declares what it needs, so that :class:`~brixel_plugins.featurize
 - ``factor``: integer upsampling factor f of the token grid (output stride 16 / f);
   ``fixed_factor`` (class attribute): the only factor a method builds at (BRIXEL: 4; ``none``: 1),
   None where the constructor's ``factor`` is free.
+- ``any_output_size`` (class attribute): whether ``forward`` honours any ``output_size``
+  (bilinear / bicubic / nearest resizing, AnyUp's attention); False where the method's output is
+  built for ``factor`` x the grid (BRIXEL, LiFT, JBU, FeatSharp, ``highres``, ``none``).
+  :meth:`Upsampler.output_size` is the one check. In the :meth:`Upsampler.forward` template such a
+  method's :meth:`Upsampler.detail_map` receives the resolved size as the keyword ``output_size``.
 - ``layer_indices``: absolute backbone layers it reads (empty if it reads none).
 - ``needs_image``: whether it uses the (ImageNet-normalised) image at all.
 - ``uses_image_hr``: whether its pixels come from ``image_hr`` when one is given.
@@ -44,6 +55,7 @@ Each upsampler declares what it needs, so that :class:`~brixel_plugins.featurize
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 from typing import Callable, ClassVar, Dict, Mapping, NamedTuple, Optional, Tuple, Type, Union
 
@@ -146,6 +158,17 @@ class LastProjection(NamedTuple):
 UpsamplerConfig = Union[None, str, os.PathLike, Mapping]
 
 
+def check_output_size(size) -> Tuple[int, int]:
+    """``size`` as (H_out, W_out), positive integers (an int is a square); a clear ValueError otherwise."""
+    def whole(s) -> bool:
+        return isinstance(s, numbers.Integral) and not isinstance(s, bool)
+
+    out = (size, size) if whole(size) else tuple(size) if isinstance(size, (tuple, list, torch.Size)) else None
+    if out is None or len(out) != 2 or not all(whole(s) and s >= 1 for s in out):
+        raise ValueError(f"output_size must be (height, width) in positive integers, got {size!r}")
+    return int(out[0]), int(out[1])
+
+
 def build_upsampler(cfg: UpsamplerConfig, spec: BackboneSpec) -> "Upsampler":
     """The one way from a config to an upsampler, for a backbone described by ``spec``:
 
@@ -203,6 +226,8 @@ class Upsampler(nn.Module):
     needs_image: ClassVar[bool] = False
     uses_image_hr: ClassVar[bool] = False
     calls_backbone: ClassVar[bool] = False
+    # whether forward honours any output_size, not only factor x the token grid
+    any_output_size: ClassVar[bool] = False
     # set by io.load_upsampler: the file the weights came from, and its training record
     weight_file: Optional[str] = None
     file_metadata: Mapping = {}
@@ -238,10 +263,23 @@ class Upsampler(nn.Module):
     def last_layer(self) -> int:
         return self.spec.depth - 1
 
-    def output_size(self, image_hw: Tuple[int, int]) -> Tuple[int, int]:
+    def output_size(self, image_hw: Tuple[int, int], requested: Optional[Tuple[int, int]] = None) -> Tuple[int, int]:
+        """The output's (H_out, W_out) for a working image of ``image_hw``: ``factor`` x its token
+        grid, or ``requested`` where the method gives any size (``any_output_size``) or
+        ``requested`` is that grid anyway; any other request is refused with a ValueError."""
         h, w = image_hw
         p = self.spec.patch_size
-        return h // p * self.factor, w // p * self.factor
+        grid = (h // p * self.factor, w // p * self.factor)
+        if requested is None:
+            return grid
+        size = check_output_size(requested)
+        if size != grid and not self.any_output_size:
+            raise ValueError(
+                f"{self.method or type(self).__name__} upsamples by its factor only: for a {h}x{w} working image "
+                f"its output is {grid[0]}x{grid[1]} (factor {self.factor} x the {h // p}x{w // p} token grid), got "
+                f"output_size={requested!r}; methods that give any output size: "
+                f"{[n for n, c in sorted(UPSAMPLERS.items()) if c.any_output_size]}")
+        return size
 
     # -- data-fitted statistics (FeatSharp's PHI-S); a no-op for everything else ------------
     @property
@@ -346,13 +384,18 @@ class Upsampler(nn.Module):
         return image_hr if (self.uses_image_hr and image_hr is not None) else image
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
-                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
+                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None,
+                output_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """The template of every learned upsampler: ``output_base(source) + detail_map(...)``, the
         base computed once, here, and handed to the method (JBU and FeatSharp gate their difference
-        to it)."""
+        to it). ``output_size``: see the module docstring (checked by :meth:`output_size`)."""
         source = self.source_map(image, layers)
-        base = self.output_base(source, self.output_size(tuple(image.shape[-2:])))
-        return self.compose(base, self.detail_map(image, layers, source, base, backbone=backbone, image_hr=image_hr))
+        size = self.output_size(tuple(image.shape[-2:]), output_size)
+        base = self.output_base(source, size)
+        # only methods that give any size are told it; the others' size is factor x the grid
+        sized = {"output_size": size} if self.any_output_size else {}
+        return self.compose(base, self.detail_map(image, layers, source, base, backbone=backbone, image_hr=image_hr,
+                                                  **sized))
 
     def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: Optional[torch.Tensor],
                    base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,

@@ -1,7 +1,7 @@
 """Baselines: the last layer itself, its fixed interpolation, and DINOv3 run on an enlarged image."""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +23,17 @@ class NoUpsampler(Upsampler):
     def __init__(self, spec: BackboneSpec, factor: int = 1):
         super().__init__(spec, factor, (spec.depth - 1,))
 
-    def forward(self, image, layers, backbone=None, image_hr=None):
+    def forward(self, image, layers, backbone=None, image_hr=None, output_size=None):
+        self.output_size(tuple(image.shape[-2:]), output_size)  # the token grid only
         return layers[self.last_layer]
 
 
 @register_upsampler("bilinear")
 class BilinearUpsampler(Upsampler):
-    """Last-layer map resized by ``factor``: (B,D,h,w) -> (B,D,f*h,f*w). No parameters."""
+    """Last-layer map resized by ``factor``: (B,D,h,w) -> (B,D,f*h,f*w), or to any ``output_size``.
+    No parameters."""
+
+    any_output_size = True
 
     def __init__(self, spec: BackboneSpec, factor: int = 4, mode: str = "bilinear"):
         if mode not in ("bilinear", "bicubic", "nearest"):
@@ -37,11 +41,14 @@ class BilinearUpsampler(Upsampler):
         super().__init__(spec, factor, (spec.depth - 1,), mode=mode)
         self.mode = mode
 
-    def forward(self, image, layers, backbone=None, image_hr=None):
+    def forward(self, image, layers, backbone=None, image_hr=None, output_size=None):
         # channels-last: on CPU torch resizes a map of hundreds of channels ~30x faster so (same values)
         x = layers[self.last_layer].contiguous(memory_format=torch.channels_last)
         kw = {} if self.mode == "nearest" else {"align_corners": False}
-        return F.interpolate(x, scale_factor=self.factor, mode=self.mode, **kw)
+        size = self.output_size(tuple(image.shape[-2:]), output_size)
+        if size == tuple(s * self.factor for s in x.shape[-2:]):  # the factor itself: as without a size
+            return F.interpolate(x, scale_factor=self.factor, mode=self.mode, **kw)
+        return F.interpolate(x, size=size, mode=self.mode, **kw)
 
 
 @register_upsampler("bicubic")
@@ -67,7 +74,9 @@ class HighResBackbone(Upsampler):
         super().__init__(spec, factor, ())
 
     def forward(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor],
-                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
+                backbone: Optional[nn.Module] = None, image_hr: Optional[torch.Tensor] = None,
+                output_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        self.output_size(tuple(image.shape[-2:]), output_size)  # factor x the grid only
         if backbone is None:
             raise ValueError("highres needs the backbone: call it through DenseFeaturizer")
         big = resize(self.pixels(image, image_hr), [s * self.factor for s in image.shape[-2:]])
