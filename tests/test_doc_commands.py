@@ -66,7 +66,7 @@ ROWS = [
      "tests/test_distributed.py::test_d2_torchrun_two_processes"),
     (r"^python tools/distill\.py .*--resume", "covered", "tests/test_distill_dist.py::test_cli_single_process_then_resume"),
     (r"^python tools/distill\.py ", "covered", "tests/test_distill_dist.py::test_cli_single_process_then_resume"),
-    (r"^python tools/convert_weights\.py (brixel|lift) ", "run", "convert_weights"),
+    (r"^python tools/convert_weights\.py (brixel|lift|anyup|jafar|loftup) ", "run", "convert_weights"),
     (r"tools/benchmark\.py .*--device cuda", "skip", "needs CUDA"),
     (r"tools/benchmark\.py .*--compile", "skip",
      "torch.compile (inductor) compiles every row with a C++ compiler: minutes on 2 cores"),
@@ -235,6 +235,14 @@ def handle_convert_weights(cmd, work):
         spec = FrozenDINOv3("vits16").spec
     if method == "brixel":
         fake_release_file(work["root"] / src, build_upsampler(dict(type="brixel", zero_start=False), spec))
+    elif method in ("anyup", "jafar", "loftup"):  # the authors' key layouts, seeded, as their tests write them
+        from test_anyup import release_state_dict
+        from test_jafar import seeded_release as jafar_release
+        from test_loftup import seeded_release as loftup_release
+
+        state = {"anyup": release_state_dict, "jafar": lambda: {"jafar": jafar_release(spec.embed_dim)},
+                 "loftup": lambda: loftup_release(spec.embed_dim)}[method]()
+        torch.save(state, work["root"] / src)
     else:
         lift = build_upsampler(dict(type="lift", factor=4, zero_start=False), spec)
         torch.save(lift.state_dict(), work["root"] / src)
