@@ -71,3 +71,11 @@ def test_a_failure_ends_in_one_error_line_and_debug_shows_the_traceback(tmp_path
     assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.pth" in lines[0], r.stderr
     r = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr
+
+
+def test_d2_resume_followed_by_an_override_is_the_flag_and_the_override():
+    """``d2_train.py --resume key=value`` (detectron2's habit: --resume is a flag) read the override as the
+    checkpoint to resume from and ended in fvcore's 'Checkpoint ... not found'."""
+    args = parse("tools/d2_train.py", "--resume", "train.max_iter=3", "train.device=cpu")
+    assert args.resume == "auto" and args.opts == ["train.max_iter=3", "train.device=cpu"]
+    assert parse("tools/d2_train.py", "--resume", "out/model_0000004.pth").resume == "out/model_0000004.pth"

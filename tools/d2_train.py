@@ -16,6 +16,7 @@ that shadows this folder for ``import tools``.
 """
 import argparse
 import contextlib
+import os
 import sys
 
 from brixel_plugins.cli import DEBUG_FLAG, run_tool
@@ -37,7 +38,11 @@ def parse_args(argv=None):
     add_launcher_argument(p, choices=("none", "pytorch"))
     p.add_argument("opts", nargs=argparse.REMAINDER, default=None,
                    help="config overrides key=value, e.g. train.max_iter=1000 train.device=cpu")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # detectron2's --resume is a flag: in `--resume key=value` the override is not a checkpoint to resume
+    if args.resume not in (None, "auto") and "=" in args.resume and not os.path.exists(args.resume):
+        args.opts, args.resume = [args.resume, *(args.opts or [])], "auto"
+    return args
 
 
 def main(args):
