@@ -34,8 +34,8 @@ def parse_args(argv=None):
                                                 "--out: the test metric's output_dir), for offline evaluation")
     p.add_argument("--show", action="store_true", help="show each prediction in a window (needs a display)")
     p.add_argument("--wait-time", type=float, default=2, help="seconds each --show window stays (default 2)")
-    p.add_argument("--show-dir", help="save images with predictions drawn over them to this folder "
-                                      "(inside the work dir's timestamped folder)")
+    p.add_argument("--show-dir", help="save images with predictions drawn over them under this folder "
+                                      "(DIR/vis_data/vis_image/, DIR relative to the working directory)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation with the config's tta_model / tta_pipeline (off by default)")
     add_runner_arguments(p, "where logs and metrics go (default: work_dirs/<config name>)")
