@@ -20,6 +20,7 @@ import resource
 import socket
 import statistics
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -109,14 +110,14 @@ def _worker(rank: int, world: int, port: int, config: str, options: Dict, batch:
     teachers = _timed(teacher, device, runs)
     row = dict(rank=rank, step=statistics.median(steps), teacher=statistics.median(teachers),
                memory_mb=_peak_memory_mb(device))
+    rows = [row]
     if world > 1:
         rows = [None] * world
         torch.distributed.all_gather_object(rows, row)
-        torch.distributed.destroy_process_group()
-    else:
-        rows = [row]
-    if rank == 0:
+    if rank == 0:  # before the group is torn down: the parent needs nothing else from any process
         results.put(rows)
+    if world > 1:
+        torch.distributed.destroy_process_group()
 
 
 def measure(config: str, options: Dict, procs: Sequence[int] = (1, 2), batch: int = 2, runs: int = 5,
@@ -129,15 +130,35 @@ def measure(config: str, options: Dict, procs: Sequence[int] = (1, 2), batch: in
     ctx = mp.get_context("spawn")
     for world in procs:
         results = ctx.SimpleQueue()
-        mp.start_processes(_worker, args=(world, _free_port(), config, options, batch, runs, warmup, threads,
-                                          device, results), nprocs=world, start_method="spawn")
+        procs_ctx = mp.start_processes(_worker, args=(world, _free_port(), config, options, batch, runs, warmup,
+                                                      threads, device, results), nprocs=world, start_method="spawn",
+                                       join=False)
+        while results.empty():  # rank 0's rows, or every process ended (join raises if one failed)
+            if procs_ctx.join(timeout=0.5) and results.empty():
+                raise RuntimeError(f"{world} process(es) ended without reporting a measurement")
         per_rank = results.get()
+        _join_or_end(procs_ctx)
         step = max(r["step"] for r in per_rank)
         teacher = max(r["teacher"] for r in per_rank)
         rows.append(dict(processes=world, batch=batch * world, images_per_s=batch * world / step, step_s=step,
                          teacher_s=teacher, student_s=step - teacher,
                          memory_mb=max(r["memory_mb"] for r in per_rank)))
     return rows
+
+
+def _join_or_end(procs_ctx, grace_s: float = 30.0) -> None:
+    """Wait for the workers once their results are in; one stuck in its own exit (seen with gloo on a
+    loaded CPU: a process idle on a lock after its peer has gone) is ended instead of holding the run."""
+    deadline = time.monotonic() + grace_s
+    try:
+        while not procs_ctx.join(timeout=0.5):
+            if time.monotonic() > deadline:
+                break
+    except Exception as e:  # noqa: BLE001  a failure after the measurement: said, not fatal to it
+        warnings.warn(f"a benchmark process failed after reporting its measurement: {e}", RuntimeWarning)
+    for proc in procs_ctx.processes:
+        if proc.is_alive():
+            proc.kill()
 
 
 def format_rows(rows: List[dict]) -> str:
