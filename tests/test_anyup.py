@@ -167,12 +167,13 @@ def test_equals_release_computation_at_any_size(tiny_spec, ratio):
 
 
 def test_chunked_equals_unchunked(tiny_spec):
-    """Attention in tiles of at most 50 queries and image-size maps in bands of 2 rows, in place,
-    give the all-at-once computation."""
+    """Attention in tiles of at most 50 queries, image-size maps in bands of 2 rows, in place, and
+    the feature unification in bands of 2 token rows give the all-at-once computation."""
     sd = release_state_dict(1)
     whole = _anyup(tiny_spec, sd, q_chunk_size=None).eval()
     chunked = _anyup(tiny_spec, sd, q_chunk_size=50).eval()
     chunked.stream_bytes = 16 * 128 * 64 * 4  # the image-size maps (128 x 48 x 64 floats) go in bands of 2 rows
+    chunked.key_features_encoder[0].band_bytes = 2 * 48 * 128 * 7 * 4  # the unification in bands of 2 token rows
     image, feats = torch.randn(1, 3, 48, 64), torch.randn(1, 48, 5, 7)
     with torch.no_grad():
         for size in [(37, 53), (48, 64)]:

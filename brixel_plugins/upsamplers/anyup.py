@@ -115,14 +115,26 @@ class FeatureUnification(nn.Module):
         self.kernel_size = kernel_size
         self.basis = nn.Parameter(torch.randn(out_channels, 1, kernel_size, kernel_size))
 
+    # its (B, C*M, h, w) intermediate is computed in bands of rows of at most this many bytes
+    # (C=384 on a 128x128 grid: 3 GB at once, several times over)
+    band_bytes: int = 64 << 20
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         b, c, h, w = feats.shape
         m, k = self.basis.shape[0], self.kernel_size
-        per_channel = F.conv2d(feats.reshape(b * c, 1, h, w), self.basis.to(feats.dtype), padding=k // 2)
-        inside = F.conv2d(feats.new_ones(1, 1, h, w), feats.new_ones(1, 1, k, k), padding=k // 2)
-        # flat channel index c*M + j, viewed as (M, C): what the checkpoints were trained with
-        x = (per_channel / inside).reshape(b, m, c, h, w)
-        return x.softmax(dim=1).mean(dim=2)
+        p = k // 2
+        inside = F.conv2d(feats.new_ones(1, 1, h, w), feats.new_ones(1, 1, k, k), padding=p)  # taps in the map
+        rows = max(1, self.band_bytes // (b * c * m * w * feats.element_size()))
+        out = []
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            top, bottom = max(0, r0 - p), min(h, r1 + p)  # the rows the 5x5 filters reach, zeros beyond the map
+            band = F.pad(feats[:, :, top:bottom], (p, p, p - (r0 - top), p - (bottom - r1)))
+            per_channel = F.conv2d(band.reshape(b * c, 1, *band.shape[-2:]), self.basis.to(feats.dtype))
+            # flat channel index c*M + j, viewed as (M, C): what the checkpoints were trained with
+            x = (per_channel / inside[:, :, r0:r1]).reshape(b, m, c, r1 - r0, w)
+            out.append(x.softmax(dim=1).mean(dim=2))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
 
 class RMSNorm(nn.Module):
