@@ -408,3 +408,29 @@ class Upsampler(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method}, factor={self.factor}, layers={list(self.layer_indices)}"
+
+
+class CoreUpsampler(Upsampler):
+    """A method whose whole computation is one module on the last layer,
+    ``core(pixels (B,3,H',W'), source (B,C,h,w), (H_out, W_out)) -> (B,C,H_out,W_out)`` in the
+    source's dtype (JAFAR, LoftUp): its pixels come from ``image_hr`` when one is given, its output
+    has any requested size (else ``factor`` x the token grid), and ``zero_start`` opens a
+    :class:`DetailGate` (``detail``) from bilinear interpolation."""
+
+    needs_image = True
+    uses_image_hr = True
+    any_output_size = True
+
+    def __init__(self, spec: BackboneSpec, factor: int, core: nn.Module, **config):
+        super().__init__(spec, factor, (spec.depth - 1,), **config)
+        self.core = core
+        if self.zero_start:
+            self.detail = DetailGate(spec.embed_dim)
+
+    def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: torch.Tensor,
+                   base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,
+                   image_hr: Optional[torch.Tensor] = None, output_size: Optional[Tuple[int, int]] = None
+                   ) -> torch.Tensor:
+        size = output_size or self.output_size(tuple(image.shape[-2:]))
+        out = self.core(self.pixels(image, image_hr), source, size)
+        return out if base is None else self.detail(out - base.to(out.dtype))

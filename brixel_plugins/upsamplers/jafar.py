@@ -35,7 +35,7 @@ from torch import nn
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from ..ops.layout import channels_last, pointwise
-from .base import DetailGate, Upsampler, register_upsampler
+from .base import CoreUpsampler, register_upsampler
 from .release_files import read_release_file
 
 QK_DIM = 128
@@ -231,7 +231,7 @@ def release_state_dict(model: JafarCore) -> Dict[str, torch.Tensor]:
 
 # -- the registered upsampler ----------------------------------------------------------------------
 @register_upsampler("jafar")
-class JAFAR(Upsampler):
+class JAFAR(CoreUpsampler):
     """JAFAR on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16), or
     (B,D,H_out,W_out) for any ``output_size`` (``any_output_size``).
 
@@ -245,25 +245,11 @@ class JAFAR(Upsampler):
             with a :class:`~.base.DetailGate` at zero. The authors' files need the default False.
     """
 
-    needs_image = True
-    uses_image_hr = True
-    any_output_size = True
-
     def __init__(self, spec: BackboneSpec, factor: int = 4, kernel_size: int = 1, num_heads: int = 4,
                  zero_start: bool = False):
-        super().__init__(spec, factor, (spec.depth - 1,), kernel_size=int(kernel_size), num_heads=int(num_heads),
+        core = JafarCore(spec.embed_dim, kernel_size=int(kernel_size), num_heads=int(num_heads))
+        super().__init__(spec, factor, core, kernel_size=int(kernel_size), num_heads=int(num_heads),
                          zero_start=bool(zero_start))
-        self.core = JafarCore(spec.embed_dim, kernel_size=int(kernel_size), num_heads=int(num_heads))
-        if self.zero_start:
-            self.detail = DetailGate(spec.embed_dim)
-
-    def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: torch.Tensor,
-                   base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,
-                   image_hr: Optional[torch.Tensor] = None, output_size: Optional[Tuple[int, int]] = None
-                   ) -> torch.Tensor:
-        size = output_size or self.output_size(tuple(image.shape[-2:]))
-        out = self.core(self.pixels(image, image_hr), source, size)
-        return out if base is None else self.detail(out - base.to(out.dtype))
 
     read_release = staticmethod(read_release_file)
 

@@ -38,7 +38,7 @@ from torch import nn
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from ..ops.layout import run_folded
-from .base import DetailGate, Upsampler, register_upsampler
+from .base import CoreUpsampler, register_upsampler
 from .release_files import read_release_file
 
 # attention weights held at once per chunk of pixels (B * heads * chunk * keys floats: 64 MB fp32)
@@ -212,7 +212,7 @@ class LoftUpCore(nn.Module):
             out[:, s:s + step] = self.norm(y)
         del x  # one full-resolution map fewer at the peak of the last convolution
         out = out.transpose(1, 2).reshape(b, -1, h, w)
-        return self.final_conv(out)
+        return self.final_conv(out).to(feats.dtype)  # computed in fp32, returned in the features' dtype
 
 
 # -- the authors' files ----------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def checkpoint_filter_fn(sd: Mapping[str, torch.Tensor], model: LoftUpCore, sour
 
 # -- the registered upsampler ----------------------------------------------------------------------
 @register_upsampler("loftup")
-class LoftUp(Upsampler):
+class LoftUp(CoreUpsampler):
     """LoftUp on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16), or
     (B,D,H_out,W_out) for any ``output_size``; LayerNorm'd per pixel (not the backbone's feature space).
 
@@ -285,25 +285,11 @@ class LoftUp(Upsampler):
             bilinear)``, a :class:`~.base.DetailGate` at zero). The authors' files need False.
     """
 
-    needs_image = True
-    uses_image_hr = True
-    any_output_size = True
-
     def __init__(self, spec: BackboneSpec, factor: int = 16, n_freqs: int = 20, num_heads: int = 4,
                  num_layers: int = 2, batch_statistics: str = "image", zero_start: bool = False):
-        super().__init__(spec, factor, (spec.depth - 1,), n_freqs=int(n_freqs), num_heads=int(num_heads),
+        core = LoftUpCore(spec.embed_dim, int(n_freqs), int(num_heads), int(num_layers), batch_statistics)
+        super().__init__(spec, factor, core, n_freqs=int(n_freqs), num_heads=int(num_heads),
                          num_layers=int(num_layers), batch_statistics=batch_statistics, zero_start=bool(zero_start))
-        self.core = LoftUpCore(spec.embed_dim, int(n_freqs), int(num_heads), int(num_layers), batch_statistics)
-        if self.zero_start:
-            self.detail = DetailGate(spec.embed_dim)
-
-    def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: torch.Tensor,
-                   base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,
-                   image_hr: Optional[torch.Tensor] = None, output_size: Optional[Tuple[int, int]] = None
-                   ) -> torch.Tensor:
-        size = output_size or self.output_size(tuple(image.shape[-2:]))
-        out = self.core(self.pixels(image, image_hr), source, size).to(source.dtype)
-        return out if base is None else self.detail(out - base.to(out.dtype))
 
     read_release = staticmethod(read_release_file)
 
