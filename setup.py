@@ -46,8 +46,8 @@ EXTRAS = {
 
 
 def _packaged():
-    # brixel_plugins/packaged.py imports nothing but the standard library: its fill_mim is the one copy
-    spec = importlib.util.spec_from_file_location("_packaged", HERE / "brixel_plugins" / "packaged.py")
+    # brixel_plugins/common/packaged.py imports nothing but the standard library: its fill_mim is the one copy
+    spec = importlib.util.spec_from_file_location("_packaged", HERE / "brixel_plugins" / "common" / "packaged.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -73,7 +73,7 @@ if any(cmd in sys.argv for cmd in ("develop", "editable_wheel")):
     _packaged().fill_mim(HERE / "brixel_plugins" / ".mim", HERE, link=True)
 
 # one subcommand per tool: `brixel train ...` runs tools/train.py as `python tools/train.py ...` would
-COMMANDS = ["brixel = brixel_plugins.commands:main"]
+COMMANDS = ["brixel = brixel_plugins.cli.commands:main"]
 
 setup(
     name="brixel-plugins",

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from brixel_plugins.backbones import WeightFileError
 from brixel_plugins.featurizer import DenseFeaturizer
-from brixel_plugins.io import load_upsampler
+from brixel_plugins.files.upsampler_file import load_upsampler
 from brixel_plugins.upsamplers import build_upsampler
 from brixel_plugins.upsamplers.anyup import release_shapes
 

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from brixel_plugins.benchmark import (BenchConfig, MethodSpec, PeakMemory, check_methods, count_flops,
                                       measure_backbone_row, measure_row, parse_method, parse_methods)
 from brixel_plugins.benchmark.runner import Prepared, build_backbone, time_rows
-from brixel_plugins.ops.layout import run_folded
+from brixel_plugins.upsamplers.layers.layout import run_folded
 from brixel_plugins.upsamplers import build_upsampler
 from brixel_plugins.upsamplers.brixel import Brixel, reference_points
 from brixel_plugins.upsamplers.jbu import bicubic_padded, pad2d
@@ -102,7 +102,7 @@ def test_keep_freed_memory_takes_effect_under_glibc():
     """mallopt accepts the three settings (it answers 0 for a parameter or value it refuses);
     calling again changes nothing. (Page-fault counts on this VM vary too much run to run to be
     asserted: docs/benchmark.md has the measurements.)"""
-    from brixel_plugins.allocator import keep_freed_memory
+    from brixel_plugins.common.allocator import keep_freed_memory
 
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from brixel_plugins.backbones.weights import WeightFileError, file_sha256
-from brixel_plugins.checkpoints import (CheckpointError, CheckpointMismatchError, restricted_pickle_loads,
+from brixel_plugins.files.checkpoints import (CheckpointError, CheckpointMismatchError, restricted_pickle_loads,
                                         state_dict_problems)
-from brixel_plugins.io import save_upsampler
+from brixel_plugins.files.upsampler_file import save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
-from brixel_plugins.weight_files import WEIGHTS_DIR_ENV, config_folder, find_weight_file
+from brixel_plugins.files.lookup import WEIGHTS_DIR_ENV, config_folder, find_weight_file
 from conftest import TINY, TINY_DIMS, make_tiny_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,7 +320,7 @@ def test_mmseg_checkpoint_moves_with_its_weight_files(tmp_path, monkeypatch, wei
 
 
 def test_mmseg_export_loads_elsewhere_and_predicts_the_same(trained, tmp_path, monkeypatch, weight_files, toy_root):
-    from brixel_plugins.export import load_exported_model
+    from brixel_plugins.files.export import load_exported_model
 
     monkeypatch.chdir(weight_files["dir"])
     cfg = toy_cfg(toy_root, tmp_path / "w", weights="tiny_dinov3.pth")
@@ -436,7 +436,7 @@ def test_d2_max_to_keep_prunes_checkpoints_written_before_a_resume(tmp_path, d2_
 def test_d2_checkpoint_moves_and_exports(tmp_path, d2_files, monkeypatch):
     from brixel_plugins.d2 import FrozenBackboneCheckpointer, engine
     from brixel_plugins.d2.export import export_checkpoint, load_trained
-    from brixel_plugins.export import load_exported_model
+    from brixel_plugins.files.export import load_exported_model
 
     cfg = d2_cfg(d2_files, "brixel", upsampler="brixel")
     model = engine.build_model(cfg).eval()

@@ -24,7 +24,7 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 from brixel_plugins.backbones.dinov3 import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from brixel_plugins.d2 import (DINOv3Backbone, FrozenBackboneCheckpointer, UpsampledFeaturePyramid,  # noqa: E402
                                ViTDetFeaturePyramid, add_dinov3_config, engine)
-from brixel_plugins.io import save_upsampler  # noqa: E402
+from brixel_plugins.files.upsampler_file import save_upsampler  # noqa: E402
 from brixel_plugins.toydata.instances import polygon_mask, write_toy_instances  # noqa: E402
 from brixel_plugins.upsamplers import build_upsampler  # noqa: E402
 from conftest import TINY_DIMS, make_tiny_backbone  # noqa: E402

@@ -18,7 +18,7 @@ from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
 from brixel_plugins.backbones import ARCHS  # noqa: E402
-from brixel_plugins.io import save_upsampler  # noqa: E402
+from brixel_plugins.files.upsampler_file import save_upsampler  # noqa: E402
 from brixel_plugins.upsamplers import build_upsampler  # noqa: E402
 from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 
@@ -49,7 +49,7 @@ def recipe_files(tmp_path_factory):
 
 def test_the_jbu_recipe_writes_more_than_the_detector_uses(recipe_files):
     """The case the configs must handle: the JBU recipe distils 16x (stride 1 at 1024 px)."""
-    from brixel_plugins.io import read_upsampler_file
+    from brixel_plugins.files.upsampler_file import read_upsampler_file
 
     assert read_upsampler_file(recipe_files["jbu", "vitl16"])[1]["config"]["factor"] == 16
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from brixel_plugins.ops import MSDeformAttn, multi_scale_deformable_attn
+from brixel_plugins.upsamplers.layers import MSDeformAttn, multi_scale_deformable_attn
 
 
 def brute_force(value, shapes, locs, weights):

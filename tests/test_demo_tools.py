@@ -80,7 +80,7 @@ def test_segmentation_demo_draws_predictions_not_photos(distilled):
     assert untouched_since(ROOT / "work_dirs" / "demo", start)
     assert "[BRIXEL 4x] iter 2/2" in r.stdout and "[none (stride 16)] iter 1/2" in r.stdout, r.stdout[-2000:]
     grid = np.asarray(Image.open(work / "segmentation" / "pictures" / "predictions.png").convert("RGB"))
-    cell, pad, top = 256, 4, 22  # brixel_plugins.pca.save_grid's layout
+    cell, pad, top = 256, 4, 22  # brixel_plugins.visualize.pca.save_grid's layout
 
     def panel(row, col):
         y, x = top + pad + row * (cell + pad), pad + col * (cell + pad)
@@ -102,7 +102,7 @@ def test_progress_reaches_the_console_while_the_framework_log_goes_to_a_file(tmp
     """The demos' progress lines (console.Progress through console.say) show on the console inside
     output_to, and the log file keeps them beside the framework's lines."""
     code = ("import logging\n"
-            "from brixel_plugins.console import Progress, output_to\n"
+            "from brixel_plugins.cli.console import Progress, output_to\n"
             f"with output_to({str(tmp_path / 'train.log')!r}):\n"
             "    p = Progress('run', 10, every=4)\n"
             "    for i in range(1, 11):\n"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-from brixel_plugins.io import read_upsampler_file
+from brixel_plugins.files.upsampler_file import read_upsampler_file
 
 from conftest import tiny_distill_options
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from mmengine.hooks import Hook
 
-from brixel_plugins.io import read_upsampler_file
+from brixel_plugins.files.upsampler_file import read_upsampler_file
 from test_distill_train import photos, run, tiny_cfg  # noqa: F401  (photos: the fixture)
 
 

@@ -193,7 +193,7 @@ def test_bundled_skimage_photos_exist():
 def test_attention_downsampler_blurs_maps_smaller_than_the_blur():
     """FeatUp's settings on a map smaller than the 5x5 blur's reflect padding (a 2x2 map pooled to
     1x1): the blur falls back to replicate padding instead of failing."""
-    from brixel_plugins.ops.attention_downsampler import FEATUP, AttentionDownsampler, gaussian_blur
+    from brixel_plugins.distill.components.attention_downsampler import FEATUP, AttentionDownsampler, gaussian_blur
 
     torch.manual_seed(0)
     down = AttentionDownsampler(8, 2, **FEATUP).eval()

@@ -14,7 +14,7 @@ from mmengine.hooks import Hook
 
 from brixel_plugins.backbones.weights import WeightFileError
 from brixel_plugins.distill.runner import DistillRunner
-from brixel_plugins.io import load_upsampler, read_upsampler_file
+from brixel_plugins.files.upsampler_file import load_upsampler, read_upsampler_file
 
 from conftest import TINY
 

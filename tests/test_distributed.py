@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from brixel_plugins.io import save_upsampler
+from brixel_plugins.files.upsampler_file import save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
 from conftest import TINY, TINY_DIMS, make_tiny_backbone, tiny_cfg_options, tiny_distill_options
 

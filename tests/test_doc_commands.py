@@ -146,7 +146,7 @@ def run(cmd: str, cwd: Path, replace=(), append=(), timeout=300) -> str:
         cmd = cmd.replace(old, str(new))
     argv = shlex.split(cmd) + [str(a) for a in append]
     assert argv[0] in ("python", "brixel"), cmd
-    python = [sys.executable] if argv[0] == "python" else [sys.executable, "-m", "brixel_plugins.commands"]
+    python = [sys.executable] if argv[0] == "python" else [sys.executable, "-m", "brixel_plugins.cli.commands"]
     argv = python + [str(ROOT / a) if a.startswith(("tools/", "configs/")) else a for a in argv[1:]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -168,7 +168,7 @@ def work(tmp_path_factory):
     from PIL import Image
     from skimage import data
 
-    from brixel_plugins.io import save_upsampler
+    from brixel_plugins.files.upsampler_file import save_upsampler
     from brixel_plugins.toydata.instances import write_toy_instances
     from brixel_plugins.toydata.segmentation import write_toy_segmentation
     from brixel_plugins.upsamplers import build_upsampler
@@ -221,7 +221,7 @@ def seg_checkpoint(work) -> Path:
 def handle_convert_weights(cmd, work):
     """The authors' layouts, written at ViT-S size by the test (as test_brixel / test_lift read them)."""
     from brixel_plugins.backbones import FrozenDINOv3
-    from brixel_plugins.io import read_upsampler_file
+    from brixel_plugins.files.upsampler_file import read_upsampler_file
     from brixel_plugins.upsamplers import build_upsampler
     from test_brixel import fake_release_file
 

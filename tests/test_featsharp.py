@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from brixel_plugins.backbones.dinov3 import BackboneSpec
 from brixel_plugins.backbones.weights import WeightFileError, read_state_dict
 from brixel_plugins.featurizer import DenseFeaturizer
-from brixel_plugins.io import load_upsampler, save_upsampler
-from brixel_plugins.ops.local_attention import alibi_slopes
+from brixel_plugins.files.upsampler_file import load_upsampler, save_upsampler
+from brixel_plugins.upsamplers.layers.local_attention import alibi_slopes
 from brixel_plugins.upsamplers import build_upsampler
 from brixel_plugins.upsamplers.featsharp import FeatSharp, FusionBlock, swiglu_hidden
 
@@ -469,7 +469,7 @@ def test_bake_reads_the_release_versions_and_unnormalised_chunks():
     """``_sn_version`` 2: gain softplus(sn_scale) + 0.05; no ``_sn_version`` (the release reads it
     as version 1): gain sn_scale itself; a qkv chunk without entries (``renorm_values=False``, the
     release's Identity) stays as stored."""
-    from brixel_plugins.ops.spectral_reparam import bake_spectral_state_dict
+    from brixel_plugins.upsamplers.layers.spectral_reparam import bake_spectral_state_dict
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(6, 4, generator=g, dtype=torch.float64)

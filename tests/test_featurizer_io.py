@@ -5,9 +5,9 @@ import torch.nn.functional as F
 
 from brixel_plugins.backbones import WeightFileError
 from brixel_plugins.featurizer import DenseFeaturizer
-from brixel_plugins.io import load_upsampler, read_upsampler_file, save_upsampler
+from brixel_plugins.files.upsampler_file import load_upsampler, read_upsampler_file, save_upsampler
 from brixel_plugins.upsamplers import Upsampler, build_upsampler, register_upsampler
-from brixel_plugins.utils import atomic_path
+from brixel_plugins.common.filesystem import atomic_path
 from conftest import make_tiny_backbone
 
 
@@ -170,7 +170,7 @@ def rewrite_metadata(src, dst, restamp: bool = False, **changes):
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta = {k: v for k, v in meta.items() if v is not None}
     if restamp:
-        from brixel_plugins.io import metadata_digest
+        from brixel_plugins.files.upsampler_file import metadata_digest
 
         meta["digest"] = metadata_digest(meta, tensors)
     save_file(tensors, str(dst), metadata=meta)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from brixel_plugins.backbones import FrozenDINOv3
-from brixel_plugins.checkpoints import RECORD_FORMAT, CheckpointMismatchError, decode_record, encode_record
+from brixel_plugins.files.checkpoints import RECORD_FORMAT, CheckpointMismatchError, decode_record, encode_record
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -341,7 +341,7 @@ def test_d2_export_of_a_random_backbone_rebuilds_it_exactly(tmp_path, d2_files):
     """Issue 27.3: the export dropped the random DINOv3 the d2 checkpoint held (p2 differed by up to 6)."""
     from brixel_plugins.d2 import FrozenBackboneCheckpointer
     from brixel_plugins.d2.export import export_checkpoint
-    from brixel_plugins.export import load_exported_model
+    from brixel_plugins.files.export import load_exported_model
 
     model = d2_model(d2_random(d2_files))
     FrozenBackboneCheckpointer(model, str(tmp_path)).save("ckpt")
@@ -362,7 +362,7 @@ def test_d2_export_of_a_random_backbone_rebuilds_it_exactly(tmp_path, d2_files):
     from safetensors.torch import save_file
 
     from brixel_plugins.backbones.weights import WeightFileError
-    from brixel_plugins.export import model_digest
+    from brixel_plugins.files.export import model_digest
 
     with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
         tensors, raw = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())

@@ -302,7 +302,7 @@ def test_framework_output_goes_to_the_log_file(tmp_path):
     """What the frameworks print while a demo trains (loggers, pycocotools' print, C-level writes)
     lands in the named log file; the demo's own lines before and after stay on the console."""
     code = ("import os, sys, logging\n"
-            "from brixel_plugins.console import output_to\n"
+            "from brixel_plugins.cli.console import output_to\n"
             "print('table before', flush=True)\n"
             f"with output_to({str(tmp_path / 'run' / 'train.log')!r}):\n"
             "    print('COCOeval summary')\n"
@@ -383,7 +383,7 @@ def test_out_dir_inside_the_input_folder_is_not_read_back(mmseg_checkpoint, pict
     overlays as pictures; outputs never become inputs (picture_paths' exclude)."""
     import shutil
 
-    from brixel_plugins.pictures import picture_paths
+    from brixel_plugins.cli.pictures import picture_paths
 
     config, checkpoint = mmseg_checkpoint
     tool = load_tool("infer")

@@ -192,7 +192,7 @@ def test_registered_upsampler_loads_the_authors_file(tmp_path, tiny_backbone, ph
     from omegaconf import OmegaConf
 
     from brixel_plugins.featurizer import backbone_layers
-    from brixel_plugins.io import convert_release, load_upsampler
+    from brixel_plugins.files.upsampler_file import convert_release, load_upsampler
 
     assert "jafar" in list_upsamplers()
     spec = tiny_backbone.spec

@@ -132,7 +132,7 @@ def test_release_16x_stack_converts_and_refuses(tmp_path, tiny_spec):
     from pathlib import Path
 
     from brixel_plugins.backbones import WeightFileError
-    from brixel_plugins.io import convert_release, load_upsampler
+    from brixel_plugins.files.upsampler_file import convert_release, load_upsampler
     from brixel_plugins.upsamplers import build_upsampler
 
     torch.manual_seed(0)

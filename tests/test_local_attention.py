@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brixel_plugins.ops.attention_downsampler import AttentionDownsampler, gaussian_blur
-from brixel_plugins.ops.local_attention import (LocalAttention2d, alibi_bias, alibi_slopes, flex_attention_available,
+from brixel_plugins.distill.components.attention_downsampler import AttentionDownsampler, gaussian_blur
+from brixel_plugins.upsamplers.layers.local_attention import (LocalAttention2d, alibi_bias, alibi_slopes, flex_attention_available,
                                                 flex_local_attention, local_attention)
 
 

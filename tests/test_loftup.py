@@ -212,7 +212,7 @@ def test_release_layouts_and_refusals():
 
 def test_registered_upsampler_loads_the_hub_file(tmp_path, tiny_backbone, photo):
     from brixel_plugins.featurizer import backbone_layers
-    from brixel_plugins.io import convert_release, load_upsampler
+    from brixel_plugins.files.upsampler_file import convert_release, load_upsampler
 
     assert "loftup" in list_upsamplers()
     spec = tiny_backbone.spec

@@ -25,7 +25,7 @@ from mmseg.structures import SegDataSample  # noqa: E402
 from brixel_plugins.backbones import ARCHS  # noqa: E402
 from brixel_plugins.backbones.weights import WeightFileError  # noqa: E402
 from brixel_plugins.engine import trusted_checkpoint_globals  # noqa: E402
-from brixel_plugins.io import save_upsampler  # noqa: E402
+from brixel_plugins.files.upsampler_file import save_upsampler  # noqa: E402
 from brixel_plugins.mmseg import DINOv3Featurizer  # noqa: E402
 from brixel_plugins.upsamplers import build_upsampler  # noqa: E402
 from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402

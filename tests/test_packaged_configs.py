@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from brixel_plugins import packaged
-from brixel_plugins.commands import COMMANDS, main, tool_argv
+from brixel_plugins.common import packaged
+from brixel_plugins.cli.commands import COMMANDS, main, tool_argv
 from conftest import TINY, TINY_DIMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_bad_packaged_names_are_explained(name, what):
 
 
 def test_command_error_is_one_line(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "brixel_plugins.commands", "train", "brixel_plugins::mmseg/nope.py"],
+    p = subprocess.run([sys.executable, "-m", "brixel_plugins.cli.commands", "train", "brixel_plugins::mmseg/nope.py"],
                        cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: no packaged config")
 
@@ -84,7 +84,7 @@ def test_d2_model_zoo_gives_the_packaged_lazyconfigs():
 
 
 def test_torchrun_reaches_the_tool_with_its_launcher(tmp_path):
-    """``torchrun -m brixel_plugins.commands train CONFIG --launcher pytorch`` as the docs say (one process
+    """``torchrun -m brixel_plugins.cli.commands train CONFIG --launcher pytorch`` as the docs say (one process
     here; tests/test_distributed.py covers two): the tool starts its process group from torchrun's
     environment and trains."""
     pytest.importorskip("mmseg")
@@ -100,7 +100,7 @@ def test_torchrun_reaches_the_tool_with_its_launcher(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    p = subprocess.run([torchrun, "--nproc-per-node", "1", "--master-port", str(port), "-m", "brixel_plugins.commands",
+    p = subprocess.run([torchrun, "--nproc-per-node", "1", "--master-port", str(port), "-m", "brixel_plugins.cli.commands",
                         "train", f"brixel_plugins::{TOY}", "--launcher", "pytorch", "--work-dir", str(tmp_path / "w"),
                         "--cfg-options", *opts], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))

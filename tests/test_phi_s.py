@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from brixel_plugins.ops.phi_s import PhiS, equal_diagonal_rotation, hadamard
+from brixel_plugins.upsamplers.layers.phi_s import PhiS, equal_diagonal_rotation, hadamard
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 12, 20, 28, 64, 384, 768, 1280])

@@ -12,7 +12,7 @@ import torch
 
 from brixel_plugins.backbones import FrozenDINOv3
 from brixel_plugins.featurizer import working_hw
-from brixel_plugins.io import save_upsampler
+from brixel_plugins.files.upsampler_file import save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
 
 ROOT = Path(__file__).resolve().parents[1]

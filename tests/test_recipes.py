@@ -199,7 +199,7 @@ def test_featup_jitter_is_pad_zoom_crop_flip_one_draw_per_batch():
 
 
 def test_featup_downsampler_is_blurred_softmax_pooling_over_16_px_cells():
-    from brixel_plugins.ops.attention_downsampler import gaussian_blur
+    from brixel_plugins.distill.components.attention_downsampler import gaussian_blur
 
     cfg = Config.fromfile(str(CONFIGS / "jbu_vits16.py"))
     assert cfg.model.upsampler.factor == 16 and cfg.model.student_size == 224

@@ -1,4 +1,4 @@
-"""The PCA figure (brixel_plugins.pca_figure) and tools/visualize.py on the tiny backbone: every
+"""The PCA figure (brixel_plugins.visualize.figure) and tools/visualize.py on the tiny backbone: every
 cell holds the map its column names, coloured by the high-resolution map's PCA."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from brixel_plugins.images import denormalise
-from brixel_plugins.pca import PCABasis
-from brixel_plugins.pca_figure import as_uint8_hwc, load_image, pca_figure, square_input
+from brixel_plugins.visualize.pca import PCABasis
+from brixel_plugins.visualize.figure import as_uint8_hwc, load_image, pca_figure, square_input
 from brixel_plugins.upsamplers import build_upsampler
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -99,13 +99,13 @@ def test_wheel_carries_configs_tools_and_license(installed):
 
 def test_wheel_installs_apart_from_the_checkout(installed):
     py, env = installed["python"], installed["env"]
-    show = "import brixel_plugins.packaged as p; print(p.PACKAGE_DIR); print(p.folder('configs'))"
+    show = "import brixel_plugins.common.packaged as p; print(p.PACKAGE_DIR); print(p.folder('configs'))"
     where = _ok(_run([py, "-c", show], installed["work"], env)).split()
     assert Path(where[0]).is_relative_to(installed["site"]) and not Path(where[0]).is_relative_to(ROOT)
     assert where[1] == str(Path(where[0]) / ".mim" / "configs")
     assert (installed["bin"] / "brixel").is_file()
     out = _ok(_run([installed["bin"] / "brixel", "--help"], installed["work"], env))
-    from brixel_plugins.commands import COMMANDS
+    from brixel_plugins.cli.commands import COMMANDS
     assert all(name in out for name in COMMANDS)
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from brixel_plugins.benchmark import (DEFAULT_METHODS, BenchConfig, configure_allocator, markdown_table, parse_kv,
                                       parse_methods, plot_sweep, run_benchmark, write_csv)
-from brixel_plugins.cli import non_negative_int, positive_int, positive_int_list, torch_device, run_tool
+from brixel_plugins.cli.arguments import non_negative_int, positive_int, positive_int_list, torch_device
+from brixel_plugins.cli.errors import run_tool
 
 
 def main(argv=None) -> int:
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--default-allocator", action="store_true",
                    help="leave glibc's malloc as it starts (frees large blocks to the OS, so every run pays page "
                         "faults on its large maps); by default freed memory is kept for reuse, see "
-                        "brixel_plugins.allocator")
+                        "brixel_plugins.common.allocator")
     p.add_argument("--isolate", action="store_true",
                    help="measure every row in a fresh process (honest CPU peak memory; slower)")
     p.add_argument("--backbone-overrides", default="",

@@ -1,5 +1,5 @@
 """Distillation throughput with 1, 2, ... processes: images/s, teacher and student time per step,
-peak memory per process (brixel_plugins.distill.throughput). A measurement, not a test.
+peak memory per process (brixel_plugins.benchmark.training). A measurement, not a test.
 
     python tools/benchmark_distill.py configs/distill/brixel_vits16.py --procs 1,2 --batch 2
     python tools/benchmark_distill.py configs/distill/brixel_vits16.py --device cuda --procs 1,2,4,8 --batch 16
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def positive_ints(text: str):
@@ -43,7 +43,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from brixel_plugins.distill.throughput import format_rows, measure
+    from brixel_plugins.benchmark.training import format_rows, measure
 
     options = dict(args.cfg_options)
     if args.teacher_size:

@@ -24,7 +24,7 @@ VARIANTS_DIR = osp.join(ROOT, "configs", "distill", "demo", "compare")
 # the table's order: LiFT from the release to ours, one change per row; JBU; the two BRIXEL architectures
 VARIANTS = ("lift_release", "lift_antialias", "lift_zero_start", "lift_ours_random_init", "lift_ours",
             "jbu_release", "jbu_zero_start", "jbu_multiview", "brixel", "brixel_lean")
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def main(argv=None):
@@ -42,13 +42,13 @@ def main(argv=None):
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if args.iters is not None and args.iters < 1:
         parser.error(f"--iters must be >= 1, got {args.iters}")
-    from brixel_plugins.utils import hide_stack_notices
+    from brixel_plugins.cli.console import hide_stack_notices
 
     hide_stack_notices()
     import torch
 
     from brixel_plugins.distill import demo
-    from brixel_plugins.utils import update_json
+    from brixel_plugins.common.filesystem import update_json
 
     weights = os.environ.get("DINOV3_WEIGHTS")
     torch.set_num_threads(max(1, args.threads))

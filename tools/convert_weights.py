@@ -16,9 +16,9 @@ import argparse
 import sys
 
 from brixel_plugins.backbones import ARCHS, FrozenDINOv3, WeightFileError
-from brixel_plugins.io import convert_release
+from brixel_plugins.files.upsampler_file import convert_release
 from brixel_plugins.upsamplers import list_upsamplers
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def main(argv=None):

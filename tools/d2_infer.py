@@ -6,7 +6,7 @@
 
 CONFIG and CHECKPOINT as for ``tools/d2_train.py --eval-only`` (the checkpoint holds what
 trained; DINOv3 and a frozen upsampler load from the files the config names, found by the lookup
-rule of brixel_plugins.weight_files: the config's folder, ``$BRIXEL_WEIGHTS_DIR``, the working
+rule of brixel_plugins.files.lookup: the config's folder, ``$BRIXEL_WEIGHTS_DIR``, the working
 directory); ``key=value`` overrides the config as there. ``--model`` takes instead the one file
 tools/export_model.py writes (DINOv3 found by its recorded name and sha256), which records the
 dataset's class names, category ids and image ids: both give the same JSON. Pictures of any size
@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def parse_args(argv=None):
@@ -61,9 +61,9 @@ def main(argv=None):
 
     from brixel_plugins.d2.predictor import LazyPredictor, coco_records, image_ids
     from brixel_plugins.images import load_rgb
-    from brixel_plugins.pictures import picture_paths
-    from brixel_plugins.utils import atomic_path, write_text_atomic
-    from brixel_plugins.weight_files import config_folder
+    from brixel_plugins.cli.pictures import picture_paths
+    from brixel_plugins.common.filesystem import atomic_path, write_text_atomic
+    from brixel_plugins.files.lookup import config_folder
 
     try:
         pictures = picture_paths(args.input, exclude=[args.output])  # never our own outputs as inputs

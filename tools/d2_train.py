@@ -19,7 +19,7 @@ import contextlib
 import os
 import sys
 
-from brixel_plugins.cli import DEBUG_FLAG, run_tool
+from brixel_plugins.cli.errors import DEBUG_FLAG, run_tool
 from brixel_plugins.engine.tool import (add_amp_argument, add_launcher_argument, add_resume_argument, amp_enabled,
                                         exit_on_explained_errors)
 
@@ -51,7 +51,7 @@ def main(args):
 
     from brixel_plugins.d2 import engine
     from brixel_plugins.engine.files import work_dir_lock
-    from brixel_plugins.weight_files import config_folder
+    from brixel_plugins.files.lookup import config_folder
 
     cfg = LazyConfig.load(args.config_file)
     if args.amp != "auto":  # auto: the config's train.amp.enabled (ours: bfloat16 on CUDA only)

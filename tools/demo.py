@@ -34,7 +34,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 RECIPES = osp.join(ROOT, "configs", "distill", "demo")
 METHODS = ("brixel", "lift", "jbu", "featsharp")
 
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def main(argv=None):
@@ -57,13 +57,13 @@ def main(argv=None):
     if args.progress is not None and args.progress < 1:
         parser.error(f"--progress must be >= 1, got {args.progress}")
     work = osp.abspath(args.work_dir)
-    from brixel_plugins.utils import hide_stack_notices
+    from brixel_plugins.cli.console import hide_stack_notices
 
     hide_stack_notices()
     import torch
 
     from brixel_plugins.distill import demo
-    from brixel_plugins.utils import update_json
+    from brixel_plugins.common.filesystem import update_json
 
     weights = os.environ.get("DINOV3_WEIGHTS")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

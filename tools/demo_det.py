@@ -31,7 +31,7 @@ import warnings
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 METHODS = ("bilinear", "brixel")
 
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def backbone_weights(work: str) -> str:
@@ -62,7 +62,7 @@ def brixel_fit(weights: str, work: str, brixel: str) -> dict:
     from brixel_plugins.distill.metrics import relative_l1
     from brixel_plugins.distill.model import held_out_maps
     from brixel_plugins.images import normalise, to_tensor
-    from brixel_plugins.io import load_upsampler
+    from brixel_plugins.files.upsampler_file import load_upsampler
     from brixel_plugins.toydata.instances import split_files
 
     backbone = FrozenDINOv3("vits16", weights)
@@ -106,7 +106,7 @@ def progress_hook(label: str, total: int, every=None):
     """A detectron2 hook saying training progress on the console (``console.Progress``)."""
     from detectron2.engine import HookBase
 
-    from brixel_plugins.console import Progress
+    from brixel_plugins.cli.console import Progress
 
     class ProgressHook(HookBase):
         def __init__(self):
@@ -133,7 +133,7 @@ def ap(results: dict, task: str, key: str) -> float:
 def train_one(method: str, weights: str, iters: int, work: str, brixel: str, progress=None) -> dict:
     from detectron2.utils.env import seed_all_rng
 
-    from brixel_plugins.console import output_to
+    from brixel_plugins.cli.console import output_to
     from brixel_plugins.d2 import engine
 
     cfg = toy_config(method, weights, iters, work, brixel)
@@ -165,7 +165,7 @@ def draw_detections(configs, work: str) -> str:
 
     from brixel_plugins.d2.predictor import LazyPredictor
     from brixel_plugins.images import load_rgb
-    from brixel_plugins.pca import save_grid
+    from brixel_plugins.visualize.pca import save_grid
 
     predictors = {m: LazyPredictor(cfg, osp.join(cfg.train.output_dir, "model_final.pth"), device="cpu",
                                    input_format="RGB")  # load_rgb arrays
@@ -206,13 +206,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from brixel_plugins.utils import hide_stack_notices
+    from brixel_plugins.cli.console import hide_stack_notices
 
     hide_stack_notices()
     import torch
 
     from brixel_plugins.d2 import toy_instances
-    from brixel_plugins.utils import update_json
+    from brixel_plugins.common.filesystem import update_json
 
     from detectron2.utils.logger import setup_logger
 
@@ -254,7 +254,7 @@ def main(argv=None):
         "brixel_fit_rel_l1": fit, "results": rows})
     print(f"summary: {osp.join(demo, 'summary.json')} (key 'detection')")
     print("Training and evaluation logs: " + ", ".join(osp.join(work, m, "train.log") for m in METHODS))
-    from brixel_plugins.console import output_to
+    from brixel_plugins.cli.console import output_to
 
     with output_to(osp.join(work, "pictures", "predict.log")):
         grid = draw_detections({m: toy_config(m, weights, iters, work, brixel) for m in METHODS}, work)

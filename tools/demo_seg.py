@@ -42,13 +42,13 @@ def runs(brixel_file: str) -> dict:
             "BRIXEL 4x": dict(type="brixel", weights=brixel_file)}
 
 
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def check_same_random_backbone(backbone, demo: str) -> str:
     """Compare our random DINOv3 with the one the BRIXEL weights were distilled on, if its checkpoint
     holds it; raise if they differ (the BRIXEL file would then be meaningless here)."""
-    from brixel_plugins.checkpoints import load_checkpoint_file
+    from brixel_plugins.files.checkpoints import load_checkpoint_file
     import torch
 
     for ckpt in sorted(glob.glob(osp.join(demo, "brixel", "*.pth")), key=osp.getmtime, reverse=True):
@@ -78,7 +78,7 @@ def train_probe(label, upsampler, data_root, weights, iters, demo, progress=None
     cfg.randomness = dict(seed=SEED)
     cfg.work_dir = osp.join(demo, "segmentation", label.split()[0].lower())
     cfg.experiment_name = f"demo_seg_{uuid.uuid4().hex[:6]}"
-    from brixel_plugins.console import output_to
+    from brixel_plugins.cli.console import output_to
     from brixel_plugins.distill.demo import progress_hook
 
     with output_to(osp.join(cfg.work_dir, "train.log")):  # mmengine's log: the console keeps the tables
@@ -133,7 +133,7 @@ def draw_predictions(trained, data_root: str, demo: str, scores=None) -> str:
 
     from brixel_plugins.images import load_rgb
     from brixel_plugins.mmseg.inference import class_colours, load_segmentor, overlay, predict, save_class_map, save_rgb
-    from brixel_plugins.pca import save_grid
+    from brixel_plugins.visualize.pca import save_grid
 
     pictures = sorted(glob.glob(osp.join(data_root, "img_dir", "val", "*.png")))[:NUM_PICTURES]
     out = osp.join(demo, "segmentation", "pictures")
@@ -186,13 +186,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from brixel_plugins.utils import hide_stack_notices
+    from brixel_plugins.cli.console import hide_stack_notices
 
     hide_stack_notices()
     import torch
 
     from brixel_plugins.toydata.segmentation import class_frequencies, write_toy_segmentation
-    from brixel_plugins.utils import update_json
+    from brixel_plugins.common.filesystem import update_json
 
     torch.set_num_threads(args.threads)
     iters = args.iters
@@ -231,7 +231,7 @@ def main(argv=None):
         config=osp.relpath(TOY_CONFIG, ROOT), brixel_weights=brixel_file))
     print(f"Summary: {osp.join(demo, 'summary.json')} (key 'segmentation')")
     print("Training logs: " + ", ".join(osp.join(cfg.work_dir, "train.log") for cfg, _ in trained.values()))
-    from brixel_plugins.console import output_to
+    from brixel_plugins.cli.console import output_to
 
     with output_to(osp.join(demo, "segmentation", "pictures", "predict.log")):
         grid = draw_predictions({k: trained[k] for k in PICTURE_RUNS}, data_root, demo,

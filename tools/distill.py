@@ -17,7 +17,7 @@ import os
 
 from brixel_plugins.engine.tool import (add_amp_argument, add_resume_argument, add_runner_arguments, apply_amp,
                                         apply_resume, load_config, parse_runner_args, work_dir_run)
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def parse_args(argv=None):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def parse_args(argv=None):

@@ -30,7 +30,7 @@ import argparse
 import os.path as osp
 import sys
 
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def parse_args(argv=None):
@@ -65,7 +65,7 @@ def main(argv=None):
     from brixel_plugins.images import load_rgb
     from brixel_plugins.mmseg.inference import (full_size_note, load_segmentor, overlay, predict, save_class_map,
                                                 save_rgb)
-    from brixel_plugins.pictures import picture_paths
+    from brixel_plugins.cli.pictures import picture_paths
 
     try:
         # outputs never become inputs: --out-dir may lie inside a folder of pictures, or be it

@@ -22,7 +22,7 @@ import os.path as osp
 
 from brixel_plugins.engine.tool import (add_runner_arguments, build_runner, exit_on_explained_errors,
                                         init_cpu_process_group, load_config, parse_runner_args)
-from brixel_plugins.cli import run_tool
+from brixel_plugins.cli.errors import run_tool
 
 
 def parse_args(argv=None):

@@ -2,7 +2,7 @@
 """PCA pictures: DINOv3 low-res vs high-res vs upsamplers, coloured by the high-res map's PCA.
 
 Writes one PNG grid (a row per image, labelled columns) and prints its path: the command line of
-``brixel_plugins.pca_figure.compare_methods``.
+``brixel_plugins.visualize.figure.compare_methods``.
 
 Examples:
     python tools/visualize.py --weights dinov3_vits16_pretrain_lvd1689m-08c60483.pth \\
@@ -16,8 +16,9 @@ import sys
 import warnings
 
 from brixel_plugins.benchmark import parse_kv
-from brixel_plugins.cli import positive_int, torch_device, run_tool
-from brixel_plugins.pca_figure import EXAMPLE_PHOTOS, compare_methods
+from brixel_plugins.cli.arguments import positive_int, torch_device
+from brixel_plugins.cli.errors import run_tool
+from brixel_plugins.visualize.figure import EXAMPLE_PHOTOS, compare_methods
 
 
 def main(argv=None) -> int:

@@ -54,7 +54,7 @@ class BenchConfig:
     seed: int = 0
     throughput_batch: int = 8  # images per batch of the throughput timing; 0: no throughput
     compile: bool = False  # every row's model through torch.compile (inductor) after its FLOPs are counted
-    # glibc keeps freed blocks for the next run (brixel_plugins.allocator) instead of unmapping them
+    # glibc keeps freed blocks for the next run (brixel_plugins.common.allocator) instead of unmapping them
     keep_freed_memory: bool = True
 
     def __post_init__(self):
@@ -296,7 +296,7 @@ def _isolated(args) -> Dict[str, Any]:
 
 def configure_allocator(cfg: BenchConfig) -> bool:
     """Apply ``cfg.keep_freed_memory`` to this process; whether freed memory is kept."""
-    from ..allocator import keep_freed_memory
+    from ..common.allocator import keep_freed_memory
 
     return cfg.keep_freed_memory and keep_freed_memory()
 

@@ -9,10 +9,10 @@ import torch
 from detectron2.modeling import Backbone
 
 from ..backbones.dinov3 import PATCH_SIZE, FrozenDINOv3
-from ..checkpoints import RecordsTraining
+from ..files.checkpoints import RecordsTraining
 from ..featurizer import DenseFeaturizer
 from ..upsamplers import Upsampler, UpsamplerConfig, build_upsampler
-from ..weight_files import find_upsampler_file, find_weight_file
+from ..files.lookup import find_upsampler_file, find_weight_file
 
 PathLike = Union[str, Path]
 
@@ -36,9 +36,9 @@ class DINOv3Backbone(RecordsTraining, Backbone):
     frozen the same way unless ``train_upsampler=True``. Frozen parts restored from their files or
     DINOv3's init seed (:meth:`restorable_parts`) are left out of Detectron2 checkpoints by
     :class:`~brixel_plugins.d2.checkpoint.FrozenBackboneCheckpointer`. Weight files are found by
-    the lookup rule of :mod:`brixel_plugins.weight_files`; every checkpoint records what the
+    the lookup rule of :mod:`brixel_plugins.files.lookup`; every checkpoint records what the
     backbone was built with, and a state dict that is not this backbone's is refused at load,
-    whichever checkpointer loads it (:class:`~brixel_plugins.checkpoints.RecordsTraining`).
+    whichever checkpointer loads it (:class:`~brixel_plugins.files.checkpoints.RecordsTraining`).
 
     Args:
         arch: Meta's DINOv3 name (``vits16``, ``vitb16``, ``vitl16``, ...).

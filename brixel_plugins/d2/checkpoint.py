@@ -1,5 +1,5 @@
 """Detector checkpoints without the frozen backbone, written atomically, read safely, checked against
-the model, resumed from the newest good one (the rules of :mod:`brixel_plugins.checkpoints`)."""
+the model, resumed from the newest good one (the rules of :mod:`brixel_plugins.files.checkpoints`)."""
 from __future__ import annotations
 
 import logging
@@ -11,10 +11,10 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 
-from ..checkpoints import (RECORD_KEY, CheckpointError, check_records, checked_elsewhere, file_being_loaded,
+from ..files.checkpoints import (RECORD_KEY, CheckpointError, check_records, checked_elsewhere, file_being_loaded,
                            load_checkpoint_file, refuse_or_warn, restricted_pickle_load, resume_candidates,
                            resume_newest, state_dict_problems)
-from ..utils import atomic_path, remove_stale_temp_files, write_text_atomic
+from ..common.filesystem import atomic_path, remove_stale_temp_files, write_text_atomic
 from .backbone import DINOv3Backbone
 
 logger = logging.getLogger(__name__)

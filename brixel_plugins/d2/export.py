@@ -1,4 +1,4 @@
-"""Detectron2 models to and from the self-contained files of :mod:`brixel_plugins.export`.
+"""Detectron2 models to and from the self-contained files of :mod:`brixel_plugins.files.export`.
 
 The LazyConfig's ``model`` and test augmentations are stored as plain data with each ``_target_``
 as a name. Before anything is built, :func:`check_config` refuses a ``_target_`` that is not on
@@ -15,9 +15,9 @@ from typing import Any, Dict, Sequence, Tuple, Union
 import torch
 
 from ..backbones.weights import WeightFileError
-from ..checkpoints import checked_elsewhere
-from ..export import check_loaded, check_same_dinov3, dinov3_reference, find_dinov3, write_model_file
-from ..weight_files import config_folder
+from ..files.checkpoints import checked_elsewhere
+from ..files.export import check_loaded, check_same_dinov3, dinov3_reference, find_dinov3, write_model_file
+from ..files.lookup import config_folder
 from .backbone import DINOv3Backbone
 from .checkpoint import FrozenBackboneCheckpointer
 

@@ -6,11 +6,11 @@
 
 Names are paths under ``configs/d2/`` (``brixel_plugins::d2/<name>`` is accepted too). Weight files the
 config names relatively are looked for under ``$BRIXEL_WEIGHTS_DIR`` and the working directory
-(``brixel_plugins.weight_files``); ``tools/d2_train.py`` also looks beside the config.
+(``brixel_plugins.files.lookup``); ``tools/d2_train.py`` also looks beside the config.
 """
 from __future__ import annotations
 
-from .. import packaged
+from ..common import packaged
 
 _D2 = "d2/"
 

@@ -139,7 +139,7 @@ class LazyPredictor:
         the class names, category ids and image ids of the dataset it was exported with."""
         from omegaconf import OmegaConf
 
-        from ..export import load_exported_model
+        from ..files.export import load_exported_model
 
         _check_orders(input_format)
         model, cfg = load_exported_model(path, device)

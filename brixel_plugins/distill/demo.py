@@ -85,7 +85,7 @@ def progress_hook(label: str, total: int, every: Optional[int] = None):
     total, loss, time left), also while ``console.output_to`` sends the framework's log to a file."""
     from mmengine.hooks import Hook
 
-    from ..console import Progress
+    from ..cli.console import Progress
 
     class ProgressHook(Hook):
         priority = "VERY_LOW"
@@ -166,8 +166,8 @@ def pca_picture(runs: Sequence[Tuple[str, object]], val_dir: str, path: str) -> 
     weights (``runs``: (label, runner) pairs, all on the same backbone), beside DINOv3 low/high-res."""
     import torch
 
-    from ..io import load_upsampler
-    from ..pca_figure import pca_figure
+    from ..files.upsampler_file import load_upsampler
+    from ..visualize.figure import pca_figure
 
     (first_label, first), *others = runs
     backbone = first.model.backbone

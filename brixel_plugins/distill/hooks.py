@@ -16,8 +16,8 @@ from mmengine.logging import print_log
 
 from ..engine import unwrap_model
 from ..images import normalise, resize
-from ..io import save_upsampler
-from ..utils import atomic_path
+from ..files.upsampler_file import save_upsampler
+from ..common.filesystem import atomic_path
 from .metrics import format_table
 from .registry import HOOKS
 

@@ -20,13 +20,13 @@ How a trainer uses them (config)::
 
 and, in the tool, :mod:`brixel_plugins.engine.tool` (shared options, ``error: ...`` and a non-zero
 exit for the errors that explain themselves). The plain functions (``non_finite_losses``, ``first_non_finite``,
-and :mod:`brixel_plugins.checkpoints`: safe reading, the resume rule, training records) serve
+and :mod:`brixel_plugins.files.checkpoints`: safe reading, the resume rule, training records) serve
 trainers that do not use mmengine (Detectron2's checkpointer uses the same ones).
 """
 from .checkpoint import SafeCheckpointHook
 from .files import AtomicLocalBackend
-from ..utils import remove_stale_temp_files, write_text_atomic
-from ..checks import first_non_finite
+from ..common.filesystem import remove_stale_temp_files, write_text_atomic
+from ..common.checks import first_non_finite
 from .finite import NonFiniteError, NonFiniteLossHook, non_finite_losses
 from .loading import (CheckpointError, CheckpointMismatchError, SafeRunner, checkpoint_globals, plain_checkpoint,
                       resume_candidates, trusted_checkpoint_globals, unloadable_reason)

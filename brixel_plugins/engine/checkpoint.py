@@ -22,8 +22,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
-from ..checks import first_non_finite
-from ..utils import remove_stale_temp_files, write_text_atomic
+from ..common.checks import first_non_finite
+from ..common.filesystem import remove_stale_temp_files, write_text_atomic
 from .finite import NonFiniteError
 from .loading import plain_checkpoint
 from .parallel import unwrap_model

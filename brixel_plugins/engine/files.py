@@ -1,5 +1,5 @@
 """Files of a run: checkpoints that are never half-written (an atomic mmengine file backend; the
-writes themselves are :mod:`brixel_plugins.utils`'s, shared by every trainer) and one run at a time
+writes themselves are :mod:`brixel_plugins.common.filesystem`'s, shared by every trainer) and one run at a time
 in a work dir (:func:`work_dir_lock`, every training tool)."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Tuple, Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
-from ..utils import acquire_lock_file, release_lock_file, write_bytes_atomic, write_error
+from ..common.filesystem import acquire_lock_file, release_lock_file, write_bytes_atomic, write_error
 
 
 class AtomicLocalBackend(LocalBackend):

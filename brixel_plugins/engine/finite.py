@@ -21,7 +21,7 @@ from mmengine.dist import all_reduce, get_world_size
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from ..checks import first_non_finite
+from ..common.checks import first_non_finite
 from .parallel import unwrap_model
 
 

@@ -24,11 +24,11 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from ..checkpoints import (CheckpointError, CheckpointMismatchError, check_records, checkpoint_globals,  # noqa: F401
+from ..files.checkpoints import (CheckpointError, CheckpointMismatchError, check_records, checkpoint_globals,  # noqa: F401
                            is_zip_checkpoint, load_checkpoint_file, refuse_or_warn, resume_newest, state_dict_problems,
                            trusted_checkpoint_globals, unloadable_reason)
-from ..checkpoints import resume_candidates as _candidates
-from ..weight_files import config_folder
+from ..files.checkpoints import resume_candidates as _candidates
+from ..files.lookup import config_folder
 from .parallel import unwrap_model
 
 # the periodic checkpoints of mmengine's CheckpointHook (default filename_tmpl); best_* files

@@ -87,7 +87,7 @@ def load_config(args: argparse.Namespace):
     import torch
     from mmengine.config import Config
 
-    from ..packaged import register_with_mmengine, resolve_config_name
+    from ..common.packaged import register_with_mmengine, resolve_config_name
 
     register_with_mmengine()  # the config may be, or inherit, brixel_plugins::<path> (a packaged config)
     args.config = resolve_config_name(args.config)

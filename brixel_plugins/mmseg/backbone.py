@@ -13,10 +13,10 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ..backbones.dinov3 import FrozenDINOv3
-from ..checkpoints import RecordsTraining
+from ..files.checkpoints import RecordsTraining
 from ..featurizer import DenseFeaturizer
 from ..upsamplers import Upsampler, UpsamplerConfig, build_upsampler
-from ..weight_files import find_upsampler_file, find_weight_file
+from ..files.lookup import find_upsampler_file, find_weight_file
 
 
 @MODELS.register_module()
@@ -50,9 +50,9 @@ class DINOv3Featurizer(RecordsTraining, BaseModule):
     Checkpoints hold only what trains: the frozen DINOv3 (and a frozen upsampler loaded from a
     file) are left out of ``state_dict()`` and rebuilt from their files (or DINOv3's init seed) when
     the model is built, so a ViT-L run does not write 1.2 GB of copies per checkpoint. Weight files
-    are found by the lookup rule of :mod:`brixel_plugins.weight_files`, and every checkpoint records
+    are found by the lookup rule of :mod:`brixel_plugins.files.lookup`, and every checkpoint records
     what it was trained with; a state dict that is not this model's is refused at load, whichever
-    loader loads it (:class:`~brixel_plugins.checkpoints.RecordsTraining`).
+    loader loads it (:class:`~brixel_plugins.files.checkpoints.RecordsTraining`).
     """
 
     def __init__(self, arch: str = "vits16", weights: Optional[str] = None, init_seed: int = 0,

@@ -1,4 +1,4 @@
-"""MMSegmentation models to and from the self-contained files of :mod:`brixel_plugins.export`.
+"""MMSegmentation models to and from the self-contained files of :mod:`brixel_plugins.files.export`.
 
 The config is stored as plain data and checked before anything is built (:func:`check_config`):
 every ``type`` must be a plain name (no dotted path) registered in the registries of the ``mmseg``
@@ -15,9 +15,9 @@ from typing import Any, Dict, Union
 import torch
 
 from ..backbones.weights import WeightFileError
-from ..checkpoints import checked_elsewhere, load_checkpoint_file, refuse_or_warn, state_dict_problems
-from ..export import check_loaded, check_same_dinov3, dinov3_reference, find_dinov3, write_model_file
-from ..weight_files import config_folder
+from ..files.checkpoints import checked_elsewhere, load_checkpoint_file, refuse_or_warn, state_dict_problems
+from ..files.export import check_loaded, check_same_dinov3, dinov3_reference, find_dinov3, write_model_file
+from ..files.lookup import config_folder
 
 PathLike = Union[str, Path]
 # what inference needs of a config: the model, its scope and the pipelines inference_model runs

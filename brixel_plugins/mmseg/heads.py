@@ -8,7 +8,7 @@ from mmcv.cnn import build_norm_layer
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
-from ..checkpoints import check_module_state, checked_elsewhere_now
+from ..files.checkpoints import check_module_state, checked_elsewhere_now
 
 
 @MODELS.register_module()

@@ -76,7 +76,7 @@ def load_segmentor(config: Union[str, Config], checkpoint: Optional[str] = None,
     if checkpoint is None:
         if cfg_options:
             raise ValueError("an exported model file takes no config overrides: export again with them")
-        from ..export import load_exported_model
+        from ..files.export import load_exported_model
 
         model = load_exported_model(config, device)
         check_pipelines(model.cfg, tta)
@@ -116,7 +116,7 @@ def _init_model(config: Union[str, Config], checkpoint: str, device: str, cfg_op
     from mmseg.apis import init_model
     from mmseg.registry import DATASETS
 
-    from ..weight_files import config_folder
+    from ..files.lookup import config_folder
     from . import DINOv3Featurizer  # noqa: F401  registers our components (as custom_imports would)
 
     cfg = Config.fromfile(config) if isinstance(config, str) else config.copy()
@@ -280,7 +280,7 @@ def save_rgb(image: np.ndarray, path: str) -> str:
 
 
 def _save_png(img, path: str) -> str:
-    from ..utils import atomic_path
+    from ..common.filesystem import atomic_path
 
     with atomic_path(path) as tmp:  # the temporary name ends in .tmp: say the format
         img.save(tmp, format="PNG")

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Union
 
-from ..utils import file_lock
+from ..common.filesystem import file_lock
 
 
 def write_dataset_once(root: Union[str, Path], params: dict, meta_file: str, kind: str,

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from ..ops.layout import pointwise
+from .layers.layout import pointwise
 from .base import DetailGate, Upsampler, register_upsampler
 
 __all__ = ["AnyUp", "checkpoint_filter_fn", "release_shapes"]

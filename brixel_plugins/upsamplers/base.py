@@ -65,7 +65,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from ..ops.layout import accumulate_pointwise
+from .layers.layout import accumulate_pointwise
 
 UPSAMPLERS: Dict[str, Type["Upsampler"]] = {}
 
@@ -199,7 +199,7 @@ def build_upsampler(cfg: UpsamplerConfig, spec: BackboneSpec) -> "Upsampler":
 
 def _from_file(path, spec: BackboneSpec, wanted: Dict) -> "Upsampler":
     """The upsampler of weight file ``path``, checked against the config keys ``wanted``."""
-    from ..io import load_upsampler  # the file format module builds through build_upsampler
+    from ..files.upsampler_file import load_upsampler  # the file format module builds through build_upsampler
 
     up = load_upsampler(path, spec, method=wanted.pop("type", None))
     factor = wanted.pop("factor", up.factor)

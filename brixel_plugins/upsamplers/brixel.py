@@ -50,8 +50,8 @@ from torch import nn
 
 from ..backbones.dinov3 import ARCHS, BackboneSpec
 from ..backbones.weights import WeightFileError
-from ..ops.deform_attn import MSDeformAttn
-from ..ops.layout import accumulate_pointwise, channels_last, pointwise, run_folded
+from .layers.deform_attn import MSDeformAttn
+from .layers.layout import accumulate_pointwise, channels_last, pointwise, run_folded
 from .base import LastProjection, Upsampler, register_upsampler, zero_init
 
 # Tapped layers of the released models (0-based block indices).
@@ -104,7 +104,7 @@ def to_map(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
 
 
 def resize_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (B, C, H, W) to ``size``, channels-last (:mod:`~brixel_plugins.ops.layout`:
+    """Bilinear resize of (B, C, H, W) to ``size``, channels-last (:mod:`~brixel_plugins.upsamplers.layers.layout`:
     ~30x faster than on an NCHW map on CPU); the identity when the size already fits."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x

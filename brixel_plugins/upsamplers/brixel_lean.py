@@ -54,8 +54,8 @@ from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
-from ..ops.deform_attn import MSDeformAttn
-from ..ops.layout import run_folded
+from .layers.deform_attn import MSDeformAttn
+from .layers.layout import run_folded
 from .base import LastProjection, Upsampler, register_upsampler, zero_init
 from .brixel import (Extractor, LayerNorm2d, check_taps, conv_bn_relu, default_taps, init_weights,
                      reference_points, resize_to, to_map, to_tokens)

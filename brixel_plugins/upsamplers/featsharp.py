@@ -24,7 +24,7 @@ user's resolution ``image_hr``:
 
 LayerScale starts at 1e-6, so an untrained block returns the JBU map up to ~1e-6.
 ``spectral_reparam=True`` (training only) reparametrises the block's linears
-(:mod:`brixel_plugins.ops.spectral_reparam`); :meth:`FeatSharp.for_export` bakes them into plain
+(:mod:`brixel_plugins.upsamplers.layers.spectral_reparam`); :meth:`FeatSharp.for_export` bakes them into plain
 weights, which is what weight files hold. :meth:`FeatSharp.from_release_layout` reads the
 authors' training checkpoints (see docs/featsharp.md).
 """
@@ -39,9 +39,9 @@ from torch import nn
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from ..images import resize
-from ..ops.local_attention import LocalAttention2d
-from ..ops.phi_s import PhiS, PhiSCalibration
-from ..ops.spectral_reparam import (SpectralStateError, bake_spectral_reparam, bake_spectral_state_dict,
+from .layers.local_attention import LocalAttention2d
+from .layers.phi_s import PhiS, PhiSCalibration
+from .layers.spectral_reparam import (SpectralStateError, bake_spectral_reparam, bake_spectral_state_dict,
                                     spectral_reparametrize)
 from .base import DetailGate, Upsampler, register_upsampler
 from .jbu import FeatSharpJBUStack

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from ..ops.layout import channels_last, pointwise
+from .layers.layout import channels_last, pointwise
 from .base import CoreUpsampler, register_upsampler
 from .release_files import read_release_file
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from ..ops.layout import accumulate_pointwise, channels_last, pointwise
+from .layers.layout import accumulate_pointwise, channels_last, pointwise
 from .base import DetailGate, Upsampler, register_upsampler
 
 __all__ = ["JBULayer", "JBUStack", "JBUUpsampler", "FeatSharpJBULayer", "FeatSharpJBUStack", "adaptive_filter",

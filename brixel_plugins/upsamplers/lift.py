@@ -26,7 +26,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from ..ops.layout import channels_last, pointwise, run_folded
+from .layers.layout import channels_last, pointwise, run_folded
 from .base import Upsampler, register_upsampler, zero_init
 
 IMAGE_WIDTH = 32  # channels of the image branch (fixed in the release)
@@ -103,7 +103,7 @@ class LiFT(Upsampler):
 
     def step(self, feats: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """The detail of one 2x application: feats (B,C,h,w), image (B,3,p*h,p*w) -> (B,C,2h,2w)."""
-        # channels-last throughout (brixel_plugins.ops.layout): on CPU the max pooling alone runs
+        # channels-last throughout (brixel_plugins.upsamplers.layers.layout): on CPU the max pooling alone runs
         # ~20x faster there, and the convolutions skip oneDNN's reorders of NCHW maps
         imgs_1 = self.scale_adapter(run_folded(self.image_convs_1, channels_last(image)))
         imgs_2 = run_folded(self.image_convs_2, imgs_1)

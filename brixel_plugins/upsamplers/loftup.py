@@ -37,7 +37,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from ..ops.layout import run_folded
+from .layers.layout import run_folded
 from .base import CoreUpsampler, register_upsampler
 from .release_files import read_release_file
 

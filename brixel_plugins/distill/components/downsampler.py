@@ -1,7 +1,7 @@
-"""The learned attention downsampler of multi-view training (:mod:`brixel_plugins.ops.attention_downsampler`),
+"""The learned attention downsampler of multi-view training (:mod:`brixel_plugins.distill.components.attention_downsampler`),
 registered for configs: ``downsampler=dict(type='AttentionDownsampler', **FEATUP)`` (FeatUp's release) or
 ``**FEATSHARP`` (FeatSharp's); built with ``dim`` and ``factor`` by the objective."""
-from ...ops.attention_downsampler import FEATSHARP, FEATUP, AttentionDownsampler
+from .attention_downsampler import FEATSHARP, FEATUP, AttentionDownsampler
 from ..registry import MODELS
 
 MODELS.register_module(module=AttentionDownsampler)

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ...ops.attention_downsampler import FEATSHARP
+from ..components.attention_downsampler import FEATSHARP
 from ...upsamplers.featsharp import low_res_view
 from ..registry import MODELS
 from .multiview import MultiViewObjective

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import torch
 
 from ...images import resize
-from ...ops.attention_downsampler import FEATUP as FEATUP_DOWNSAMPLER
+from ..components.attention_downsampler import FEATUP as FEATUP_DOWNSAMPLER
 from ..components.uncertainty import FEATUP as FEATUP_UNCERTAINTY
 from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective

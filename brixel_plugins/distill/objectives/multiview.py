@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import torch
 
 from ...images import resize
-from ...ops.phi_s import PhiS, PhiSCalibration
+from ...upsamplers.layers.phi_s import PhiS, PhiSCalibration
 from .. import losses as L
 from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective

@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
 
-from .backbones.weights import WeightFileError, file_sha256
+from ..backbones.weights import WeightFileError, file_sha256
 
 PathLike = Union[str, Path]
 WEIGHTS_DIR_ENV = "BRIXEL_WEIGHTS_DIR"

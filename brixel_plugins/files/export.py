@@ -4,7 +4,7 @@ A safetensors file: the tensors of everything that is not DINOv3 (the head, the 
 or frozen upsampler), and, as JSON in the header, the model's config (plain data: a dict, never
 code), the class names and palette, and DINOv3 *by reference*: its file name, the config key that
 sets it and its sha256. Loading finds DINOv3 by the lookup rule of
-:mod:`brixel_plugins.weight_files` (the export's folder, ``$BRIXEL_WEIGHTS_DIR``, the cwd) and
+:mod:`brixel_plugins.files.lookup` (the export's folder, ``$BRIXEL_WEIGHTS_DIR``, the cwd) and
 refuses a file with other bytes.
 
 A model file is data. Before anything is built, loading checks
@@ -33,12 +33,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from .backbones.weights import WeightFileError
-from .checks import first_non_finite
-from .io import metadata_digest, read_safetensors
-from .utils import atomic_path
-from .version import __version__
-from .weight_files import find_weight_file
+from ..backbones.weights import WeightFileError
+from ..common.checks import first_non_finite
+from .upsampler_file import metadata_digest, read_safetensors
+from ..common.filesystem import atomic_path
+from ..version import __version__
+from .lookup import find_weight_file
 
 FORMAT = "brixel_plugins.model/2"
 OLD_FORMATS = ("brixel_plugins.model/1",)  # written before the digest: exported again
@@ -48,7 +48,7 @@ REEXPORT = "python tools/export_model.py CONFIG CHECKPOINT OUT.safetensors"
 
 def model_digest(raw: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over the header entries (all but ``digest``), each tensor's name, dtype and shape
-    (:func:`brixel_plugins.io.metadata_digest`) and every tensor's bytes, in name order."""
+    (:func:`brixel_plugins.files.upsampler_file.metadata_digest`) and every tensor's bytes, in name order."""
     h = hashlib.sha256(metadata_digest(raw, tensors).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous().reshape(-1)
@@ -163,11 +163,11 @@ def load_exported_model(path: PathLike, device: Union[str, torch.device] = "cpu"
     detector and a LazyConfig holding its ``model`` and test-time ``dataloader.test.mapper``."""
     tensors, meta = read_model_file(path)  # the digest is checked here, the config by build_exported
     if meta["framework"] == "mmseg":
-        from .mmseg.export import build_exported
+        from ..mmseg.export import build_exported
 
         return build_exported(tensors, meta, path, device)
     if meta["framework"] == "detectron2":
-        from .d2.export import build_exported
+        from ..d2.export import build_exported
 
         return build_exported(tensors, meta, path, device)
     raise WeightFileError(f"{path}: unknown framework {meta['framework']!r}")

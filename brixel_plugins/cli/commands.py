@@ -3,7 +3,7 @@ would run it (the scripts stay the only implementation; the installed package ca
 
     brixel train brixel_plugins::mmseg/linear/<config>.py --work-dir work_dirs/probe
     brixel distill configs/distill/brixel_vits16.py --data-root DIR
-    torchrun --nproc-per-node 2 -m brixel_plugins.commands train CONFIG --launcher pytorch
+    torchrun --nproc-per-node 2 -m brixel_plugins.cli.commands train CONFIG --launcher pytorch
 
 A ``brixel_plugins::<path>`` argument names a config shipped with the package (``<path>`` under
 ``configs/``); other arguments reach the tool unchanged (``brixel train --help`` is the tool's help).
@@ -17,9 +17,9 @@ import runpy
 import sys
 from typing import List, Optional, Sequence
 
-from . import packaged
-from .cli import DEBUG_ENV, DEBUG_FLAG, run_tool
-from .version import __version__
+from ..common import packaged
+from .errors import DEBUG_ENV, DEBUG_FLAG, run_tool
+from ..version import __version__
 
 # subcommand: (script in tools/, one line of help)
 COMMANDS = {
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Frozen DINOv3 + feature upsamplers for MMSegmentation and Detectron2: the tools/ scripts as "
                     "commands.\nA brixel_plugins::<path> argument names a config shipped with the package "
                     "(<path> under configs/).",
-        epilog=f"commands:\n{table}\n\nmulti-process: torchrun --nproc-per-node N -m brixel_plugins.commands "
+        epilog=f"commands:\n{table}\n\nmulti-process: torchrun --nproc-per-node N -m brixel_plugins.cli.commands "
                f"COMMAND CONFIG --launcher pytorch")
     p.add_argument("--version", action="version", version=f"brixel-plugins {__version__}")
     return p

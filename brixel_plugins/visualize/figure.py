@@ -2,7 +2,7 @@
 
 :func:`pca_figure` is the picture code (tools/visualize.py and the demo call it): per image
 (centre-cropped to a square) DINOv3 at ``hr_size`` gives the target map, whose PCA basis
-(:class:`brixel_plugins.pca.PCABasis`) colours every column, so equal colours mean equal features
+(:class:`brixel_plugins.visualize.pca.PCABasis`) colours every column, so equal colours mean equal features
 across columns: the image, DINOv3 at ``size``, DINOv3 at ``hr_size``, then every upsampler applied
 to the ``size`` image. :func:`compare_methods` builds the upsamplers from names or weight files
 first (what the command line gives).
@@ -15,10 +15,10 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .backbones import FrozenDINOv3
-from .images import load_rgb, normalise, resize, to_tensor
+from ..backbones import FrozenDINOv3
+from ..images import load_rgb, normalise, resize, to_tensor
 from .pca import pca_row, save_grid
-from .upsamplers import Upsampler
+from ..upsamplers import Upsampler
 
 EXAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea")  # scikit-image photo names: tools/visualize.py's default
 Picture = Union[str, Path, np.ndarray, torch.Tensor]
@@ -95,7 +95,7 @@ def pca_figure(pictures: Sequence[Picture], backbone: FrozenDINOv3,
     """
     if size % 16 or hr_size % 16:
         raise ValueError(f"size ({size}) and hr_size ({hr_size}) must be multiples of 16")
-    from .featurizer import backbone_layers
+    from ..featurizer import backbone_layers
 
     ups = list(upsamplers.items() if isinstance(upsamplers, Mapping) else upsamplers)
     device = next(backbone.parameters()).device
@@ -121,7 +121,7 @@ def pca_figure(pictures: Sequence[Picture], backbone: FrozenDINOv3,
 
 def build_upsamplers(methods: Sequence[str], spec, factor: int) -> List[Tuple[str, Upsampler]]:
     """Names (``lift``, ``lift:factor=2``) built at ``factor`` unless given, or upsampler weight files."""
-    from .benchmark import build_method, check_methods, parse_method
+    from ..benchmark import build_method, check_methods, parse_method
 
     specs = [parse_method(m) for m in methods]
     check_methods(specs)
@@ -142,7 +142,7 @@ def compare_methods(pictures: Sequence[Picture], backbone: FrozenDINOv3, methods
     """:func:`pca_figure` for upsamplers given by registry name (``name:key=value``) or weight
     file, built at ``hr_size // size``; untrained ones that need data statistics get them from
     the first picture."""
-    from .benchmark import prepare_upsampler
+    from ..benchmark import prepare_upsampler
 
     device = torch.device(device)
     backbone = backbone.to(device)

@@ -273,7 +273,7 @@ def _plain(obj: Any) -> Any:
 
 def training_record(dinov3, upsampler, upsampler_file: Optional[str], train_upsampler: bool) -> Dict[str, Any]:
     """What a frozen-backbone module was built with, as plain types (``upsampler=None``: none)."""
-    from .backbones.weights import file_sha256
+    from ..backbones.weights import file_sha256
 
     def file_entry(path: Optional[str]) -> Dict[str, Optional[str]]:
         if path is None:

@@ -123,7 +123,7 @@ def register_with_mmengine() -> None:
 # An installed wheel also puts this line into site-packages (setup.py), so a program that never imports
 # brixel_plugins before reading a config (mmseg's stock tools/train.py) resolves brixel_plugins:: too.
 STARTUP_PTH = ("brixel_plugins_mmengine.pth",
-               "import brixel_plugins.packaged as _brixel; _brixel.register_when_mmengine_loads()\n")
+               "import brixel_plugins.common.packaged as _brixel; _brixel.register_when_mmengine_loads()\n")
 _WATCHED = "mmengine.config.utils"
 
 

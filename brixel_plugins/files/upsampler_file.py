@@ -25,12 +25,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from .backbones.dinov3 import BackboneSpec
-from .backbones.weights import WeightFileError
-from .checks import first_non_finite
-from .upsamplers import Upsampler, build_upsampler
-from .utils import atomic_path
-from .version import __version__
+from ..backbones.dinov3 import BackboneSpec
+from ..backbones.weights import WeightFileError
+from ..common.checks import first_non_finite
+from ..upsamplers import Upsampler, build_upsampler
+from ..common.filesystem import atomic_path
+from ..version import __version__
 
 FORMAT = "brixel_plugins.upsampler/2"
 OLD_FORMATS = ("brixel_plugins.upsampler/1",)  # written before the digest: re-export them
@@ -186,7 +186,7 @@ def load_upsampler(path: PathLike, spec: BackboneSpec, method: Optional[str] = N
 def convert_release(src: PathLike, dst: PathLike, method: str, spec: BackboneSpec, **config) -> Path:
     """Convert the authors' released ``.pth`` of ``method`` (their key layout) for the backbone
     ``spec`` into our upsampler file; ``config`` goes to the constructor (e.g. ``factor``)."""
-    from .backbones.weights import read_state_dict
+    from ..backbones.weights import read_state_dict
 
     src = Path(src)
     up = build_upsampler({"type": method, **config}, spec)

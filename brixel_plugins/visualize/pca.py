@@ -2,7 +2,7 @@
 
 The basis is fitted on one reference map (the high-resolution target), and every other map
 is projected onto the same three directions, so colours mean the same thing in every column.
-:func:`brixel_plugins.pca_figure.pca_figure` puts these pieces together for a set of upsamplers.
+:func:`brixel_plugins.visualize.figure.pca_figure` puts these pieces together for a set of upsamplers.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import denormalise
+from ..images import denormalise
 
 
 class PCABasis:

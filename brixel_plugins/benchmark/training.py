@@ -73,7 +73,7 @@ def _worker(rank: int, world: int, port: int, config: str, options: Dict, batch:
 
     from ..engine import FrozenBackboneDDP
     from ..images import normalise
-    from .registry import MODELS
+    from ..distill.registry import MODELS
 
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
     cuda = device_name == "cuda"

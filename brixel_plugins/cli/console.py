@@ -81,3 +81,18 @@ class Progress:
             line += f"  {per_iter:.2f} s/iter  ETA {_duration(per_iter * (self.total - iteration))}"
         say(line)
         return line
+
+
+# Notices of the pinned stack a user can do nothing about: mmseg 1.2 calls its own deprecated
+# ``build_loss`` and warns about its own defaults, mmengine and mmcv import ``pkg_resources``.
+# The demos hide them (before importing those packages) so their tables stay readable; the
+# training tools keep every warning.
+STACK_NOTICES = (r"pkg_resources is deprecated", r"``build_loss`` would be deprecated",
+                 r"Default ``avg_non_ignore`` is False", r"The draw is False")
+
+
+def hide_stack_notices() -> None:
+    import warnings
+
+    for message in STACK_NOTICES:
+        warnings.filterwarnings("ignore", message=message)
