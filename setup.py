@@ -37,7 +37,7 @@ EXTRAS = {
         "fvcore", "iopath", "omegaconf>=2.1,<2.4", "hydra-core", "pycocotools", "yacs",
         "termcolor", "tabulate", "cloudpickle", "shapely", "black",
     ],
-    "dev": ["pytest>=7", "pytest-timeout", "ruff"],
+    "dev": ["pytest>=7", "pytest-timeout", "ruff", "import-linter"],
 }
 
 # mmseg's `.mim` habit: the package carries configs/ and tools/ as brixel_plugins/.mim/{configs,tools}, so
