@@ -18,8 +18,8 @@ How a trainer uses them (config)::
     optim_wrapper = dict(constructor='TrainableOptimWrapperConstructor', ...)  # frozen never optimised
     model_wrapper_cfg = dict(type='FrozenBackboneDDP', sync_bn=True)  # N processes, CPU (gloo) or CUDA
 
-and, in the tool, :mod:`brixel_plugins.engine.tool` (shared options, ``error: ...`` and a non-zero
-exit for the errors that explain themselves). The plain functions (``non_finite_losses``, ``first_non_finite``,
+and, in the tool, :mod:`brixel_plugins.engine.tool` (shared options, the config, the process group,
+one run per work dir). The plain functions (``non_finite_losses``, ``first_non_finite``,
 and :mod:`brixel_plugins.files.checkpoints`: safe reading, the resume rule, training records) serve
 trainers that do not use mmengine (Detectron2's checkpointer uses the same ones).
 """
