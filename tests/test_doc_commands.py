@@ -97,7 +97,7 @@ ROWS = [
     (r"^brixel train brixel_plugins::mmseg/", "covered",
      "tests/test_wheel.py::test_wheel_console_script_trains_a_packaged_config"),
     (r"^brixel d2-train --config-file brixel_plugins::d2/toy/", "run", "brixel_d2_train"),
-    (r"^torchrun --nproc-per-node 2 -m brixel_plugins\.commands train CONFIG --launcher pytorch$", "covered",
+    (r"^torchrun --nproc-per-node 2 -m brixel_plugins\.cli\.commands train CONFIG --launcher pytorch$", "covered",
      "tests/test_packaged_configs.py::test_torchrun_reaches_the_tool_with_its_launcher"),
     (r"^python tools/infer\.py CONFIG \S+ photo\.jpg ", "run", "mmseg_infer"),
     (r"^python tools/infer\.py CONFIG ", "covered",
