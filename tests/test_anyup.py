@@ -229,6 +229,7 @@ def test_release_layout_params_and_refusals(tiny_spec):
 def test_convert_weights_tool_round_trip(tmp_path, tool_error):
     """tools/convert_weights.py anyup RELEASE.pth OUT.safetensors: the file loads and computes the same."""
     import runpy
+
     from brixel_plugins.backbones import FrozenDINOv3
 
     sd = release_state_dict(2)

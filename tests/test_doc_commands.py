@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, TINY_DIMS, make_tiny_backbone, tiny_distill_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,10 +219,11 @@ def seg_checkpoint(work) -> Path:
 
 def handle_convert_weights(cmd, work):
     """The authors' layouts, written at ViT-S size by the test (as test_brixel / test_lift read them)."""
+    from test_brixel import fake_release_file
+
     from brixel_plugins.backbones import FrozenDINOv3
     from brixel_plugins.files.upsampler_file import read_upsampler_file
     from brixel_plugins.upsamplers import build_upsampler
-    from test_brixel import fake_release_file
 
     argv = shlex.split(cmd)
     method, src, dst = argv[2:5]

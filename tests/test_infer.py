@@ -19,10 +19,9 @@ if os.environ.get("BRIXEL_REQUIRE_STACK") != "1":
     pytest.importorskip("mmseg", reason="install with the [mmseg] extra (make test does)")
     pytest.importorskip("detectron2", reason="scripts/setup_env.sh installs detectron2")
 
+from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS, DefaultScope  # noqa: E402
-
-from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MMSEG_TOY = ROOT / "configs" / "mmseg" / "linear" / "linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.py"
