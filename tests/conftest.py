@@ -91,3 +91,21 @@ def photo():
     from skimage import data
 
     return normalise(data.astronaut(), (64, 96))
+
+
+@pytest.fixture
+def tool_error(capsys):
+    """``tool_error(main, argv)``: a tool's ``main`` run as its ``__main__`` runs it
+    (:func:`brixel_plugins.cli.errors.run_tool`); it must end with exit status 1 and an ``error:``
+    line, which is returned."""
+    from brixel_plugins.cli.errors import run_tool
+
+    def run(main, argv) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            run_tool(main, [str(a) for a in argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 1 and err and err[-1].startswith("error: "), (stop.value.code, err[-5:])
+        return err[-1]
+
+    return run

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, TINY_DIMS, make_tiny_backbone, tiny_distill_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +96,7 @@ ROWS = [
     (r"^brixel train brixel_plugins::mmseg/", "covered",
      "tests/test_wheel.py::test_wheel_console_script_trains_a_packaged_config"),
     (r"^brixel d2-train --config-file brixel_plugins::d2/toy/", "run", "brixel_d2_train"),
-    (r"^torchrun --nproc-per-node 2 -m brixel_plugins\.commands train CONFIG --launcher pytorch$", "covered",
+    (r"^torchrun --nproc-per-node 2 -m brixel_plugins\.cli\.commands train CONFIG --launcher pytorch$", "covered",
      "tests/test_packaged_configs.py::test_torchrun_reaches_the_tool_with_its_launcher"),
     (r"^python tools/infer\.py CONFIG \S+ photo\.jpg ", "run", "mmseg_infer"),
     (r"^python tools/infer\.py CONFIG ", "covered",
@@ -220,10 +219,11 @@ def seg_checkpoint(work) -> Path:
 
 def handle_convert_weights(cmd, work):
     """The authors' layouts, written at ViT-S size by the test (as test_brixel / test_lift read them)."""
+    from test_brixel import fake_release_file
+
     from brixel_plugins.backbones import FrozenDINOv3
     from brixel_plugins.files.upsampler_file import read_upsampler_file
     from brixel_plugins.upsamplers import build_upsampler
-    from test_brixel import fake_release_file
 
     argv = shlex.split(cmd)
     method, src, dst = argv[2:5]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +19,9 @@ if os.environ.get("BRIXEL_REQUIRE_STACK") != "1":
     pytest.importorskip("mmseg", reason="install with the [mmseg] extra (make test does)")
     pytest.importorskip("detectron2", reason="scripts/setup_env.sh installs detectron2")
 
+from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS, DefaultScope  # noqa: E402
-
-from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MMSEG_TOY = ROOT / "configs" / "mmseg" / "linear" / "linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.py"
@@ -105,18 +105,19 @@ def test_infer_tool_writes_picture_sized_maps_and_overlays(mmseg_checkpoint, pic
         assert drawn.shape == (h, w, 3) and not np.array_equal(drawn, picture)
 
 
-def test_infer_tool_refuses_what_it_cannot_do(mmseg_checkpoint, tmp_path):
+def test_infer_tool_refuses_what_it_cannot_do(mmseg_checkpoint, tmp_path, tool_error):
     config, checkpoint = mmseg_checkpoint
     tool = load_tool("infer")
-    with pytest.raises(SystemExit, match="no such image file"):
-        tool.main([config, checkpoint, str(tmp_path / "nothing*.png"), "--out-dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="defines no test-time augmentation"):
-        tool.main([config, checkpoint, str(ROOT / "README.md"), "--out-dir", str(tmp_path), "--tta"])
+    assert re.search("no such image file", tool_error(tool.main, [config, checkpoint, str(tmp_path / "nothing*.png"),
+                                                                  "--out-dir", str(tmp_path)]))
+    assert re.search("defines no test-time augmentation",
+                     tool_error(tool.main, [config, checkpoint, str(ROOT / "README.md"), "--out-dir", str(tmp_path),
+                                            "--tta"]))
     with pytest.raises(SystemExit):  # argparse: no pictures
         tool.main([config, checkpoint, "--out-dir", str(tmp_path)])
     (tmp_path / "broken.png").write_text("not a picture")
-    with pytest.raises(SystemExit, match="cannot read .*broken.png"):
-        tool.main([config, checkpoint, str(tmp_path / "broken.png"), "--out-dir", str(tmp_path)])
+    assert re.search("cannot read .*broken.png", tool_error(tool.main, [config, checkpoint, str(tmp_path / "broken.png"),
+                                                                        "--out-dir", str(tmp_path)]))
 
 
 def test_tta_averages_flips_of_the_whole_picture(mmseg_checkpoint):
@@ -337,7 +338,8 @@ def test_infer_tool_does_every_readable_picture_and_lists_the_failures(mmseg_che
     assert last.startswith("error: 1 of 3 pictures failed") and "b.jpg" in last, r.stderr[-2000:]
 
 
-def test_infer_tool_skips_a_picture_that_runs_out_of_memory(mmseg_checkpoint, pictures, tmp_path, monkeypatch):
+def test_infer_tool_skips_a_picture_that_runs_out_of_memory(mmseg_checkpoint, pictures, tmp_path, monkeypatch,
+                                                            tool_error):
     """Out of GPU memory on one (large) picture: the others are still done, the failure is listed."""
     import brixel_plugins.mmseg.inference as inference
 
@@ -351,8 +353,8 @@ def test_infer_tool_skips_a_picture_that_runs_out_of_memory(mmseg_checkpoint, pi
 
     monkeypatch.setattr(inference, "predict", predict)
     out = tmp_path / "out"
-    with pytest.raises(SystemExit, match=r"1 of 3 pictures failed .*tall.png: out of memory at 100x150"):
-        load_tool("infer").main([config, checkpoint, str(pictures), "--out-dir", str(out)])
+    assert re.search(r"1 of 3 pictures failed .*tall.png: out of memory at 100x150",
+                     tool_error(load_tool("infer").main, [config, checkpoint, str(pictures), "--out-dir", str(out)]))
     assert sorted(p.name for p in (out / "maps").rglob("*.png")) == ["odd.png", "square.png"]
 
 
@@ -436,7 +438,7 @@ def test_test_tool_out_writes_loadable_predictions(mmseg_checkpoint, tmp_path):
         assert pred.shape == Image.open(image).size[::-1] and pred.max() < len(CLASSES)
 
 
-def test_test_tool_show_is_not_show_dir(mmseg_checkpoint, tmp_path, monkeypatch):
+def test_test_tool_show_is_not_show_dir(mmseg_checkpoint, tmp_path, monkeypatch, tool_error):
     """--show used to be taken as an abbreviation of --show-dir (argparse's allow_abbrev): it is
     mmseg's own option now, and without a display it is refused before anything runs."""
     config, checkpoint = mmseg_checkpoint
@@ -447,8 +449,8 @@ def test_test_tool_show_is_not_show_dir(mmseg_checkpoint, tmp_path, monkeypatch)
         tool.parse_args([config, checkpoint, "--show-d", "vis"])  # no abbreviations
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    with pytest.raises(SystemExit, match="--show opens a window, and this session has no display.*--show-dir"):
-        tool.main([config, checkpoint, "--show", "--work-dir", str(tmp_path / "work")])
+    assert re.search("--show opens a window, and this session has no display.*--show-dir",
+                     tool_error(tool.main, [config, checkpoint, "--show", "--work-dir", str(tmp_path / "work")]))
 
 
 # -- overlays ------------------------------------------------------------------------------------

@@ -20,8 +20,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from brixel_plugins.benchmark import (DEFAULT_METHODS, BenchConfig, configure_allocator, markdown_table, parse_kv,
-                                      parse_methods, plot_sweep, run_benchmark, write_csv)
+from brixel_plugins.benchmark import (
+    DEFAULT_METHODS,
+    BenchConfig,
+    configure_allocator,
+    markdown_table,
+    parse_kv,
+    parse_methods,
+    plot_sweep,
+    run_benchmark,
+    write_csv,
+)
 from brixel_plugins.cli.arguments import non_negative_int, positive_int, positive_int_list, torch_device
 from brixel_plugins.cli.errors import run_tool
 
@@ -87,11 +96,7 @@ def main(argv=None) -> int:
                       compile=args.compile, keep_freed_memory=not args.default_allocator)
     if args.weights is None:
         print("note: random-init DINOv3 (no --weights): fine for cost, not for features", file=sys.stderr)
-    try:
-        rows = run_benchmark(methods, cfg, sizes, isolate=args.isolate, log=lambda s: print(s, file=sys.stderr))
-    except (KeyError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    rows = run_benchmark(methods, cfg, sizes, isolate=args.isolate, log=lambda s: print(s, file=sys.stderr))
 
     out = Path(args.out_dir)
     csv_path = write_csv(rows, out / "benchmark.csv")

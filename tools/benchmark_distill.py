@@ -10,17 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from brixel_plugins.cli.arguments import positive_int_list
 from brixel_plugins.cli.errors import run_tool
-
-
-def positive_ints(text: str):
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
 
 
 def parse_args(argv=None):
@@ -28,7 +19,7 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(description="Images/s of distillation with 1, 2, ... processes")
     p.add_argument("config", help="a distillation config, e.g. configs/distill/brixel_vits16.py")
-    p.add_argument("--procs", type=positive_ints, default=[1, 2], help="process counts to time (default 1,2)")
+    p.add_argument("--procs", type=positive_int_list, default=[1, 2], help="process counts to time (default 1,2)")
     p.add_argument("--batch", type=int, default=2, help="images per process and step (default 2)")
     p.add_argument("--teacher-size", type=int, help="teacher resolution (default: the config's)")
     p.add_argument("--runs", type=int, default=5, help="timed steps (median reported)")

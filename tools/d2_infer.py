@@ -27,11 +27,6 @@ Run it as a script (the detectron2 wheel's own ``tools`` package shadows this fo
 from __future__ import annotations
 
 import argparse
-import json
-import os.path as osp
-import sys
-
-import numpy as np
 
 from brixel_plugins.cli.errors import run_tool
 
@@ -55,60 +50,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from detectron2.config import LazyConfig
-    from detectron2.utils.visualizer import Visualizer
-    from PIL import Image
-
-    from brixel_plugins.d2.predictor import LazyPredictor, coco_records, image_ids
-    from brixel_plugins.images import load_rgb
     from brixel_plugins.cli.pictures import picture_paths
-    from brixel_plugins.common.filesystem import atomic_path, write_text_atomic
-    from brixel_plugins.files.lookup import config_folder
+    from brixel_plugins.d2.predictor import LazyPredictor, detect_pictures
 
-    try:
-        pictures = picture_paths(args.input, exclude=[args.output])  # never our own outputs as inputs
-        if args.model:
-            predictor = LazyPredictor.from_export(args.model, device=args.device or "cpu")
-        else:
-            cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-            with config_folder(args.config_file):  # weight files beside the config, as d2_train.py finds them
-                predictor = LazyPredictor(cfg, args.checkpoint, device=args.device)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
-    meta = predictor.metadata
-    ids = image_ids([path for path, _ in pictures], predictor.image_ids)
-    results, images, failed = [], [], []
-    for i, ((path, name), image_id) in enumerate(zip(pictures, ids), 1):
-        try:
-            picture = load_rgb(path)
-            instances = predictor(picture)
-        except (OSError, ValueError) as e:  # not an image, empty, truncated; larger than the padding
-            failed.append(f"{path}: {e}")
-            print(f"[{i}/{len(pictures)}] {path}: failed ({e})", flush=True)
-            continue
-        image = np.asarray(picture)
-        results += coco_records(instances, image_id, meta)
-        images.append({"id": image_id, "file_name": path, "width": image.shape[1], "height": image.shape[0]})
-        shown = instances[instances.scores >= args.confidence_threshold].to("cpu")
-        drawing = Visualizer(image, meta).draw_instance_predictions(shown).get_image()
-        with atomic_path(osp.join(args.output, "pictures", f"{name}.png")) as tmp:
-            Image.fromarray(drawing).save(tmp, format="PNG")
-        print(f"[{i}/{len(pictures)}] {path}: {len(instances)} detections, {len(shown)} drawn "
-              f"(score >= {args.confidence_threshold})", flush=True)
-    classes = list(meta.thing_classes)
-    categories = [{"id": dataset_id, "name": classes[i]}
-                  for dataset_id, i in sorted(meta.thing_dataset_id_to_contiguous_id.items())]
-    write_text_atomic(osp.join(args.output, "coco_instances_results.json"), json.dumps(results))
-    write_text_atomic(osp.join(args.output, "images.json"),
-                      json.dumps({"images": images, "categories": categories}, indent=1))
-    print(f"detections: {osp.join(args.output, 'coco_instances_results.json')} (images: images.json)\n"
-          f"pictures:   {osp.join(args.output, 'pictures')}")
-    if failed:
-        print(f"{len(failed)} of {len(pictures)} pictures failed:", file=sys.stderr)
-        for line in failed:
-            print(f"  {line}", file=sys.stderr)
-        sys.exit(f"error: {len(failed)} of {len(pictures)} pictures could not be read or predicted (listed above); "
-                 f"the JSON holds the {len(pictures) - len(failed)} done")
+    pictures = picture_paths(args.input, exclude=[args.output])  # never our own outputs as inputs
+    if args.model:
+        predictor = LazyPredictor.from_export(args.model, device=args.device or "cpu")
+    else:
+        predictor = LazyPredictor.from_config_file(args.config_file, args.checkpoint, args.opts, device=args.device)
+    detect_pictures(predictor, pictures, args.output, args.confidence_threshold)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ import os
 import sys
 
 from brixel_plugins.cli.errors import DEBUG_FLAG, run_tool
-from brixel_plugins.engine.tool import (add_amp_argument, add_launcher_argument, add_resume_argument, amp_enabled,
-                                        exit_on_explained_errors)
+from brixel_plugins.engine.tool import add_amp_argument, add_launcher_argument, add_resume_argument, amp_enabled
 
 
 def parse_args(argv=None):
@@ -51,6 +50,7 @@ def main(args):
 
     from brixel_plugins.d2 import engine
     from brixel_plugins.engine.files import work_dir_lock
+    from brixel_plugins.engine.finite import NonFiniteError
     from brixel_plugins.files.lookup import config_folder
 
     cfg = LazyConfig.load(args.config_file)
@@ -62,11 +62,12 @@ def main(args):
     with work_dir_lock(output_dir) if output_dir and not args.eval_only else contextlib.nullcontext():
         default_setup(cfg, args)
         try:
-            with exit_on_explained_errors(), config_folder(args.config_file):  # weight files beside the config
+            with config_folder(args.config_file):  # weight files beside the config
                 return engine.evaluate_checkpoint(cfg) if args.eval_only else engine.train(cfg, resume=args.resume)
-        except FloatingPointError as e:
-            sys.exit(f"error: training stopped: {e}\nThe checkpoints in {cfg.train.output_dir} predate the bad step "
-                     f"and are intact; lower optimizer.lr or lengthen the warm-up, then continue with --resume.")
+        except FloatingPointError as e:  # detectron2's own NaN check
+            raise NonFiniteError(f"training stopped: {e}. The checkpoints in {cfg.train.output_dir} predate the bad "
+                                 f"step and are intact; lower optimizer.lr or lengthen the warm-up, then continue "
+                                 f"with --resume.") from e
 
 
 def launched(args):

@@ -15,7 +15,6 @@ tensors: a file edited afterwards is refused; change the config and export again
 from __future__ import annotations
 
 import argparse
-import sys
 
 from brixel_plugins.cli.errors import run_tool
 
@@ -39,19 +38,16 @@ def is_lazyconfig(path: str) -> bool:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from brixel_plugins.engine.tool import exit_on_explained_errors
+    if is_lazyconfig(args.config):
+        from brixel_plugins.d2.export import export_checkpoint
 
-    with exit_on_explained_errors():
-        if is_lazyconfig(args.config):
-            from brixel_plugins.d2.export import export_checkpoint
+        out = export_checkpoint(args.config, args.checkpoint, args.out, args.opts)
+    else:
+        if args.opts:
+            raise ValueError("key=value overrides are for Detectron2 configs; edit the mmseg config instead")
+        from brixel_plugins.mmseg.export import export_checkpoint
 
-            out = export_checkpoint(args.config, args.checkpoint, args.out, args.opts)
-        else:
-            if args.opts:
-                sys.exit("error: key=value overrides are for Detectron2 configs; edit the mmseg config instead")
-            from brixel_plugins.mmseg.export import export_checkpoint
-
-            out = export_checkpoint(args.config, args.checkpoint, args.out)
+        out = export_checkpoint(args.config, args.checkpoint, args.out)
     print(f"wrote {out}")
 
 

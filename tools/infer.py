@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
-import sys
 
 from brixel_plugins.cli.errors import run_tool
 
@@ -59,51 +58,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import numpy as np
-    import torch
-
-    from brixel_plugins.images import load_rgb
-    from brixel_plugins.mmseg.inference import (full_size_note, load_segmentor, overlay, predict, save_class_map,
-                                                save_rgb)
     from brixel_plugins.cli.pictures import picture_paths
+    from brixel_plugins.mmseg.inference import load_segmentor, segment_pictures
 
-    try:
-        # outputs never become inputs: --out-dir may lie inside a folder of pictures, or be it
-        outputs = [osp.join(args.out_dir, "maps"), osp.join(args.out_dir, "overlays")]
-        pictures = picture_paths(args.inputs, exclude=outputs)
-        model = load_segmentor(args.config, args.checkpoint, device=args.device, cfg_options=args.cfg_options,
-                               tta=args.tta)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
-    meta = model.dataset_meta
-    failed, warned = [], False
-    for i, (path, name) in enumerate(pictures, 1):
-        try:
-            image = np.asarray(load_rgb(path))
-        except (OSError, ValueError) as e:  # empty, not an image, truncated, floating-point
-            failed.append((path, f"cannot read {path}: {e}"))
-            print(f"[{i}/{len(pictures)}] {path}: FAILED, cannot read it: {e}", file=sys.stderr, flush=True)
-            continue
-        note = None if warned else full_size_note(model, image.shape[:2])
-        if note:
-            print(f"warning: {path}: {note} (said once)", file=sys.stderr, flush=True)
-            warned = True
-        try:
-            classes = predict(model, image)
-        except torch.cuda.OutOfMemoryError:  # this picture's size; smaller ones may still fit
-            torch.cuda.empty_cache()
-            failed.append((path, f"{path}: out of memory at {image.shape[1]}x{image.shape[0]}"))
-            print(f"[{i}/{len(pictures)}] {path}: FAILED, out of memory", file=sys.stderr, flush=True)
-            continue
-        save_class_map(classes, meta["palette"], osp.join(args.out_dir, "maps", f"{name}.png"))
-        save_rgb(overlay(image, classes, meta, args.opacity), osp.join(args.out_dir, "overlays", f"{name}.png"))
-        print(f"[{i}/{len(pictures)}] {path}: {image.shape[1]}x{image.shape[0]}, "
-              f"{len(np.unique(classes))} classes", flush=True)
-    print(f"class maps: {osp.join(args.out_dir, 'maps')}\noverlays:   {osp.join(args.out_dir, 'overlays')}")
-    if failed:
-        listed = "; ".join(reason for _, reason in failed[:10]) + (f"; ... {len(failed) - 10} more" if len(failed) > 10
-                                                                   else "")
-        sys.exit(f"error: {len(failed)} of {len(pictures)} pictures failed (the others were written): {listed}")
+    # outputs never become inputs: --out-dir may lie inside a folder of pictures, or be it
+    pictures = picture_paths(args.inputs, exclude=[osp.join(args.out_dir, "maps"), osp.join(args.out_dir, "overlays")])
+    model = load_segmentor(args.config, args.checkpoint, device=args.device, cfg_options=args.cfg_options,
+                           tta=args.tta)
+    segment_pictures(model, pictures, args.out_dir, args.opacity)
 
 
 if __name__ == "__main__":

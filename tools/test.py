@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import numbers
-import os
-import os.path as osp
 
-from brixel_plugins.engine.tool import (add_runner_arguments, build_runner, exit_on_explained_errors,
-                                        init_cpu_process_group, load_config, parse_runner_args)
 from brixel_plugins.cli.errors import run_tool
+from brixel_plugins.engine.tool import (
+    add_runner_arguments,
+    build_runner,
+    init_cpu_process_group,
+    load_config,
+    parse_runner_args,
+)
 
 
 def parse_args(argv=None):
@@ -42,57 +45,14 @@ def parse_args(argv=None):
     return parse_runner_args(p, argv)
 
 
-def build_config(args):
-    if not osp.isfile(args.checkpoint):
-        raise SystemExit(f"error: checkpoint not found: {args.checkpoint}")
-    cfg = load_config(args)
-    cfg.load_from = args.checkpoint
-    cfg.resume = False
-    if args.show and not has_display():
-        raise SystemExit("error: --show opens a window, and this session has no display (DISPLAY / WAYLAND_DISPLAY "
-                         "unset); use --show-dir DIR to save the drawn predictions instead")
-    if args.show or args.show_dir:
-        vis = cfg.default_hooks.get("visualization")
-        if vis is None or vis.get("type") != "SegVisualizationHook":
-            raise SystemExit("error: --show and --show-dir need default_hooks.visualization = SegVisualizationHook")
-        vis.update(draw=True, interval=1, show=args.show, wait_time=args.wait_time)
-        if args.show_dir:
-            cfg.visualizer.save_dir = args.show_dir
-    if args.out:
-        apply_out(cfg, args.out)
-    if args.tta:
-        if "tta_model" not in cfg or "tta_pipeline" not in cfg:
-            raise SystemExit("error: --tta needs tta_model and tta_pipeline in the config")
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-        cfg.tta_model.module = cfg.model
-        cfg.model = cfg.tta_model
-    return cfg
-
-
-def has_display() -> bool:
-    import sys
-
-    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def apply_out(cfg, out: str) -> None:
-    """mmseg's ``--out``: the test metric saves its predictions in ``out`` (``IoUMetric(output_dir=...)``)
-    and still computes the metrics."""
-    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
-    metrics = [e for e in evaluators if e.get("type") in ("IoUMetric", "mmseg.IoUMetric")]
-    if not metrics:
-        raise SystemExit(f"error: --out saves predictions through mmseg's IoUMetric (output_dir), and the config's "
-                         f"test_evaluator has none ({', '.join(str(e.get('type')) for e in evaluators)})")
-    for metric in metrics:
-        metric.update(output_dir=osp.abspath(out))
-
-
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_config(args)
+    from brixel_plugins.mmseg.inference import apply_test_options
+
+    cfg = apply_test_options(load_config(args), args.checkpoint, out=args.out, show=args.show,
+                             wait_time=args.wait_time, show_dir=args.show_dir, tta=args.tta)
     init_cpu_process_group(args.launcher)
-    with exit_on_explained_errors():
-        metrics = build_runner(cfg).test()
+    metrics = build_runner(cfg).test()
     print({k: round(float(v), 4) if isinstance(v, numbers.Real) else v for k, v in metrics.items()})
 
 

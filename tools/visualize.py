@@ -53,13 +53,8 @@ def main(argv=None) -> int:
             warnings.simplefilter("ignore", UserWarning)
             print("note: random-init DINOv3 (no --weights): the pictures show no real features", file=sys.stderr)
         backbone = FrozenDINOv3(args.arch, args.weights, **parse_kv(args.backbone_overrides))
-    try:
-        path = compare_methods(args.images, backbone, [m for m in args.methods.split(",") if m.strip()], args.out,
-                               size=args.size, hr_size=args.hr_size, cell=args.cell, device=args.device)
-    except (KeyError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-    print(path)
+    print(compare_methods(args.images, backbone, [m for m in args.methods.split(",") if m.strip()], args.out,
+                          size=args.size, hr_size=args.hr_size, cell=args.cell, device=args.device))
     return 0
 
 

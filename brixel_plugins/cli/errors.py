@@ -25,7 +25,8 @@ def _worker_message(text: str) -> str:
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(_worker_message(str(e)).split()) if str(e).strip() else type(e).__name__
+    said = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 else str(e)  # str(KeyError) adds quotes
+    text = " ".join(_worker_message(str(said)).split()) if str(said).strip() else type(e).__name__
     # the exception types a user causes (files, values, checkpoints) speak for themselves
     plain = isinstance(e, (OSError, ValueError, LookupError)) or type(e).__name__.endswith("Error") \
         and type(e).__module__.startswith("brixel_plugins")

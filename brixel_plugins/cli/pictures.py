@@ -48,3 +48,8 @@ def picture_paths(inputs: Sequence[str], exclude: Sequence[str] = ()) -> List[Tu
                              f"pass their folders, or rename one")
         owners[stem] = path
     return list({stem: (path, stem) for path, stem in found}.values())
+
+
+class PicturesFailedError(RuntimeError):
+    """Some pictures could not be read or predicted; every other one was done and written (the
+    message lists the failures): the tool exits 1 after finishing the rest."""

@@ -9,6 +9,7 @@ imports detectron2).
 - :func:`toy_instances`: the toy COCO-format dataset, registered by name.
 - yacs users: :func:`add_dinov3_config` and ``MODEL.BACKBONE.NAME = "build_dinov3_vitdet_backbone"``.
 """
+from . import export  # noqa: F401  registers the builder of detectron2 model files (files.export.load_exported_model)
 from .backbone import DINOv3Backbone
 from .checkpoint import FrozenBackboneCheckpointer
 from .data import toy_instances

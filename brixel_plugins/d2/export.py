@@ -16,7 +16,14 @@ import torch
 
 from ..backbones.weights import WeightFileError
 from ..files.checkpoints import checked_elsewhere
-from ..files.export import check_loaded, check_same_dinov3, dinov3_reference, find_dinov3, write_model_file
+from ..files.export import (
+    check_loaded,
+    check_same_dinov3,
+    dinov3_reference,
+    find_dinov3,
+    register_model_format,
+    write_model_file,
+)
 from ..files.lookup import config_folder
 from .backbone import DINOv3Backbone
 from .checkpoint import FrozenBackboneCheckpointer
@@ -175,3 +182,6 @@ def _checked_coco(coco: Any, path: PathLike) -> Dict[str, Any]:
         raise WeightFileError(f"{path}: its dataset record (class names, category and image ids) is missing or "
                               f"damaged; export it again (python tools/export_model.py CONFIG CHECKPOINT OUT)")
     return coco
+
+
+register_model_format("detectron2", build_exported)  # load_exported_model rebuilds the files this module writes

@@ -6,24 +6,29 @@ Detectron2's ``DefaultPredictor`` (which takes yacs configs only), and the COCO-
     predictor = LazyPredictor.from_export("mask_rcnn_brixel.safetensors")   # tools/export_model.py's file
     instances = predictor("photo.jpg")              # a path, a PIL image or a BGR uint8 array
     records = coco_records(instances, image_id=1, metadata=predictor.metadata)
+    detect_pictures(predictor, picture_paths(["photos/"]), "out")  # tools/d2_infer.py: COCO JSON + drawings
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
-from detectron2.data.catalog import Metadata
 from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 
+from ..cli.pictures import PicturesFailedError
+from ..common.filesystem import atomic_path, write_text_atomic
+from ..images import load_rgb
 from .checkpoint import FrozenBackboneCheckpointer
 
 CHANNEL_ORDERS = ("BGR", "RGB")
@@ -134,6 +139,19 @@ class LazyPredictor:
         self._use(cfg, model, device, metadata, coco_ids(metadata), input_format)
 
     @classmethod
+    def from_config_file(cls, config_file: str, checkpoint: str, opts: Sequence[str] = (), device: Optional[str] = None,
+                         input_format: str = "BGR") -> "LazyPredictor":
+        """From a LazyConfig file with ``key=value`` overrides (as tools/d2_train.py takes them); weight
+        files are found beside the config too, as in training."""
+        from detectron2.config import LazyConfig
+
+        from ..files.lookup import config_folder
+
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
+        with config_folder(config_file):
+            return cls(cfg, checkpoint, device=device, input_format=input_format)
+
+    @classmethod
     def from_export(cls, path: str, device: str = "cpu", input_format: str = "BGR") -> "LazyPredictor":
         """From one file of tools/export_model.py (DINOv3 found by its recorded name and hash), with
         the class names, category ids and image ids of the dataset it was exported with."""
@@ -204,3 +222,55 @@ def coco_records(instances: Instances, image_id: int, metadata=None) -> List[dic
         for r in records:
             r["category_id"] = to_dataset[r["category_id"]]
     return records
+
+
+def coco_categories(metadata) -> List[dict]:
+    """COCO ``categories`` (the dataset's id and the class name) of ``metadata``, in id order."""
+    classes = list(metadata.thing_classes)
+    return [{"id": dataset_id, "name": classes[i]}
+            for dataset_id, i in sorted(metadata.thing_dataset_id_to_contiguous_id.items())]
+
+
+def detect_pictures(predictor: LazyPredictor, pictures: Sequence[Tuple[str, str]], out_dir: str,
+                    threshold: float = 0.5) -> None:
+    """tools/d2_infer.py: detections of each ``(path, name)`` of
+    :func:`brixel_plugins.cli.pictures.picture_paths`, written (each file atomically) as
+    ``out_dir/coco_instances_results.json`` (:func:`coco_records`, image ids of :func:`image_ids`),
+    ``out_dir/images.json`` (COCO ``images`` and ``categories``) and ``out_dir/pictures/<name>.png``
+    (detections scoring >= ``threshold``, drawn by detectron2's Visualizer). A picture that cannot be
+    read or predicted is reported and skipped; after the others, the JSON holds the pictures done and
+    :class:`~brixel_plugins.cli.pictures.PicturesFailedError` lists the failures."""
+    from detectron2.utils.visualizer import Visualizer
+    from PIL import Image
+
+    meta = predictor.metadata
+    ids = image_ids([path for path, _ in pictures], predictor.image_ids)
+    results, images, failed = [], [], []
+    for i, ((path, name), image_id) in enumerate(zip(pictures, ids), 1):
+        try:
+            picture = load_rgb(path)
+            instances = predictor(picture)
+        except (OSError, ValueError) as e:  # not an image, empty, truncated; larger than the padding
+            failed.append(f"{path}: {e}")
+            print(f"[{i}/{len(pictures)}] {path}: failed ({e})", flush=True)
+            continue
+        image = np.asarray(picture)
+        results += coco_records(instances, image_id, meta)
+        images.append({"id": image_id, "file_name": path, "width": image.shape[1], "height": image.shape[0]})
+        shown = instances[instances.scores >= threshold].to("cpu")
+        drawing = Visualizer(image, meta).draw_instance_predictions(shown).get_image()
+        with atomic_path(os.path.join(out_dir, "pictures", f"{name}.png")) as tmp:
+            Image.fromarray(drawing).save(tmp, format="PNG")
+        print(f"[{i}/{len(pictures)}] {path}: {len(instances)} detections, {len(shown)} drawn "
+              f"(score >= {threshold})", flush=True)
+    write_text_atomic(os.path.join(out_dir, "coco_instances_results.json"), json.dumps(results))
+    write_text_atomic(os.path.join(out_dir, "images.json"),
+                      json.dumps({"images": images, "categories": coco_categories(meta)}, indent=1))
+    print(f"detections: {os.path.join(out_dir, 'coco_instances_results.json')} (images: images.json)\n"
+          f"pictures:   {os.path.join(out_dir, 'pictures')}")
+    if failed:
+        print(f"{len(failed)} of {len(pictures)} pictures failed:", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        raise PicturesFailedError(f"{len(failed)} of {len(pictures)} pictures could not be read or predicted "
+                                  f"(listed above); the JSON holds the {len(pictures) - len(failed)} done")

@@ -7,16 +7,18 @@ from . import components, transforms  # noqa: F401  (the recipes' registered bui
 from . import data, hooks, losses, metrics, model, objectives, runner  # noqa: F401
 from . import optim  # noqa: F401  (parameter groups, clipping schedules)
 from .data import ImageFolderDataset, ResumableSampler
-from .hooks import ExportUpsamplerHook, PhiSStatsHook
+from .hooks import ExportUpsamplerHook, PhiSStatsHook, SkippedImagesHook
 from .objectives import (BrixelObjective, DistillObjective, FeatSharpObjective, FeatUpObjective, LiftObjective,
                          MultiViewObjective)
 from .transforms import BrixelReleaseCanvas, ShortSideCentreCrop, SquashResize
 from .metrics import DistillMetric, fidelity, format_table, map_metrics
 from .model import DistillDataPreprocessor, DistillModel
+from .optim import WarmupClipOptimWrapper
 from .runner import DistillDDP, DistillLoop, DistillRunner
 
-__all__ = ["ImageFolderDataset", "ResumableSampler", "ExportUpsamplerHook", "PhiSStatsHook", "DistillObjective",
+__all__ = ["ImageFolderDataset", "ResumableSampler", "ExportUpsamplerHook", "PhiSStatsHook", "SkippedImagesHook",
+           "DistillObjective",
            "BrixelObjective", "LiftObjective", "MultiViewObjective", "FeatSharpObjective", "FeatUpObjective",
            "BrixelReleaseCanvas", "ShortSideCentreCrop", "SquashResize", "DistillMetric", "fidelity",
            "format_table", "map_metrics", "DistillDataPreprocessor", "DistillModel", "DistillDDP",
-           "DistillLoop", "DistillRunner"]
+           "DistillLoop", "DistillRunner", "WarmupClipOptimWrapper"]

@@ -18,18 +18,26 @@ How a trainer uses them (config)::
     optim_wrapper = dict(constructor='TrainableOptimWrapperConstructor', ...)  # frozen never optimised
     model_wrapper_cfg = dict(type='FrozenBackboneDDP', sync_bn=True)  # N processes, CPU (gloo) or CUDA
 
-and, in the tool, :mod:`brixel_plugins.engine.tool` (shared options, ``error: ...`` and a non-zero
-exit for the errors that explain themselves). The plain functions (``non_finite_losses``, ``first_non_finite``,
+and, in the tool, :mod:`brixel_plugins.engine.tool` (shared options, the config, the process group,
+one run per work dir). The plain functions (``non_finite_losses``, ``first_non_finite``,
 and :mod:`brixel_plugins.files.checkpoints`: safe reading, the resume rule, training records) serve
 trainers that do not use mmengine (Detectron2's checkpointer uses the same ones).
 """
+from ..common.checks import first_non_finite
+from ..common.filesystem import remove_stale_temp_files, write_text_atomic
 from .checkpoint import SafeCheckpointHook
 from .files import AtomicLocalBackend
-from ..common.filesystem import remove_stale_temp_files, write_text_atomic
-from ..common.checks import first_non_finite
 from .finite import NonFiniteError, NonFiniteLossHook, non_finite_losses
-from .loading import (CheckpointError, CheckpointMismatchError, SafeRunner, checkpoint_globals, plain_checkpoint,
-                      resume_candidates, trusted_checkpoint_globals, unloadable_reason)
+from .loading import (
+    CheckpointError,
+    CheckpointMismatchError,
+    SafeRunner,
+    checkpoint_globals,
+    plain_checkpoint,
+    resume_candidates,
+    trusted_checkpoint_globals,
+    unloadable_reason,
+)
 from .log_processor import UnsmoothedValLogProcessor
 from .optim import TrainableOptimWrapperConstructor, check_trainable_only, trainable_named_parameters
 from .parallel import FrozenBackboneDDP, model_device, unwrap_model

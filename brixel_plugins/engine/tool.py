@@ -1,7 +1,7 @@
 """What the command-line tools share (tools/distill.py, tools/train.py, tools/test.py,
 tools/d2_train.py): the options with one meaning everywhere, the config they build, the process
-group under torchrun, one run at a time per work dir, and one way to stop with ``error: ...``
-instead of a traceback.
+group under torchrun, one run at a time per work dir. A tool's failure ends in
+:func:`brixel_plugins.cli.errors.run_tool` (one ``error: ...`` line, exit status 1).
 
     --resume [CHECKPOINT]    continue from the newest loadable checkpoint of the work dir, or CHECKPOINT
     --amp [auto|bf16|off]    bf16 autocast: auto (default) = on with CUDA; bare --amp = bf16 (needs CUDA)
@@ -60,7 +60,7 @@ def amp_enabled(choice: str) -> bool:
 
     cuda = torch.cuda.is_available()
     if choice == "bf16" and not cuda:
-        raise SystemExit("error: --amp bf16 (bf16 autocast) needs CUDA; use --amp off (or nothing) on CPU")
+        raise ValueError("--amp bf16 (bf16 autocast) needs CUDA; use --amp off (or nothing) on CPU")
     return choice == "bf16" or (choice == "auto" and cuda)
 
 
@@ -131,11 +131,11 @@ def start_process_group(cfg) -> None:
 def work_dir_run(cfg) -> Iterator[None]:
     """Where a training tool runs its Runner: the process group started, ``cfg.work_dir`` locked
     for this run (:func:`brixel_plugins.engine.files.work_dir_lock`: a second run into it is
-    refused before any rank writes), and the errors of :func:`explained_errors` as ``error: ...``."""
+    refused before any rank writes)."""
     from .files import work_dir_lock
 
     start_process_group(cfg)
-    with exit_on_explained_errors(), work_dir_lock(cfg.work_dir):
+    with work_dir_lock(cfg.work_dir):
         yield
 
 
@@ -145,23 +145,3 @@ def build_runner(cfg):
     from mmengine.runner import Runner
 
     return RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
-
-
-def explained_errors() -> tuple:
-    """The errors whose message already says what went wrong and what to do: a tool prints them
-    as ``error: ...`` and exits with status 1, without a traceback."""
-    from ..backbones.weights import WeightFileError
-    from .finite import NonFiniteError
-    from .loading import CheckpointError
-
-    return CheckpointError, NonFiniteError, WeightFileError
-
-
-@contextlib.contextmanager
-def exit_on_explained_errors(extra: tuple = ()) -> Iterator[None]:
-    """``with exit_on_explained_errors(): runner.train()``: an error of :func:`explained_errors`
-    (or of ``extra``) becomes ``error: <message>`` on stderr and exit status 1."""
-    try:
-        yield
-    except explained_errors() + tuple(extra) as e:
-        raise SystemExit(f"error: {e}") from None

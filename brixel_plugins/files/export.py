@@ -18,27 +18,32 @@ A model file is data. Before anything is built, loading checks
 Files of the first format (``brixel_plugins.model/1``, without a digest) are refused with the
 command that exports them again.
 
+    import brixel_plugins.mmseg                                       # registers the mmseg builder
     model = load_exported_model("brixel_vits16_ade20k.safetensors")   # mmseg: like init_model
+    import brixel_plugins.d2                                          # registers the detectron2 builder
     model, cfg = load_exported_model("mask_rcnn_brixel.safetensors")  # detectron2: model + its LazyConfig
 
-Framework-neutral: the adapters (:mod:`brixel_plugins.mmseg.export`, :mod:`brixel_plugins.d2.export`)
-write and rebuild their models; this module owns the file format.
+Framework-neutral: this module owns the file format and never imports an adapter. The adapters
+(:mod:`brixel_plugins.mmseg.export`, :mod:`brixel_plugins.d2.export`) write and rebuild their models:
+importing ``brixel_plugins.mmseg`` / ``brixel_plugins.d2`` registers each one's builder here
+(:func:`register_model_format`); a file of a framework whose adapter was not imported is refused
+with the import to add.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
 from ..backbones.weights import WeightFileError
 from ..common.checks import first_non_finite
-from .upsampler_file import metadata_digest, read_safetensors
 from ..common.filesystem import atomic_path
 from ..version import __version__
 from .lookup import find_weight_file
+from .upsampler_file import metadata_digest, read_safetensors
 
 FORMAT = "brixel_plugins.model/2"
 OLD_FORMATS = ("brixel_plugins.model/1",)  # written before the digest: exported again
@@ -157,17 +162,35 @@ def check_same_dinov3(meta: Mapping[str, Any], built: Mapping[str, Any], path: P
         raise WeightFileError(f"{path} was exported from a model on another DINOv3: " + "; ".join(problems))
 
 
+# framework -> its builder ``build(tensors, meta, path, device)``, registered by the adapter's export module
+# at import (the neutral module never imports an adapter)
+_BUILDERS: Dict[str, Callable[..., Any]] = {}
+# for the message only: the module whose import registers each framework the project writes
+ADAPTERS = {"mmseg": "brixel_plugins.mmseg", "detectron2": "brixel_plugins.d2"}
+
+
+def register_model_format(framework: str, build: Callable[..., Any]) -> None:
+    """Let :func:`load_exported_model` rebuild the files of ``framework`` (the ``framework`` entry an
+    adapter writes) with ``build(tensors, meta, path, device)``, which checks the config before
+    building anything. Each adapter calls it once, at import."""
+    if _BUILDERS.get(framework, build) is not build:
+        raise ValueError(f"model files of framework {framework!r} already have a builder: "
+                         f"{_BUILDERS[framework].__module__}.{_BUILDERS[framework].__qualname__}")
+    _BUILDERS[framework] = build
+
+
 def load_exported_model(path: PathLike, device: Union[str, torch.device] = "cpu"):
-    """The model of an export (eval mode, on ``device``). MMSegmentation: the segmentor, with ``cfg``
-    and ``dataset_meta`` as ``mmseg.apis.init_model`` sets them. Detectron2: ``(model, cfg)``, the
-    detector and a LazyConfig holding its ``model`` and test-time ``dataloader.test.mapper``."""
-    tensors, meta = read_model_file(path)  # the digest is checked here, the config by build_exported
-    if meta["framework"] == "mmseg":
-        from ..mmseg.export import build_exported
-
-        return build_exported(tensors, meta, path, device)
-    if meta["framework"] == "detectron2":
-        from ..d2.export import build_exported
-
-        return build_exported(tensors, meta, path, device)
-    raise WeightFileError(f"{path}: unknown framework {meta['framework']!r}")
+    """The model of an export (eval mode, on ``device``), rebuilt by its framework's adapter, which must
+    have been imported (``import brixel_plugins.mmseg`` / ``import brixel_plugins.d2``). MMSegmentation:
+    the segmentor, with ``cfg`` and ``dataset_meta`` as ``mmseg.apis.init_model`` sets them. Detectron2:
+    ``(model, cfg)``, the detector and a LazyConfig holding its ``model`` and test-time
+    ``dataloader.test.mapper``."""
+    tensors, meta = read_model_file(path)  # the digest is checked here, the config by the builder
+    framework = meta["framework"]
+    if framework not in _BUILDERS:
+        if framework in ADAPTERS:
+            raise WeightFileError(f"{path} is a {framework} model file, and no {framework} builder is registered: "
+                                  f"import {ADAPTERS[framework]} first (its import registers it), e.g. "
+                                  f"`import {ADAPTERS[framework]}`, then call load_exported_model again")
+        raise WeightFileError(f"{path}: unknown framework {framework!r} (registered: {', '.join(sorted(_BUILDERS))})")
+    return _BUILDERS[framework](tensors, meta, path, device)

@@ -15,6 +15,7 @@ Importing it also registers the shared engine pieces (``SafeRunner``, ``SafeChec
 """
 from .. import engine  # noqa: F401  registers the shared runner, hooks and file backend
 from ..engine import TrainableOptimWrapperConstructor  # configs name it; importable from here as before
+from . import export  # noqa: F401  registers the builder of mmseg model files (files.export.load_exported_model)
 from .backbone import DINOv3Featurizer
 from .datasets import LabelRangeHook, ToyShapesDataset
 from .heads import LinearProbeHead

@@ -16,7 +16,14 @@ import torch
 
 from ..backbones.weights import WeightFileError
 from ..files.checkpoints import checked_elsewhere, load_checkpoint_file, refuse_or_warn, state_dict_problems
-from ..files.export import check_loaded, check_same_dinov3, dinov3_reference, find_dinov3, write_model_file
+from ..files.export import (
+    check_loaded,
+    check_same_dinov3,
+    dinov3_reference,
+    find_dinov3,
+    register_model_format,
+    write_model_file,
+)
 from ..files.lookup import config_folder
 
 PathLike = Union[str, Path]
@@ -151,3 +158,6 @@ def build_exported(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any], path:
     model.cfg = cfg
     model.dataset_meta = meta.get("dataset_meta") or {}
     return model.to(device).eval()
+
+
+register_model_format("mmseg", build_exported)  # load_exported_model rebuilds the files this module writes

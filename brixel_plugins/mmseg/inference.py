@@ -14,16 +14,25 @@ predicts a picture at its full size: :func:`large_picture_warning` says so for l
     model = load_segmentor(config, checkpoint)       # mmseg.apis.init_model
     classes = predict(model, load_rgb("photo.jpg"))  # (H, W) class ids, H x W = the picture's size
     save_class_map(classes, model.dataset_meta["palette"], "photo.png")
+    segment_pictures(model, picture_paths(["photos/"]), "out")  # tools/infer.py: maps/ and overlays/
+
+:func:`apply_test_options` sets up tools/test.py's evaluation (mmseg's ``--out``, ``--show``,
+``--show-dir``, ``--tta``).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import os
+import os.path as osp
+import sys
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from mmengine.config import Config
 
+from ..cli.pictures import PicturesFailedError
 from ..engine import CheckpointError, trusted_checkpoint_globals, unloadable_reason
+from ..images import load_rgb
 
 # transforms that make a pipeline predict something other than the whole picture
 NOT_WHOLE_PICTURE = ("CenterCrop", "RandomCrop", "ResetOriShape")
@@ -137,6 +146,54 @@ def _init_model(config: Union[str, Config], checkpoint: str, device: str, cfg_op
     return model
 
 
+def apply_test_options(cfg: Config, checkpoint: str, out: Optional[str] = None, show: bool = False,
+                       wait_time: float = 2, show_dir: Optional[str] = None, tta: bool = False) -> Config:
+    """tools/test.py's options (mmseg's tools/test.py interface) on the config the Runner tests:
+    ``checkpoint`` loaded (no resume); ``show`` / ``show_dir`` draw the predictions through the
+    config's ``SegVisualizationHook`` (``show`` needs a display); ``out``: the test metric
+    (``IoUMetric``) also saves its predictions as PNGs of class ids there; ``tta``: the config's
+    ``tta_model`` and ``tta_pipeline``. Refuses, before anything runs, what the config cannot do."""
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    if show and not has_display():
+        raise ValueError("--show opens a window, and this session has no display (DISPLAY / WAYLAND_DISPLAY unset); "
+                         "use --show-dir DIR to save the drawn predictions instead")
+    if show or show_dir:
+        vis = cfg.default_hooks.get("visualization")
+        if vis is None or vis.get("type") != "SegVisualizationHook":
+            raise ValueError("--show and --show-dir need default_hooks.visualization = SegVisualizationHook")
+        vis.update(draw=True, interval=1, show=show, wait_time=wait_time)
+        if show_dir:
+            cfg.visualizer.save_dir = show_dir
+    if out:
+        _save_predictions(cfg, out)
+    if tta:
+        if "tta_model" not in cfg or "tta_pipeline" not in cfg:
+            raise ValueError("--tta needs tta_model and tta_pipeline in the config")
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    return cfg
+
+
+def has_display() -> bool:
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _save_predictions(cfg: Config, out: str) -> None:
+    """mmseg's ``--out``: the test metric saves its predictions in ``out`` (``IoUMetric(output_dir=...)``)
+    and still computes the metrics."""
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
+    metrics = [e for e in evaluators if e.get("type") in ("IoUMetric", "mmseg.IoUMetric")]
+    if not metrics:
+        raise ValueError(f"--out saves predictions through mmseg's IoUMetric (output_dir), and the config's "
+                         f"test_evaluator has none ({', '.join(str(e.get('type')) for e in evaluators)})")
+    for metric in metrics:
+        metric.update(output_dir=osp.abspath(out))
+
+
 def predict(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     """Class ids ``(H, W)`` (int64) of the whole ``image`` (uint8 ``(H, W, 3)`` RGB), at its own size.
     A model from ``load_segmentor(..., tta=True)`` averages the config's test-time augmentations."""
@@ -181,6 +238,43 @@ def full_size_note(model: torch.nn.Module, hw) -> Optional[str]:
             f"DINOv3 tokens: slow and memory-hungry), as the config's {name} has no resize. To predict at the "
             f"training scale, add e.g. dict(type='Resize', scale=(2048, 512), keep_ratio=True) after its loading "
             f"step (the class map still comes back at the picture's size)")
+
+
+def segment_pictures(model: torch.nn.Module, pictures: Sequence[Tuple[str, str]], out_dir: str,
+                     opacity: float = 0.5) -> None:
+    """tools/infer.py: for each ``(path, name)`` of :func:`brixel_plugins.cli.pictures.picture_paths`,
+    ``out_dir/maps/<name>.png`` (:func:`save_class_map`) and ``out_dir/overlays/<name>.png``
+    (:func:`overlay`). A picture that cannot be read or runs out of GPU memory is reported and
+    skipped; after the others, :class:`~brixel_plugins.cli.pictures.PicturesFailedError` lists them."""
+    meta = model.dataset_meta
+    failed, warned = [], False
+    for i, (path, name) in enumerate(pictures, 1):
+        try:
+            image = np.asarray(load_rgb(path))
+        except (OSError, ValueError) as e:  # empty, not an image, truncated, floating-point
+            failed.append(f"cannot read {path}: {e}")
+            print(f"[{i}/{len(pictures)}] {path}: FAILED, cannot read it: {e}", file=sys.stderr, flush=True)
+            continue
+        note = None if warned else full_size_note(model, image.shape[:2])
+        if note:
+            print(f"warning: {path}: {note} (said once)", file=sys.stderr, flush=True)
+            warned = True
+        try:
+            classes = predict(model, image)
+        except torch.cuda.OutOfMemoryError:  # this picture's size; smaller ones may still fit
+            torch.cuda.empty_cache()
+            failed.append(f"{path}: out of memory at {image.shape[1]}x{image.shape[0]}")
+            print(f"[{i}/{len(pictures)}] {path}: FAILED, out of memory", file=sys.stderr, flush=True)
+            continue
+        save_class_map(classes, meta["palette"], osp.join(out_dir, "maps", f"{name}.png"))
+        save_rgb(overlay(image, classes, meta, opacity), osp.join(out_dir, "overlays", f"{name}.png"))
+        print(f"[{i}/{len(pictures)}] {path}: {image.shape[1]}x{image.shape[0]}, {len(np.unique(classes))} classes",
+              flush=True)
+    print(f"class maps: {osp.join(out_dir, 'maps')}\noverlays:   {osp.join(out_dir, 'overlays')}")
+    if failed:
+        listed = "; ".join(failed[:10]) + (f"; ... {len(failed) - 10} more" if len(failed) > 10 else "")
+        raise PicturesFailedError(f"{len(failed)} of {len(pictures)} pictures failed (the others were written): "
+                                  f"{listed}")
 
 
 def save_class_map(classes: np.ndarray, palette: Sequence[Sequence[int]], path: str) -> str:
