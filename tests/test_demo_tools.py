@@ -118,13 +118,10 @@ def test_progress_reaches_the_console_while_the_framework_log_goes_to_a_file(tmp
 
 
 def test_detection_demo_scores_nothing_found_as_zero_and_keeps_other_nans():
-    import importlib.util
+    from brixel_plugins.d2.demo import ap, found_nothing
 
-    spec = importlib.util.spec_from_file_location("brixel_tool_demo_det", ROOT / "tools" / "demo_det.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     nan = float("nan")
     nothing = {task: {"AP": nan, "APs": nan} for task in ("bbox", "segm")}  # COCOEvaluator: no detections
-    assert (tool.ap(nothing, "segm", "AP"), tool.found_nothing(nothing)) == (0.0, True)
+    assert (ap(nothing, "segm", "AP"), found_nothing(nothing)) == (0.0, True)
     some = {"bbox": {"AP": 3.0, "APs": nan}, "segm": {"AP": 2.0, "APs": nan}}  # no small objects: APs undefined
-    assert tool.ap(some, "segm", "AP") == 2.0 and np.isnan(tool.ap(some, "bbox", "APs"))
+    assert ap(some, "segm", "AP") == 2.0 and np.isnan(ap(some, "bbox", "APs"))
