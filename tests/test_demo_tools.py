@@ -145,7 +145,7 @@ def distilled_in_process(tmp_path_factory):
         return popen(args, *rest, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DINOV3_WEIGHTS", "")
+        mp.delenv("DINOV3_WEIGHTS", raising=False)
         mp.setattr(subprocess, "Popen", no_tool)  # subprocess.run, call, check_output: all through Popen
         path = ensure_weights(str(work), iters=1)
     return work, path, threads
