@@ -118,13 +118,68 @@ def test_progress_reaches_the_console_while_the_framework_log_goes_to_a_file(tmp
 
 
 def test_detection_demo_scores_nothing_found_as_zero_and_keeps_other_nans():
-    import importlib.util
+    from brixel_plugins.d2.demo import ap, found_nothing
 
-    spec = importlib.util.spec_from_file_location("brixel_tool_demo_det", ROOT / "tools" / "demo_det.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     nan = float("nan")
     nothing = {task: {"AP": nan, "APs": nan} for task in ("bbox", "segm")}  # COCOEvaluator: no detections
-    assert (tool.ap(nothing, "segm", "AP"), tool.found_nothing(nothing)) == (0.0, True)
+    assert (ap(nothing, "segm", "AP"), found_nothing(nothing)) == (0.0, True)
     some = {"bbox": {"AP": 3.0, "APs": nan}, "segm": {"AP": 2.0, "APs": nan}}  # no small objects: APs undefined
-    assert tool.ap(some, "segm", "AP") == 2.0 and np.isnan(tool.ap(some, "bbox", "APs"))
+    assert ap(some, "segm", "AP") == 2.0 and np.isnan(ap(some, "bbox", "APs"))
+
+
+@pytest.fixture(scope="module")
+def distilled_in_process(tmp_path_factory):
+    """ensure_weights in a work dir without BRIXEL weights, at 1 iteration, with subprocesses refused:
+    the segmentation and detection demos distil what they miss through the package, not tools/demo.py."""
+    import torch
+
+    from brixel_plugins.distill.demo import ensure_weights
+
+    work = tmp_path_factory.mktemp("demo")
+    threads = torch.get_num_threads()
+    popen = subprocess.Popen
+
+    def no_tool(args, *rest, **kwargs):  # mmengine's environment report runs git and gcc: those may run
+        if "demo.py" in " ".join(map(str, args if isinstance(args, (list, tuple)) else [args])):
+            raise AssertionError(f"the package ran a tool: {args}")
+        return popen(args, *rest, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DINOV3_WEIGHTS", raising=False)
+        mp.setattr(subprocess, "Popen", no_tool)  # subprocess.run, call, check_output: all through Popen
+        path = ensure_weights(str(work), iters=1)
+    return work, path, threads
+
+
+def test_missing_demo_weights_are_distilled_in_process(distilled_in_process):
+    import torch
+
+    from brixel_plugins.distill.demo import ensure_weights
+
+    work, path, threads = distilled_in_process
+    assert path == str(work / "brixel" / "best_upsampler.safetensors") and Path(path).is_file()
+    assert json.loads((work / "summary.json").read_text())["distill"]["brixel"]["iterations"] == 1
+    assert torch.get_num_threads() == threads  # the caller's threads (the segmentation demo's --threads) kept
+    before = Path(path).stat().st_mtime_ns
+    assert ensure_weights(str(work)) == path and Path(path).stat().st_mtime_ns == before  # present: not redone
+
+
+def test_segmentation_demo_refuses_a_backbone_the_brixel_weights_were_not_distilled_on(distilled_in_process):
+    import warnings
+
+    import torch
+
+    from brixel_plugins.backbones import FrozenDINOv3
+    from brixel_plugins.distill.demo import check_distilled_backbone
+    from brixel_plugins.files.checkpoints import CheckpointError
+
+    work = distilled_in_process[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "a RANDOM init"
+        backbone = FrozenDINOv3("vits16")  # the demos' seeded random init
+    assert check_distilled_backbone(backbone, str(work)).startswith("same random init as the distillation")
+    with torch.no_grad():
+        backbone.model.blocks[-1].mlp.fc2.bias.add_(1e-3)  # not the patch embedding: every tensor is compared
+    with pytest.raises(CheckpointError, match="differs from the one in"):
+        check_distilled_backbone(backbone, str(work))
+    assert check_distilled_backbone(backbone, str(work / "nothing")).startswith("could not compare")

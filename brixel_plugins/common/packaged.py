@@ -20,7 +20,7 @@ from typing import Optional
 
 PACKAGE = "brixel_plugins"
 PREFIX = PACKAGE + "::"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # brixel_plugins/, above common/
 MIM_DIR = PACKAGE_DIR / ".mim"
 FOLDERS = ("configs", "tools")
 # mmengine reads .mim/model-index.yml (the metafiles of published models) before it falls back to

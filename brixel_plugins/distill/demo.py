@@ -1,5 +1,5 @@
-"""The distillation demo's protocol and its train-and-score routine, shared by ``tools/demo.py``
-(the demo table) and ``tools/compare_recipes.py`` (release recipe vs ours).
+"""The distillation demo (``tools/demo.py``, :func:`distillation_demo`), its protocol and its
+train-and-score routine, shared with ``tools/compare_recipes.py`` (release recipe vs ours).
 
 The protocol is the same for every recipe, so a table compares like with like: the upsampler
 sees the image at ``STUDENT`` = 96 px (a 6x6 token grid) and must predict what DINOv3 (ViT-S)
@@ -18,20 +18,27 @@ and :func:`score` reads the held-out numbers of the best checkpoint (lowest vali
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import os.path as osp
 import shutil
 import time
 import uuid
-from typing import List, Optional, Sequence, Tuple
+import warnings
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
+import torch
+
+from ..common import packaged
+from ..common.filesystem import update_json
 from ..images import skimage_photo_files
 
 STUDENT, TEACHER = 96, 384  # px: 6x6 tokens in, DINOv3's 24x24 map at 384 px out (4x)
 HELD_OUT = ("chelsea.png", "coffee.png", "rocket.jpg")
 ARCH = "vits16"
 DEFAULT_WORK_DIR = osp.join("work_dirs", "demo")  # the demos' --work-dir, under the current directory
+METHODS = ("brixel", "lift", "jbu", "featsharp")  # the recipes configs/distill/demo/<method>.py, in table order
 
 
 def photo_folders(root: str) -> Tuple[str, str]:
@@ -164,16 +171,13 @@ def table(rows: Sequence[Tuple[str, dict]]) -> str:
 def pca_picture(runs: Sequence[Tuple[str, object]], val_dir: str, path: str) -> str:
     """The PCA picture of the held-out photos: one row per photo, one column per run's best
     weights (``runs``: (label, runner) pairs, all on the same backbone), beside DINOv3 low/high-res."""
-    import torch
-
     from ..files.upsampler_file import load_upsampler
     from ..visualize.figure import pca_figure
 
     (first_label, first), *others = runs
     backbone = first.model.backbone
     for label, runner in others:  # every run seeds the same backbone init; the picture relies on it
-        other = runner.model.backbone.state_dict()
-        if any(not torch.equal(v, other[k]) for k, v in backbone.state_dict().items()):
+        if not same_backbone(backbone, runner.model.backbone.state_dict()):
             raise RuntimeError(f"the {label} run built a different backbone than the {first_label} run")
     ups = [(label, load_upsampler(osp.join(runner.work_dir, "best_upsampler.safetensors"), backbone.spec).eval())
            for label, runner in runs]
@@ -181,23 +185,111 @@ def pca_picture(runs: Sequence[Tuple[str, object]], val_dir: str, path: str) -> 
     return pca_figure(photos, backbone, ups, path, size=STUDENT, hr_size=TEACHER)
 
 
-def ensure_weights(path: str, root: str, method: str = "brixel", work_dir: Optional[str] = None) -> None:
-    """Run the distillation demo for ``method`` (``tools/demo.py`` of the repository ``root``, writing
-    to ``work_dir``, default ``work_dirs/demo`` under the current directory) unless its best weights
-    ``path`` exist: the segmentation and detection demos start from them."""
-    import subprocess
-    import sys
 
-    if osp.isfile(path):
-        return
+
+def same_backbone(backbone: torch.nn.Module, state: Mapping[str, Any]) -> bool:
+    """Does ``state`` (a state dict) hold every tensor of ``backbone``, equal? The demos compare
+    upsamplers on one DINOv3 (each run draws the same seeded random init) and rely on it."""
+    return all(k in state and torch.equal(v, state[k]) for k, v in backbone.state_dict().items())
+
+
+def check_distilled_backbone(backbone: torch.nn.Module, work_dir: str, method: str = "brixel") -> str:
+    """Compare ``backbone`` (a random-init DINOv3 of the segmentation or detection demo) with the one
+    the distillation demo trained ``method`` on, when its newest checkpoint under ``work_dir`` holds
+    it; raise if they differ (the upsampler's weights would then mean nothing here). Returns a note."""
+    from ..files.checkpoints import CheckpointError, load_checkpoint_file
+
+    prefix = "backbone."
+    for ckpt in sorted(glob.glob(osp.join(work_dir, method, "*.pth")), key=osp.getmtime, reverse=True):
+        state = load_checkpoint_file(ckpt)["state_dict"]  # weights_only, mmengine's classes allowed
+        held = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if "model.patch_embed.proj.weight" in held:
+            if not same_backbone(backbone, held):
+                raise CheckpointError(f"the random DINOv3 here differs from the one in {ckpt}; rerun "
+                                      f"tools/demo.py, or set DINOV3_WEIGHTS for both demos")
+            return f"same random init as the distillation ({osp.basename(ckpt)})"
+    return "could not compare with the distillation's backbone (its checkpoints do not hold it)"
+
+
+def demo_threads() -> int:
+    """The distillation demo's torch CPU threads: 2 (the demo's CPU budget), fewer on a smaller machine."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def distillation_demo(methods: Sequence[str] = METHODS, work: str = DEFAULT_WORK_DIR, iters: Optional[int] = None,
+                      progress: Optional[int] = None) -> dict:
+    """The distillation demo (``tools/demo.py``): each of ``methods`` distilled by its recipe
+    ``configs/distill/demo/<method>.py`` under the demo protocol into ``work/<method>``, then the
+    held-out table, the PCA picture ``work/demo_pca.png`` and the key "distill" of
+    ``work/summary.json``; ``iters``: iterations per method (default the recipe's), ``progress``: a
+    progress line every N iterations (default a tenth of each run). Returns the table's numbers."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    root = packaged.folder("configs").parent
+    recipes = osp.join(root, "configs", "distill", "demo")
+    work = osp.abspath(work)
+    weights = os.environ.get("DINOV3_WEIGHTS")
+    if weights:
+        print(f"DINOv3 ViT-S weights: {weights}")
+    else:
+        print("!! No DINOV3_WEIGHTS: using a RANDOM-INIT DINOv3 ViT-S backbone. The table shows the "
+              "machinery, not real features; set DINOV3_WEIGHTS=/path/to/dinov3_vits16_pretrain_lvd1689m-08c60483.pth")
+        warnings.filterwarnings("ignore", message=".*RANDOM init.*")
+    train_dir, val_dir = photo_folders(osp.join(work, "photos"))
+    print(f"Demo protocol: DINOv3 ViT-S; every upsampler sees {STUDENT} px ({STUDENT // 16}x"
+          f"{STUDENT // 16} tokens) and predicts DINOv3 at {TEACHER} px ({TEACHER // 16}x"
+          f"{TEACHER // 16}); training on random crops and flips of {len(os.listdir(train_dir))} scikit-image "
+          f"photos, held out: {', '.join(sorted(os.listdir(val_dir)))}; CPU.")
+
+    results, runs = {}, []
+    for method in methods:
+        path = osp.join(recipes, f"{method}.py")
+        cfg = demo_config(path, weights, train_dir, val_dir, osp.join(work, method), iters)
+        label = cfg.demo.label
+        print(f"\n== {label}: {osp.relpath(path, root)}, {cfg.train_cfg.max_iters} iterations, "
+              f"batch {cfg.train_dataloader.batch_size} ==", flush=True)
+        runner, seconds = distil(cfg, [progress_hook(label, cfg.train_cfg.max_iters, progress)])
+        results[method] = score(runner, seconds)
+        runs.append((label, runner))
+        print(f"{label}: {results[method]['iterations']} iterations in {seconds:.0f} s (incl. validation), best at "
+              f"iteration {results[method]['best_iteration']}", flush=True)
+
+    rows = [(label, results[m]) for (label, _), m in zip(runs, methods)]
+    print(f"\nHeld-out photos ({', '.join(HELD_OUT)}): {STUDENT} px in, vs DINOv3 at {TEACHER} px "
+          f"(best checkpoint of each method; val loss = each method's own objective):")
+    print(table(rows))
+    losers = not_better_than_bilinear(rows)
+    if losers:
+        print(f"!! not better than bilinear on every column: {', '.join(losers)}")
+    summary = osp.join(work, "summary.json")
+    previous = json.loads(open(summary).read()).get("distill", {}) if osp.isfile(summary) else {}
+    update_json(summary, "distill", {**previous, **results})
+    print(f"Summary: {summary} (key 'distill')")
+
+    path = pca_picture(runs, val_dir, osp.join(work, "demo_pca.png"))
+    print(f"PCA picture: {path}")
+    for (label, runner) in runs:
+        print(f"{label} weights: {osp.join(runner.work_dir, 'best_upsampler.safetensors')} (best), "
+              f"{osp.join(runner.work_dir, 'upsampler.safetensors')} (last)")
+    return results
+
+
+def ensure_weights(work_dir: Optional[str] = None, method: str = "brixel", iters: Optional[int] = None) -> str:
+    """The best weights the distillation demo wrote for ``method`` under ``work_dir`` (default
+    ``work_dirs/demo`` under the current directory), after running it (:func:`distillation_demo`,
+    ``iters`` iterations, default the recipe's) when they are missing: the segmentation and
+    detection demos start from them."""
     work_dir = osp.abspath(work_dir or DEFAULT_WORK_DIR)
+    path = osp.join(work_dir, method, "best_upsampler.safetensors")
+    if osp.isfile(path):
+        return path
     print(f"No {method} weights at {path}: running the distillation demo first (tools/demo.py --methods {method} "
           f"--work-dir {work_dir})", flush=True)
-    subprocess.run([sys.executable, osp.join(root, "tools", "demo.py"), "--methods", method, "--work-dir", work_dir],
-                   check=True)
-
-
-def demo_weights(work_dir: Optional[str] = None, method: str = "brixel") -> str:
-    """Where the distillation demo writes ``method``'s best weights under its ``work_dir`` (default
-    ``work_dirs/demo`` under the current directory)."""
-    return osp.join(work_dir or DEFAULT_WORK_DIR, method, "best_upsampler.safetensors")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(demo_threads())  # as tools/demo.py runs it
+    try:
+        distillation_demo([method], work_dir, iters)
+    finally:
+        torch.set_num_threads(threads)
+    return path
