@@ -10,6 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -203,6 +204,18 @@ def test_anyup_toy_config_trains_and_validates(tmp_path, toy_root, exports):
     runner = train_frozen_and_validate(cfg)
     up = runner.model.backbone.upsampler
     assert up.method == "anyup" and up.factor == 4 and up.weight_file == exports["anyup"]
+
+    # tools/export_model.py's one file: the allow-list admits AnyUp's config, and it predicts the same
+    from brixel_plugins.mmseg.export import export_checkpoint
+    from brixel_plugins.mmseg.inference import load_segmentor, predict
+
+    config, checkpoint = tmp_path / "anyup_toy.py", Path(cfg.work_dir) / "iter_2.pth"
+    cfg.dump(str(config))
+    exported = export_checkpoint(config, checkpoint, tmp_path / "anyup_toy.safetensors")
+    image = np.random.default_rng(0).integers(0, 256, (50, 61, 3), dtype=np.uint8)
+    from_file = load_segmentor(str(exported))
+    assert from_file.backbone.upsampler.method == "anyup"
+    assert np.array_equal(predict(from_file, image), predict(load_segmentor(str(config), str(checkpoint)), image))
 
 
 def train_frozen_and_validate(cfg):
