@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LEVELS = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 LEARNED = ("lift", "jbu", "featsharp", "brixel")
 UPSAMPLERS = ("none", "bilinear") + LEARNED
+NEW_METHODS = ("anyup", "jafar", "loftup")  # in the configs' matrix; AnyUp's toy config trains below
 
 
 def pyramid(upsampler=None, **net_kw):
@@ -137,7 +138,7 @@ def test_every_upsampler_and_backbone_has_both_heads():
     names = {p.name for p in SHIPPED}
     for head in ("mask_rcnn", "cascade_mask_rcnn"):
         for arch in ("vits16", "vitb16", "vitl16"):
-            for up in UPSAMPLERS:
+            for up in UPSAMPLERS + NEW_METHODS:
                 assert f"{head}_dinov3_{arch}_{up}_100ep.py" in names
     assert any("toy" in n for n in names)
 
@@ -191,7 +192,7 @@ def toy_files(tmp_path_factory):
              "dinov3": str(root / "tiny_dinov3.pth")}
     torch.save(backbone.model.state_dict(), files["dinov3"])
     photo = torch.randn(2, 3, 64, 64)
-    for method in LEARNED:
+    for method in LEARNED + ("anyup",):
         torch.manual_seed(0)
         up = build_upsampler(dict(type=method), backbone.spec)
         if not up.calibrated:  # FeatSharp's PHI-S statistics
@@ -202,12 +203,16 @@ def toy_files(tmp_path_factory):
 
 
 def toy_cfg(files, upsampler, output_dir=None, max_iter=2):
-    base = upsampler if upsampler in ("none", "bilinear") else "brixel"
+    base = upsampler if upsampler in ("none", "bilinear", "anyup") else "brixel"
     cfg = LazyConfig.load(str(ROOT / "configs" / "d2" / "toy" / f"mask_rcnn_dinov3_vits16_{base}_toy.py"))
     net = cfg.model.backbone.net
     net.update(weights=files["dinov3"], overrides=TINY_DIMS)
     if upsampler in LEARNED:
         net.update(upsampler=dict(type=upsampler), upsampler_weights=files[upsampler])
+    if upsampler == "anyup":  # AnyUp's toy config as shipped, a tiny file in place of the converted release
+        assert net.upsampler == dict(type="anyup", factor=4)
+        assert net.upsampler_weights == "checkpoints/anyup_vits16.safetensors"
+        net.upsampler_weights = files["anyup"]
     data = dict(root=files["data"], num_train=4, num_val=2, size=64)
     cfg.dataloader.train.dataset.names.update(data)
     cfg.dataloader.test.dataset.names.update(data)
@@ -221,7 +226,7 @@ def toy_cfg(files, upsampler, output_dir=None, max_iter=2):
     return cfg
 
 
-@pytest.mark.parametrize("upsampler", UPSAMPLERS)
+@pytest.mark.parametrize("upsampler", UPSAMPLERS + ("anyup",))
 def test_two_iterations_and_coco_evaluation(upsampler, toy_files, tmp_path):
     cfg = toy_cfg(toy_files, upsampler, tmp_path)
     seed_all_rng(0)

@@ -1,5 +1,5 @@
 """Every Detectron2 COCO config gives the dense map at the stride docs/detectron2.md promises (4 for
-BRIXEL and bilinear, 8 for LiFT, JBU and FeatSharp), whatever factor the distillation recipe of
+BRIXEL, AnyUp and bilinear, 8 for LiFT, JBU, FeatSharp, JAFAR and LoftUp), whatever factor the distillation recipe of
 its method writes: a stand-in of each recipe's file (its upsampler config, tiny dims) is loaded
 through the config; the net's declared and computed strides agree, and give the dense map's size
 per 1024 px image of the real model."""
@@ -24,22 +24,25 @@ from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO = sorted((ROOT / "configs" / "d2" / "COCO").glob("*.py"))
-PROMISED = dict(none=16, bilinear=4, brixel=4, lift=8, jbu=8, featsharp=8)  # docs/detectron2.md
+# docs/detectron2.md
+PROMISED = dict(none=16, bilinear=4, brixel=4, anyup=4, lift=8, jbu=8, featsharp=8, jafar=8, loftup=8)
 SIDE = 1024
 
 
 @pytest.fixture(scope="module")
 def recipe_files(tmp_path_factory):
     """{(method, arch): stand-in of the file tools/distill.py configs/distill/<method>_<arch>.py
-    writes}: that recipe's upsampler config on a tiny backbone of that arch."""
+    writes}: that recipe's upsampler config on a tiny backbone of that arch; AnyUp's: the authors'
+    one release as tools/convert_weights.py writes it for that arch (its default config)."""
     folder = tmp_path_factory.mktemp("recipes")
     photo = torch.randn(1, 3, 32, 32)
     files = {}
-    for method in ("brixel", "lift", "jbu", "featsharp"):
+    for method in ("brixel", "lift", "jbu", "featsharp", "jafar", "loftup", "anyup"):
         for arch in ("vits16", "vitb16", "vitl16"):
-            recipe = Config.fromfile(str(ROOT / "configs" / "distill" / f"{method}_{arch}.py")).model.upsampler
+            recipe = dict(type="anyup") if method == "anyup" else Config.fromfile(
+                str(ROOT / "configs" / "distill" / f"{method}_{arch}.py")).model.upsampler.to_dict()
             backbone = make_tiny_backbone(arch=arch)
-            up = build_upsampler(recipe.to_dict(), backbone.spec)
+            up = build_upsampler(recipe, backbone.spec)
             if not up.calibrated:  # FeatSharp's PHI-S statistics
                 up.calibrate(backbone.last_layer_map(photo))
                 up.finish_calibration()
@@ -61,7 +64,8 @@ def test_coco_config_dense_stride_and_activation_at_1024(path, recipe_files):
     method = next(m for m in PROMISED if f"_{m}_" in path.name)
     net.update(weights=None, overrides=TINY_DIMS)
     if net.get("upsampler_weights"):
-        assert net.upsampler_weights == f"work_dirs/{method}_{net.arch}/best_upsampler.safetensors"
+        assert net.upsampler_weights == (f"checkpoints/anyup_{net.arch}.safetensors" if method == "anyup" else
+                                         f"work_dirs/{method}_{net.arch}/best_upsampler.safetensors")
         net.upsampler_weights = recipe_files[method, net.arch]
     backbone = instantiate(net)
     strides = {k: s.stride for k, s in backbone.output_shape().items()}

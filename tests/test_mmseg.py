@@ -10,6 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,8 +34,10 @@ from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "mmseg"
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.py") if "_base_" not in p.parts)
-TOY = next(p for p in CONFIGS if "toy" in p.name and "demo" not in p.parts)  # demo/: the segmentation demo's runs
+TOY = CONFIG_DIR / "linear" / "linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.py"
+ANYUP_TOY = CONFIG_DIR / "linear" / "linear_dinov3-vits16-anyup_1xb8-60it_toy-shapes-128x128.py"
 METHODS = ("none", "bilinear", "lift", "jbu", "featsharp", "brixel")
+NEW_METHODS = ("anyup", "jafar", "loftup")  # the configs' matrix has them too; one toy run (AnyUp) below
 FROZEN_PREFIX = "backbone.featurizer.backbone."
 RECORD = "backbone._extra_state"  # what the backbone was built with, checked at load (not weights)
 RAN = set()  # tiny model configs already run by test_every_config_builds_and_runs
@@ -52,10 +55,11 @@ def mmseg_scope():
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, tiny_backbone):
-    """One export file per trained method for the tiny backbone (what tools/distill.py writes)."""
+    """One export file per trained method for the tiny backbone (what tools/distill.py and
+    tools/convert_weights.py write)."""
     folder = tmp_path_factory.mktemp("exports")
     files = {}
-    for method in ("lift", "jbu", "featsharp", "brixel"):
+    for method in ("lift", "jbu", "featsharp", "brixel", *NEW_METHODS):
         torch.manual_seed(0)
         up = build_upsampler(dict(type=method), tiny_backbone.spec)
         if not up.calibrated:  # FeatSharp's PHI-S statistics
@@ -106,9 +110,10 @@ def make_tiny(cfg: Config, exports) -> Config:
     return cfg
 
 
-def toy_config(tmp_path, toy_root, exports, method="bilinear", iters=2, **backbone) -> Config:
-    cfg = make_tiny(Config.fromfile(TOY), exports)
-    cfg.model.backbone.upsampler = upsampler_cfg(method, exports)
+def toy_config(tmp_path, toy_root, exports, method="bilinear", iters=2, config=TOY, **backbone) -> Config:
+    cfg = make_tiny(Config.fromfile(config), exports)
+    if method is not None:  # None: the config's own upsampler, its file replaced by the tiny export
+        cfg.model.backbone.upsampler = upsampler_cfg(method, exports)
     cfg.model.backbone.update(backbone)
     data = dict(data_root=toy_root, generate=None)
     cfg.merge_from_dict({
@@ -140,7 +145,7 @@ def load_checkpoint_file(path):
 def test_config_set_is_complete():
     names = {p.name for p in CONFIGS}
     for arch in ("vits16", "vitb16", "vitl16", "vith16plus"):
-        for method in METHODS:
+        for method in METHODS + NEW_METHODS:
             assert f"linear_dinov3-{arch}-{method}_1xb32-40e_ade20k-256x256.py" in names
     for pattern in ("40k_ade20k-512x512", "cityscapes", "voc12", "upernet", "toy"):
         assert any(pattern in n for n in names), pattern
@@ -186,7 +191,36 @@ def test_every_config_builds_and_runs(path, exports):
 # -- training through the Runner -----------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_train_and_validate_every_upsampler(method, tmp_path, toy_root, exports):
-    cfg = toy_config(tmp_path, toy_root, exports, method)
+    train_frozen_and_validate(toy_config(tmp_path, toy_root, exports, method))
+
+
+def test_anyup_toy_config_trains_and_validates(tmp_path, toy_root, exports):
+    """The toy config of a new upsampler as shipped: AnyUp from its weight file (a tiny stand-in of
+    the converted release), frozen, under the linear probe."""
+    shipped = Config.fromfile(ANYUP_TOY)
+    assert shipped.model.backbone.upsampler == dict(type="anyup", weights="checkpoints/anyup_vits16.safetensors")
+    assert shipped.model.backbone.weights is None and shipped.train_cfg.max_iters == 60
+    cfg = toy_config(tmp_path, toy_root, exports, method=None, config=ANYUP_TOY)
+    runner = train_frozen_and_validate(cfg)
+    up = runner.model.backbone.upsampler
+    assert up.method == "anyup" and up.factor == 4 and up.weight_file == exports["anyup"]
+
+    # tools/export_model.py's one file: the allow-list admits AnyUp's config, and it predicts the same
+    from brixel_plugins.mmseg.export import export_checkpoint
+    from brixel_plugins.mmseg.inference import load_segmentor, predict
+
+    config, checkpoint = tmp_path / "anyup_toy.py", Path(cfg.work_dir) / "iter_2.pth"
+    cfg.dump(str(config))
+    exported = export_checkpoint(config, checkpoint, tmp_path / "anyup_toy.safetensors")
+    image = np.random.default_rng(0).integers(0, 256, (50, 61, 3), dtype=np.uint8)
+    from_file = load_segmentor(str(exported))
+    assert from_file.backbone.upsampler.method == "anyup"
+    assert np.array_equal(predict(from_file, image), predict(load_segmentor(str(config), str(checkpoint)), image))
+
+
+def train_frozen_and_validate(cfg):
+    """Train ``cfg`` (the toy, 2 iterations): only the head trains, frozen parts stay in eval mode
+    and out of the checkpoint, validation scores."""
     runner = RUNNERS.build(cfg)
     model = runner.model
     featurizer = model.backbone
@@ -211,6 +245,7 @@ def test_train_and_validate_every_upsampler(method, tmp_path, toy_root, exports)
     state = load_checkpoint_file(Path(cfg.work_dir) / "iter_2.pth")["state_dict"]
     assert not any(k.startswith("backbone.") for k in state if k != RECORD), "frozen weights were written to the checkpoint"
     assert any(k.startswith("decode_head.conv_seg") for k in state)
+    return runner
 
 
 def test_init_weights_trap_is_real_and_avoided(tmp_path, toy_root, exports):

@@ -9,11 +9,14 @@ Files the variants read (change them with ``model.backbone.net.weights=...`` and
 ``model.backbone.net.upsampler_weights=...``):
 - DINOv3: ``checkpoints/dinov3_<arch>_pretrain_lvd1689m-<hash>.pth`` (Meta's file names);
 - upsamplers: ``work_dirs/<method>_<arch>/best_upsampler.safetensors`` (tools/distill.py's
-  export for configs/distill/<method>_<arch>.py); bilinear has no weights.
+  export for configs/distill/<method>_<arch>.py); AnyUp: ``checkpoints/anyup_<arch>.safetensors``
+  (the authors' one release for every backbone, converted for ``arch`` by tools/convert_weights.py);
+  bilinear has no weights.
 
-The dense map's stride is the config's, not the file's (``DENSE_FACTOR``): 4 for BRIXEL and
-bilinear, 8 for LiFT, JBU and FeatSharp. A file at another factor is refused, except a JBU stack,
-whose first layers serve (the JBU recipe distils 16x = four 2x layers; the first is the 2x JBU).
+The dense map's stride is the config's, not the file's (``DENSE_FACTOR``): 4 for BRIXEL, AnyUp and
+bilinear, 8 for LiFT, JBU, FeatSharp, JAFAR and LoftUp. A file at another factor is refused, except
+a JBU stack, whose first layers serve (the JBU recipe distils 16x = four 2x layers; the first is the
+2x JBU).
 """
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
@@ -61,7 +64,14 @@ def dinov3_file(arch):
 
 
 # upsampling factor of each variant: dense map at stride 16 / factor (4 or 8, as documented)
-DENSE_FACTOR = dict(bilinear=4, brixel=4, lift=2, jbu=2, featsharp=2)
+DENSE_FACTOR = dict(bilinear=4, brixel=4, anyup=4, lift=2, jbu=2, featsharp=2, jafar=2, loftup=2)
+
+
+def upsampler_file(method, arch):
+    # AnyUp's weights are trained once for every backbone; the others are distilled per backbone
+    if method == "anyup":
+        return f"checkpoints/anyup_{arch}.safetensors"
+    return f"work_dirs/{method}_{arch}/best_upsampler.safetensors"
 
 
 def use_dinov3(model, arch, upsampler=None, square_pad=1024):
@@ -72,7 +82,7 @@ def use_dinov3(model, arch, upsampler=None, square_pad=1024):
     if upsampler is not None:
         net["upsampler"] = dict(type=upsampler, factor=DENSE_FACTOR[upsampler])
     if upsampler not in (None, "bilinear"):
-        net["upsampler_weights"] = f"work_dirs/{upsampler}_{arch}/best_upsampler.safetensors"
+        net["upsampler_weights"] = upsampler_file(upsampler, arch)
     backbone = model.backbone
     if upsampler is None:
         backbone._target_ = ViTDetFeaturePyramid

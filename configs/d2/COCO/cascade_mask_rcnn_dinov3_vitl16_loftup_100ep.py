@@ -1,0 +1,3 @@
+from ..common.dinov3_vitdet import dataloader, lr_multiplier, model, optimizer, train, use_cascade, use_dinov3  # noqa: F401
+
+use_cascade(use_dinov3(model, arch="vitl16", upsampler="loftup"))

@@ -1,0 +1,5 @@
+# ADE20K linear probe, BRIXEL protocol (256 px, batch 32, 40 epochs): DINOv3 ViT-S/16 + anyup (the authors' weights,
+# one release for every backbone, converted for this one by tools/convert_weights.py anyup)
+_base_ = ['../_base_/models/linear_vits16.py', '../_base_/datasets/ade20k_256x256.py',
+          '../_base_/schedules/linear_epochs.py']
+model = dict(backbone=dict(upsampler=dict(_delete_=True, type='anyup', weights='checkpoints/anyup_vits16.safetensors')))
