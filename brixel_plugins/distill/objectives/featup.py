@@ -42,7 +42,9 @@ class FeatUpObjective(DistillObjective):
 
     Args:
         num_jitters: views per step (5).
-        jitter: a registered view jitter (``TRANSFORMS``) with ``sample(hw)`` / ``apply(x, params)``.
+        jitter: a registered view jitter (``TRANSFORMS``, the interface of
+            :class:`~brixel_plugins.distill.components.jitter.ViewJitter`), default FeatUp's
+            (:class:`~brixel_plugins.distill.components.jitter.FeatUpJitter`).
         downsampler: a registered learned downsampler (``MODELS``) built with ``dim`` and ``factor``
             (default: the attention downsampler with FeatUp's settings, ``FEATUP``).
         feature_space: a registered map ``(B, D, H, W) -> same`` (``MODELS``).
@@ -86,10 +88,10 @@ class FeatUpObjective(DistillObjective):
         rec = crf = None
         for v in range(self.num_jitters):
             hr = self.space(distiller.student(img, image_hr=image, last=last))
-            view = self.jitter.sample(img.shape[-2:])
+            view = self.jitter.sample(img)
             with torch.no_grad():
-                target = self.space(distiller.target(self.jitter.apply(img, view)))
-            hr_v = self.jitter.apply(hr, view)
+                target = self.space(distiller.target(self.jitter.apply(img, view)[0]))
+            hr_v = self.jitter.apply(hr, view)[0]
             proj = self.projection.sample(*target.shape[:2], device=target.device) if self.projection else None
             err = (self.project(self.downsampler(hr_v), proj) - self.project(target, proj)).square()
             term = self.uncertainty(err, target) if self.uncertainty is not None else err.mean()
