@@ -21,7 +21,8 @@ class FeatUpObjective(DistillObjective):
     views (the upsampler re-run every view, so its dropout differs):
 
     1. ``hr = S(upsampler(x, F(x)))`` (B, D, f*h, f*w);
-    2. one ``jitter`` draw for the batch: ``x_v = jitter(x)``, ``hr_v = jitter(hr)`` (the same view);
+    2. one ``jitter`` view for the batch (``jitter.sample(x)``): ``x_v``, ``hr_v`` = ``jitter.apply`` of
+       ``x`` and ``hr`` (the same view);
     3. a fresh ``projection`` P (B, D, 30) with unit columns; ``pred = P(downsampler(hr_v))``,
        ``target = P(S(F(x_v)))`` (B, 30, h, w);
     4. ``loss_rec += uncertainty((pred - target)^2, S(F(x_v))) / num_jitters`` (a learned per-pixel
