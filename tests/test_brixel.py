@@ -14,9 +14,9 @@ from brixel_plugins.files.upsampler_file import load_upsampler, save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
 from brixel_plugins.files.upsampler_file import convert_release
 from brixel_plugins.upsamplers.brixel import Brixel, release_only_shapes
+from brixel_plugins.upsamplers.brixel_lean import BrixelLean
 from brixel_plugins.upsamplers.layers.deform_attn import reference_points
 from brixel_plugins.upsamplers.layers.taps import default_taps
-from brixel_plugins.upsamplers.brixel_lean import BrixelLean
 
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 SPECS = {

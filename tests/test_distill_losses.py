@@ -1,15 +1,14 @@
 """Distillation losses, metrics and data on hand-built inputs with known answers."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 from brixel_plugins.distill import losses as L
 from brixel_plugins.distill.data import ImageFolderDataset, ResumableSampler, split_files
-from brixel_plugins.images import skimage_photo_files
 from brixel_plugins.distill.metrics import cosine_similarity, fidelity, map_metrics, relative_l1
+from brixel_plugins.images import skimage_photo_files
 
 
 def smooth_maps(b=2, d=16, h=16, w=16, seed=0):

@@ -309,8 +309,8 @@ def test_every_registered_distillation_part_is_exported_from_its_package():
 def test_phi_s_calibration_has_one_home():
     """The upsampler and both PHI-S objectives delegate the calibration protocol to one mixin."""
     from brixel_plugins.distill.objectives import FeatSharpObjective
-    from brixel_plugins.upsamplers.layers.phi_s import PhiSCalibration
     from brixel_plugins.upsamplers.featsharp import FeatSharp
+    from brixel_plugins.upsamplers.layers.phi_s import PhiSCalibration
 
     for cls in (FeatSharp, MultiViewObjective, FeatSharpObjective):
         for name in ("calibrated", "calibrate", "finish_calibration"):

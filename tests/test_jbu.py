@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from brixel_plugins.backbones.dinov3 import BackboneSpec
 from brixel_plugins.upsamplers import build_upsampler
-from brixel_plugins.upsamplers.jbu import (JBULayer, JBUUpsampler, adaptive_filter, neighbour_similarity,
-                                          prime_factors)
+from brixel_plugins.upsamplers.jbu import JBULayer, JBUUpsampler, adaptive_filter, neighbour_similarity, prime_factors
 
 LAYER_KEYS = {"range_temp", "sigma_spatial", "range_proj.0.weight", "range_proj.0.bias", "range_proj.3.weight",
               "range_proj.3.bias", "fixup_proj.0.weight", "fixup_proj.0.bias", "fixup_proj.3.weight",
