@@ -18,7 +18,8 @@ from brixel_plugins.benchmark import (BenchConfig, MethodSpec, PeakMemory, check
 from brixel_plugins.benchmark.runner import Prepared, build_backbone, time_rows
 from brixel_plugins.upsamplers.layers.layout import run_folded
 from brixel_plugins.upsamplers import build_upsampler
-from brixel_plugins.upsamplers.brixel import Brixel, reference_points
+from brixel_plugins.upsamplers.brixel import Brixel
+from brixel_plugins.upsamplers.layers.deform_attn import reference_points
 from brixel_plugins.upsamplers.jbu import bicubic_padded, pad2d
 
 from conftest import TINY_DIMS

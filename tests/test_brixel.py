@@ -13,8 +13,10 @@ from brixel_plugins.featurizer import DenseFeaturizer
 from brixel_plugins.files.upsampler_file import load_upsampler, save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
 from brixel_plugins.files.upsampler_file import convert_release
-from brixel_plugins.upsamplers.brixel import Brixel, default_taps, reference_points, release_only_shapes
+from brixel_plugins.upsamplers.brixel import Brixel, release_only_shapes
 from brixel_plugins.upsamplers.brixel_lean import BrixelLean
+from brixel_plugins.upsamplers.layers.deform_attn import reference_points
+from brixel_plugins.upsamplers.layers.taps import default_taps
 
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 SPECS = {
@@ -355,3 +357,18 @@ def test_lean_parameter_counts(arch):
     assert sum(p.numel() for p in m.parameters()) == lean_parameter_count(d, q, 96, 1)
     if arch == "vits16":
         assert lean_parameter_count(d, q, 96, 1) == 704_304
+
+
+def test_lean_takes_the_blocks_it_shares_with_brixel_from_layers():
+    """BRIXEL-lean imports nothing from brixel.py: the building blocks both use live in
+    upsamplers/layers/ (one module per idea)."""
+    import ast
+    import inspect
+
+    from brixel_plugins.upsamplers import brixel_lean
+
+    imported = {n.module for n in ast.walk(ast.parse(inspect.getsource(brixel_lean))) if isinstance(n, ast.ImportFrom)}
+    assert not imported & {"brixel", "brixel_plugins.upsamplers.brixel"}, imported
+    for name in ("Extractor", "LayerNorm2d", "check_taps", "conv_bn_relu", "default_taps", "init_weights",
+                 "reference_points", "resize_to", "to_map", "to_tokens"):
+        assert getattr(brixel_lean, name).__module__.startswith("brixel_plugins.upsamplers.layers."), name

@@ -1,15 +1,14 @@
 """Distillation losses, metrics and data on hand-built inputs with known answers."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 from brixel_plugins.distill import losses as L
 from brixel_plugins.distill.data import ImageFolderDataset, ResumableSampler, split_files
-from brixel_plugins.images import skimage_photo_files
 from brixel_plugins.distill.metrics import cosine_similarity, fidelity, map_metrics, relative_l1
+from brixel_plugins.images import skimage_photo_files
 
 
 def smooth_maps(b=2, d=16, h=16, w=16, seed=0):
@@ -200,6 +199,34 @@ def test_attention_downsampler_blurs_maps_smaller_than_the_blur():
     x = torch.randn(1, 8, 2, 2)
     assert down(x).shape == (1, 8, 1, 1)
     torch.testing.assert_close(gaussian_blur(torch.ones(1, 2, 2, 2), 5, 1.0), torch.ones(1, 2, 2, 2))
+
+
+def test_the_attention_downsampler_is_one_registered_module():
+    import importlib.util
+
+    from brixel_plugins.distill.components import attention_downsampler
+    from brixel_plugins.distill.registry import MODELS
+
+    assert MODELS.get("AttentionDownsampler") is attention_downsampler.AttentionDownsampler
+    assert importlib.util.find_spec("brixel_plugins.distill.components.downsampler") is None
+
+
+@pytest.mark.parametrize("jitter", ["HomographyJitter", "FeatSharpJitter", "FeatUpJitter"])
+def test_every_view_jitter_has_one_interface(jitter):
+    """``sample(batch) -> view``; ``apply(x, view) -> (x in the view, valid)`` for the batch and
+    for a map of it at another size."""
+    from brixel_plugins.distill.components import ViewJitter
+    from brixel_plugins.distill.registry import TRANSFORMS
+
+    jit = TRANSFORMS.build(dict(type=jitter))
+    assert isinstance(jit, ViewJitter)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 48)
+    view = jit.sample(x)
+    for y in (x, torch.randn(2, 5, 8, 12)):
+        seen, valid = jit.apply(y, view)
+        assert seen.shape == y.shape and valid.shape == (2, 1, *y.shape[-2:])
+        assert 0 <= float(valid.min()) and float(valid.max()) == 1.0
 
 
 def test_a_fraction_holds_out_at_least_one_image():

@@ -53,7 +53,8 @@ def test_objectives_are_built_from_config_by_name():
     assert isinstance(obj, BrixelObjective) and obj.release
     mv = MODELS.build(dict(type="MultiViewObjective", jitter=dict(type="HomographyJitter", flip=False)),
                       default_args=dict(embed_dim=D, factor=2))
-    assert mv.jitter(3).shape == (3, 3, 3) and mv.downsampler.factor == 2 and not mv.calibrated
+    assert mv.jitter.sample(torch.zeros(3, 3, 32, 32)).shape == (3, 3, 3) and mv.downsampler.factor == 2
+    assert not mv.calibrated
 
 
 # -- scale-free default vs release ---------------------------------------------------------------
@@ -308,14 +309,44 @@ def test_every_registered_distillation_part_is_exported_from_its_package():
 def test_phi_s_calibration_has_one_home():
     """The upsampler and both PHI-S objectives delegate the calibration protocol to one mixin."""
     from brixel_plugins.distill.objectives import FeatSharpObjective
-    from brixel_plugins.upsamplers.layers.phi_s import PhiSCalibration
     from brixel_plugins.upsamplers.featsharp import FeatSharp
+    from brixel_plugins.upsamplers.layers.phi_s import PhiSCalibration
 
     for cls in (FeatSharp, MultiViewObjective, FeatSharpObjective):
         for name in ("calibrated", "calibrate", "finish_calibration"):
             assert getattr(cls, name) is getattr(PhiSCalibration, name), (cls.__name__, name)
     plain = MultiViewObjective(embed_dim=D, factor=2, phi_s=False)
     assert plain.calibrated and plain.loss_space(maps(0)) is not None  # nothing to fit
+
+
+def test_the_calibration_protocol_is_written_once():
+    """Upsamplers and objectives share one calibration protocol (nothing to fit by default), which
+    PHI-S's mixin refines; no class writes its own no-op copy."""
+    from brixel_plugins.distill.objectives import DistillObjective, FeatUpObjective
+    from brixel_plugins.upsamplers import UPSAMPLERS, Upsampler
+    from brixel_plugins.upsamplers.layers.calibration import Calibration
+    from brixel_plugins.upsamplers.layers.phi_s import PhiSCalibration
+
+    assert issubclass(PhiSCalibration, Calibration)
+    plain = [Upsampler, DistillObjective, BrixelObjective, LiftObjective, FeatUpObjective,
+             *(c for c in UPSAMPLERS.values() if not issubclass(c, PhiSCalibration))]
+    for cls in plain:
+        assert issubclass(cls, Calibration), cls.__name__
+        for name in ("calibrated", "calibrate", "finish_calibration"):
+            assert getattr(cls, name) is getattr(Calibration, name), (cls.__name__, name)
+    assert LiftObjective(embed_dim=D, factor=2).calibrated
+
+
+def test_any_objective_takes_any_view_jitter(photo_batches):
+    """One jitter interface: the multi-view objective runs on FeatUp's jitter and FeatUp's
+    objective on homography views (each objective calls only ``sample`` and ``apply``)."""
+    train, _ = photo_batches
+    for objective in (dict(type="MultiViewObjective", num_jitters=1, phi_s=False, jitter=dict(type="FeatUpJitter")),
+                      dict(type="FeatUpObjective", num_jitters=1, jitter=dict(type="HomographyJitter"))):
+        torch.manual_seed(0)
+        model = DistillModel(TINY_BACKBONE, dict(type="jbu", factor=2), objective, teacher_size=64, student_size=32)
+        losses = model(train[:2], mode="loss")
+        assert losses and all(torch.isfinite(v) and v.requires_grad for v in losses.values()), (objective, losses)
 
 
 def test_featsharp_objective_weights_the_error_by_the_one_uncertainty_formula():

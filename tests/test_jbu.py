@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from brixel_plugins.backbones.dinov3 import BackboneSpec
 from brixel_plugins.upsamplers import build_upsampler
-from brixel_plugins.upsamplers.jbu import JBULayer, JBUStack, adaptive_filter, neighbour_similarity, prime_factors
+from brixel_plugins.upsamplers.jbu import JBULayer, JBUUpsampler, adaptive_filter, neighbour_similarity, prime_factors
 
 LAYER_KEYS = {"range_temp", "sigma_spatial", "range_proj.0.weight", "range_proj.0.bias", "range_proj.3.weight",
               "range_proj.3.bias", "fixup_proj.0.weight", "fixup_proj.0.bias", "fixup_proj.3.weight",
@@ -18,6 +18,11 @@ LAYER_KEYS = {"range_temp", "sigma_spatial", "range_proj.0.weight", "range_proj.
 
 def n_params(m):
     return sum(p.numel() for p in m.parameters())
+
+
+def jbu_stack(dim, factor):
+    """The registered JBU at width ``dim``: its stack ``up1..``, ``fixup_proj`` and ``upsample(source, image)``."""
+    return JBUUpsampler(BackboneSpec("vits16", dim, 1, 1), factor)
 
 
 def test_prime_factors():
@@ -39,16 +44,22 @@ def test_layer_params_and_keys(dim):
 
 def test_stack16_released_layout_on_meta():
     with torch.device("meta"):
-        stack = JBUStack(384, 16)
         up = build_upsampler(dict(type="jbu", factor=16), BackboneSpec("vits16", 384, 12, 6))
     want = {f"up{i}.{k}" for i in range(1, 5) for k in LAYER_KEYS} | {"fixup_proj.1.weight", "fixup_proj.1.bias"}
-    assert set(stack.state_dict()) == want
-    assert set(up.state_dict()) == want  # the registered upsampler carries the same keys at top level
-    assert n_params(stack) == 172_772 == n_params(up)
+    assert set(up.state_dict()) == want  # the registered upsampler carries the released keys at top level
+    assert n_params(up) == 172_772
+
+
+def test_the_registered_upsampler_is_the_one_jbu_stack():
+    """No stand-alone stack class beside the registered upsampler (it served tests only)."""
+    import brixel_plugins.upsamplers.jbu as jbu
+    from brixel_plugins.upsamplers import Upsampler
+
+    assert JBUUpsampler.__bases__ == (Upsampler,) and not hasattr(jbu, "JBUStack")
 
 
 def test_stack_one_layer_per_prime():
-    stack = JBUStack(8, 12)
+    stack = jbu_stack(8, 12)
     assert [getattr(stack, f"up{i}").scale for i in (1, 2, 3)] == [2, 2, 3]
     assert not hasattr(stack, "up4")
 
@@ -114,9 +125,9 @@ def test_constant_guidance_is_pure_spatial_filter(sigma, temp):
 
 def test_gradients_reach_every_parameter(photo):
     torch.manual_seed(0)
-    stack = JBUStack(16, 4).train()
+    stack = jbu_stack(16, 4).train()
     src = torch.randn(1, 16, 4, 6)
-    stack(src, photo).square().mean().backward()
+    stack.upsample(src, photo).square().mean().backward()
     for name, p in stack.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
@@ -190,7 +201,7 @@ def test_stack_equals_the_release_computation(factor, hw):
     similarity) computes what FeatUp's code computes, on the same weights, with and without
     autograd. The test can fail: dropping the final mixing changes the output by ~1e-1."""
     torch.manual_seed(0)
-    stack = JBUStack(24, factor).eval()
+    stack = jbu_stack(24, factor).eval()
     with torch.no_grad():  # trained-looking scalars: the temperature and sigma matter
         for n in range(1, len(stack.primes) + 1):
             getattr(stack, f"up{n}").range_temp.fill_(1.5)
@@ -200,16 +211,16 @@ def test_stack_equals_the_release_computation(factor, hw):
     guidance = torch.randn(2, 3, hw[0] * 16, hw[1] * 16)
     with torch.no_grad():
         ref = release_jbu_stack(stack, src, guidance)
-        fast = stack(src, guidance)
+        fast = stack.upsample(src, guidance)
     grad_src = src.clone().requires_grad_()
-    with_grad = stack(grad_src, guidance)
+    with_grad = stack.upsample(grad_src, guidance)
     assert fast.shape == ref.shape == (2, 24, hw[0] * factor, hw[1] * factor)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=2e-5)
     torch.testing.assert_close(with_grad.detach(), ref, rtol=1e-5, atol=2e-5)
     with torch.no_grad():
         stack.fixup_proj[1].weight.zero_()
         stack.fixup_proj[1].bias.zero_()
-        assert (stack(src, guidance) - ref).abs().max() > 1e-2
+        assert (stack.upsample(src, guidance) - ref).abs().max() > 1e-2
 
 
 def test_neighbour_similarity_with_and_without_autograd_equal_unfold():

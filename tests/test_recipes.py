@@ -182,7 +182,7 @@ def test_featup_jitter_is_pad_zoom_crop_flip_one_draw_per_batch():
     assert isinstance(jit, FeatUpJitter)
     assert (jit.max_pad, jit.max_zoom, jit.zoom_prob, jit.flip) == (20, 2.0, 0.5, True)
     torch.manual_seed(0)
-    views = [jit.sample((224, 224)) for _ in range(400)]
+    views = [jit.sample(torch.zeros(2, 3, 224, 224)) for _ in range(400)]
     zoomed = [v.zoom for v in views if v.zoom != 1.0]
     assert 0.4 < len(zoomed) / len(views) < 0.6 and min(zoomed) >= 1.0 and max(zoomed) < 2.0
     assert 0.4 < np.mean([v.flip for v in views]) < 0.6
@@ -195,7 +195,13 @@ def test_featup_jitter_is_pad_zoom_crop_flip_one_draw_per_batch():
     v = type(views[0])((64, 64), 1.5, 7, 30, True)
     want = torch.nn.functional.interpolate(torch.nn.functional.pad(x, [20] * 4, mode="reflect"), scale_factor=1.5,
                                            mode="bilinear", align_corners=False)[..., 7:71, 30:94].flip(-1)
-    torch.testing.assert_close(jit.apply(x, v), want)
+    seen, valid = jit.apply(x, v)
+    torch.testing.assert_close(seen, want)
+    # valid: 0 on the reflected padding the crop shows (the 20 px border, zoomed by 1.5), 1 on the picture
+    inside = torch.nn.functional.interpolate(torch.nn.functional.pad(torch.ones(1, 1, 64, 64), [20] * 4),
+                                             scale_factor=1.5, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(valid, inside[..., 7:71, 30:94].flip(-1).expand(2, 1, 64, 64))
+    assert valid[0, 0, 0].max() == 0 and valid[0, 0, -1, 0] == 1  # the top row lies in the padding
 
 
 def test_featup_downsampler_is_blurred_softmax_pooling_over_16_px_cells():

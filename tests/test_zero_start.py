@@ -13,7 +13,7 @@ from conftest import learned_upsamplers
 def test_every_learned_upsampler_uses_the_template_and_enlarges_once(tiny_backbone, photo):
     """No learned method overrides forward; with zero_start its output is built from ONE bilinear
     enlargement (JBU and FeatSharp used to compute it twice), it reads the layer it enlarges
-    (FeatSharp declares the last layer through the base class), and it is that enlargement."""
+    (FeatSharp declares the last layer itself), and it is that enlargement."""
     names = learned_upsamplers(tiny_backbone.spec)
     assert {"brixel", "brixel_lean", "lift", "jbu", "featsharp"} <= set(names)
     image_hr = F.interpolate(photo, scale_factor=2, mode="bilinear", align_corners=False)
@@ -56,3 +56,12 @@ def test_lift_steps_compose_the_same_base_and_detail(tiny_backbone, photo, zero_
 
         x1 = enlarge(x) + up.step(x, photo)
         torch.testing.assert_close(up(photo, layers), enlarge(x1) + up.step(x1, big))
+
+
+def test_the_base_class_keeps_the_layers_a_method_declares(tiny_spec):
+    """No method case in Upsampler.__init__: with zero_start an upsampler that reads no layer keeps
+    none; FeatSharp declares the last layer (which its base enlarges) itself, only with zero_start."""
+    assert Upsampler(tiny_spec, 2, (), zero_start=True).layer_indices == ()
+    last = (tiny_spec.depth - 1,)
+    assert build_upsampler(dict(type="featsharp", zero_start=True), tiny_spec).layer_indices == last
+    assert build_upsampler(dict(type="featsharp"), tiny_spec).layer_indices == ()

@@ -42,7 +42,8 @@ Each upsampler declares what it needs, so that :class:`~brixel_plugins.featurize
 - ``uses_image_hr``: whether its pixels come from ``image_hr`` when one is given.
 - ``calls_backbone``: whether it runs the frozen backbone itself (FeatSharp's tiles, ``highres``).
 - ``calibrated`` / ``calibrate(feats)`` / ``finish_calibration()``: statistics fitted from
-  backbone features before training (FeatSharp's PHI-S); trivially calibrated for the rest.
+  backbone features before training (the protocol of :mod:`~brixel_plugins.upsamplers.layers.calibration`;
+  FeatSharp's PHI-S); trivially calibrated for the rest.
 - ``zero_start`` (learned methods, a constructor option saved with the weights): the untrained
   output is exactly bilinear interpolation. One mechanism for every learned method, the
   :meth:`Upsampler.forward` template ``output = base + detail``: the base class computes the base
@@ -65,6 +66,7 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
+from .layers.calibration import Calibration
 from .layers.layout import accumulate_pointwise
 
 UPSAMPLERS: Dict[str, Type["Upsampler"]] = {}
@@ -213,12 +215,14 @@ def _from_file(path, spec: BackboneSpec, wanted: Dict) -> "Upsampler":
     return up if factor == up.factor else up.at_factor(factor, source=str(path))
 
 
-class Upsampler(nn.Module):
+class Upsampler(nn.Module, Calibration):
     """Base class. Subclasses call ``super().__init__(spec, factor, **config)`` where
     ``config`` holds every constructor argument needed to rebuild the module (it is saved in
     weight files). Learned methods implement :meth:`detail_map` (and :meth:`residual` if their
     output adds to a base of their own) and keep the :meth:`forward` template, which is where the
-    zero start lives; fixed baselines (no parameters, no zero start) override :meth:`forward`."""
+    zero start lives; fixed baselines (no parameters, no zero start) override :meth:`forward`.
+    Data-fitted statistics follow the one calibration protocol (:class:`~.layers.calibration.Calibration`:
+    nothing to fit unless a method mixes in another, FeatSharp's PHI-S)."""
 
     method: ClassVar[str] = ""
     # the one factor a method is built for (BRIXEL: 4), None where any factor the class accepts works
@@ -248,8 +252,6 @@ class Upsampler(nn.Module):
         self.config = dict(factor=self.factor, **config)
         # a start that cannot be worse than interpolation (see forward)
         self.zero_start = bool(config.get("zero_start", False))
-        if self.zero_start and not self.layer_indices:  # FeatSharp: the base enlarges the last layer
-            self.layer_indices = (spec.depth - 1,)
 
     @property
     def embed_dim(self) -> int:
@@ -280,18 +282,6 @@ class Upsampler(nn.Module):
                 f"output_size={requested!r}; methods that give any output size: "
                 f"{[n for n, c in sorted(UPSAMPLERS.items()) if c.any_output_size]}")
         return size
-
-    # -- data-fitted statistics (FeatSharp's PHI-S); a no-op for everything else ------------
-    @property
-    def calibrated(self) -> bool:
-        """False while statistics that must be fitted from data before use are missing."""
-        return True
-
-    def calibrate(self, feats: torch.Tensor) -> None:
-        """Accumulate statistics from backbone last-layer maps (B, D, h, w)."""
-
-    def finish_calibration(self) -> None:
-        """Fit from the accumulated statistics; afterwards ``calibrated`` is True."""
 
     # -- the output: base + detail (the zero start lives here and nowhere else) ----------------
     def interpolation_base(self, source: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -40,84 +40,24 @@ those counts, which the authors quote, are what fixed the shapes of the implicit
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import nn
 
 from ..backbones.dinov3 import ARCHS, BackboneSpec
 from ..backbones.weights import WeightFileError
-from .layers.deform_attn import MSDeformAttn
-from .layers.layout import accumulate_pointwise, channels_last, pointwise, run_folded
 from .base import LastProjection, Upsampler, register_upsampler, zero_init
-
-# Tapped layers of the released models (0-based block indices).
-RELEASE_TAPS: Dict[str, Tuple[int, ...]] = {
-    "vits16": (3, 6, 9, 11),
-    "vits16plus": (3, 6, 9, 11),
-    "vitb16": (3, 6, 9, 11),
-    "vitl16": (6, 12, 18, 23),
-    "vith16plus": (8, 16, 24, 31),
-}
-
-LN_EPS = 1e-6
-
-
-def default_taps(spec: BackboneSpec) -> Tuple[int, ...]:
-    """The 4 tapped layers for a backbone.
-
-    Released arches at their standard depth use the release's taps. Anything else (ViT-7B, a
-    tiny test model) gets 4 evenly spaced layers ending at the last one, ``round(k*depth/4) - 1``
-    for k = 1..4 (7B: 9, 19, 29, 39, the DINOv3 adapter's own choice; depth 4: 0, 1, 2, 3).
-    A backbone shallower than 4 taps some layers twice.
-    """
-    std = ARCHS.get(spec.arch)
-    if spec.arch in RELEASE_TAPS and std is not None and std.depth == spec.depth:
-        return RELEASE_TAPS[spec.arch]
-    return tuple(max(0, int(round(k * spec.depth / 4)) - 1) for k in range(1, 5))
-
-
-def reference_points(shapes: Sequence[Tuple[int, int]], device: torch.device) -> torch.Tensor:
-    """Pixel centres of each level, normalised ``(x, y)`` in (0, 1): ``(1, sum H*W, 1, 2)``."""
-    refs = []
-    for h, w in shapes:
-        ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h
-        xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        refs.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], -1))
-    return torch.cat(refs, 0)[None, :, None, :]
-
-
-def to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H*W, C)."""
-    return x.flatten(2).transpose(1, 2)
-
-
-def to_map(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-    """(B, H*W, C) -> (B, C, H, W), a channels-last view of contiguous tokens. (Through (B, H, W, C),
-    so that a batch of one gets the canonical channels-last strides: torch's kernels take a map
-    whose size-1 batch dimension has another stride for NCHW and answer in NCHW.)"""
-    return x.reshape(x.shape[0], *hw, x.shape[2]).permute(0, 3, 1, 2)
-
-
-def resize_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (B, C, H, W) to ``size``, channels-last (:mod:`~brixel_plugins.upsamplers.layers.layout`:
-    ~30x faster than on an NCHW map on CPU); the identity when the size already fits."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(channels_last(x), size=size, mode="bilinear", align_corners=False)
+from .layers.adapter import Extractor, conv_bn_relu, init_weights
+from .layers.deform_attn import MSDeformAttn, reference_points
+from .layers.layout import accumulate_pointwise, channels_last, pointwise, resize_to, run_folded, to_map, to_tokens
+from .layers.norm import LayerNorm2d
+from .layers.taps import check_taps, default_taps
 
 
 # --------------------------------------------------------------------------------------------
 # adapter parts
 # --------------------------------------------------------------------------------------------
-def conv_bn_relu(cin: int, cout: int, stride: int) -> List[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-
 class SpatialPriorModule(nn.Module):
     """Conv stem on the image: ``(B,3,H,W) -> s1 (B,width,H/4,W/4), c2 (B,D,*size2)``.
 
@@ -139,55 +79,10 @@ class SpatialPriorModule(nn.Module):
         return s1, resize_to(pointwise(self.fc2, run_folded(self.conv2, s1)), size2)
 
 
-class DWConv(nn.Module):
-    """Depthwise 3x3 applied separately to each query level: ``(B, N, C) -> (B, N, C)``."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
-
-    def forward(self, x: torch.Tensor, shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
-        if len(shapes) == 1:  # one level: no split and concatenation (copies)
-            return to_tokens(self.dwconv(to_map(x, shapes[0])))
-        parts = x.split([h * w for h, w in shapes], dim=1)
-        return torch.cat([to_tokens(self.dwconv(to_map(p, hw))) for p, hw in zip(parts, shapes)], 1)
 
 
-class ConvFFN(nn.Module):
-    """Linear D->hidden, per-level depthwise 3x3, GELU, linear hidden->D."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.dwconv = DWConv(hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor, shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
-        return self.fc2(self.act(self.dwconv(self.fc1(x), shapes)))
 
 
-class Extractor(nn.Module):
-    """Queries read backbone tokens: ``q + attn(LN q, LN feat)``, then ``+ drop_path(FFN(LN q))``.
-
-    Shapes: ``q (B, Lq, D)``, ``feat (B, S, D)`` -> ``(B, Lq, D)``; ``feat`` holds ``n_levels``
-    maps flattened and concatenated, of sizes ``feat_shapes`` (a list of ``(h, w)``, ``S = sum h*w``).
-    """
-
-    def __init__(self, dim: int, n_heads: int = 16, n_points: int = 4, ratio: float = 0.5,
-                 ffn_ratio: float = 0.25, drop_path: float = 0.3, n_levels: int = 1):
-        super().__init__()
-        self.query_norm = nn.LayerNorm(dim, eps=LN_EPS)
-        self.feat_norm = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = MSDeformAttn(dim, n_levels=n_levels, n_heads=n_heads, n_points=n_points, ratio=ratio)
-        self.ffn = ConvFFN(dim, int(dim * ffn_ratio))
-        self.ffn_norm = nn.LayerNorm(dim, eps=LN_EPS)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-
-    def forward(self, q: torch.Tensor, ref: torch.Tensor, feat: torch.Tensor,
-                feat_shapes: Sequence[Tuple[int, int]], q_shapes: Sequence[Tuple[int, int]]) -> torch.Tensor:
-        q = q + self.attn(self.query_norm(q), ref, self.feat_norm(feat), feat_shapes)
-        return q + self.drop_path(self.ffn(self.ffn_norm(q), q_shapes))
 
 
 class InteractionBlock(nn.Module):
@@ -249,34 +144,9 @@ class BrixelAdapter(nn.Module):
         return self.norm1(accumulate_pointwise(out, resize_to(s1, size1), fc1.weight))
 
 
-def init_weights(m: nn.Module) -> None:
-    """Init of the adapter (ViT-Adapter style): truncated-normal linears, He-normal (fan-out) convs."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
 # --------------------------------------------------------------------------------------------
 # head
 # --------------------------------------------------------------------------------------------
-class LayerNorm2d(nn.Module):
-    """LayerNorm over channels of a (B,C,H,W) map (key ``.ln`` as in the release; eps 1e-6)."""
-
-    def __init__(self, dim: int, eps: float = LN_EPS):
-        super().__init__()
-        self.ln = nn.LayerNorm(dim, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class DWResBlock(nn.Module):
@@ -399,19 +269,6 @@ class Brixel(Upsampler):
                               self.head.out_conv)
 
 
-def check_taps(up: Upsampler, image: torch.Tensor, layers: Mapping[int, torch.Tensor]) -> List[torch.Tensor]:
-    """The tapped layers of ``up`` from ``layers``, after checking they are all there and that
-    ``image`` (B,3,H,W) is the picture of their token grid."""
-    missing = [i for i in up.layer_indices if i not in layers]
-    if missing:
-        raise KeyError(f"{up.method} needs backbone layers {list(up.layer_indices)}; missing {missing}")
-    taps = [layers[i] for i in up.layer_indices]
-    h, w = taps[-1].shape[-2:]
-    p = up.spec.patch_size
-    if image.shape[-2:] != (h * p, w * p):
-        raise ValueError(f"image {tuple(image.shape[-2:])} does not match the {h}x{w} token grid "
-                         f"(expected {(h * p, w * p)})")
-    return taps
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,11 +54,12 @@ from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
-from .layers.deform_attn import MSDeformAttn
-from .layers.layout import run_folded
 from .base import LastProjection, Upsampler, register_upsampler, zero_init
-from .brixel import (Extractor, LayerNorm2d, check_taps, conv_bn_relu, default_taps, init_weights,
-                     reference_points, resize_to, to_map, to_tokens)
+from .layers.adapter import Extractor, conv_bn_relu, init_weights
+from .layers.deform_attn import MSDeformAttn, reference_points
+from .layers.layout import resize_to, run_folded, to_map, to_tokens
+from .layers.norm import LayerNorm2d
+from .layers.taps import check_taps, default_taps
 
 
 @register_upsampler("brixel_lean")
@@ -68,7 +69,7 @@ class BrixelLean(Upsampler):
     Args:
         spec: the frozen backbone's spec.
         factor: must be 4.
-        layer_indices: the 4 tapped layers; default BRIXEL's (:func:`~.brixel.default_taps`).
+        layer_indices: the 4 tapped layers; default BRIXEL's (:func:`~.layers.taps.default_taps`).
         query_dim: width of the queries (default D/3 rounded to a multiple of 2 * n_heads: 128
             for ViT-S, 256 for B, 336 for L, 432 for H+).
         width: stem and head width (default 96).

@@ -39,12 +39,16 @@ from torch import nn
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from ..images import resize
-from .layers.local_attention import LocalAttention2d
-from .layers.phi_s import PhiS, PhiSCalibration
-from .layers.spectral_reparam import (SpectralStateError, bake_spectral_reparam, bake_spectral_state_dict,
-                                    spectral_reparametrize)
 from .base import DetailGate, Upsampler, register_upsampler
 from .jbu import FeatSharpJBUStack
+from .layers.local_attention import LocalAttention2d
+from .layers.phi_s import PhiS, PhiSCalibration
+from .layers.spectral_reparam import (
+    SpectralStateError,
+    bake_spectral_reparam,
+    bake_spectral_state_dict,
+    spectral_reparametrize,
+)
 
 __all__ = ["FeatSharp", "FusionBlock", "LayerScale", "SwiGLU", "swiglu_hidden", "low_res_view"]
 
@@ -152,7 +156,8 @@ class FeatSharp(PhiSCalibration, Upsampler):  # calibration = PHI-S's own statis
         debias_hw = [int(v) for v in debias_hw]
         if len(debias_hw) != 2 or min(debias_hw) < 1:
             raise ValueError(f"debias_hw must be two positive integers, got {debias_hw}")
-        super().__init__(spec, factor, (), window=int(window),
+        # zero start: the base enlarges the last layer, which the method reads from ``layers`` then
+        super().__init__(spec, factor, (spec.depth - 1,) if zero_start else (), window=int(window),
                          num_heads=int(num_heads), debias_hw=debias_hw, spectral_reparam=bool(spectral_reparam),
                          flex_attention=bool(flex_attention), zero_start=bool(zero_start))
         u = self.factor

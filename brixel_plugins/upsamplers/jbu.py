@@ -5,7 +5,7 @@ bicubically to the guidance size, then every output pixel is a 7x7 weighted aver
 neighbours with a per-pixel kernel = learned range kernel (from the guidance image) x spatial
 Gaussian, normalised, plus a small learned fixup. The kernel is shared across channels.
 
-:class:`JBUStack` chains one layer per prime factor of the total factor (FeatSharp's
+:class:`JBUUpsampler` (``jbu``) chains one layer per prime factor of the total factor (FeatSharp's
 generalisation; 16 = 2*2*2*2 gives FeatUp's released 4-layer stack and its exact key layout
 ``up1..up4``, ``fixup_proj.1``) and ends with ``x + 0.1 * conv1x1(dropout(x))``.
 
@@ -26,10 +26,10 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from .layers.layout import accumulate_pointwise, channels_last, pointwise
 from .base import DetailGate, Upsampler, register_upsampler
+from .layers.layout import accumulate_pointwise, channels_last, pointwise
 
-__all__ = ["JBULayer", "JBUStack", "JBUUpsampler", "FeatSharpJBULayer", "FeatSharpJBUStack", "adaptive_filter",
+__all__ = ["JBULayer", "JBUUpsampler", "FeatSharpJBULayer", "FeatSharpJBUStack", "adaptive_filter",
            "neighbour_similarity", "prime_factors", "spatial_kernel", "spatial_log_kernel"]
 
 
@@ -222,18 +222,34 @@ class JBULayer(nn.Module):
         return f"dim={self.dim}, scale={self.scale}, radius={self.radius}"
 
 
-class _JBUStackMixin:
-    """Builds ``up1..upN`` (one per prime factor, ascending) and the final ``fixup_proj`` on the
-    module itself, so both the stand-alone stack and the registered upsampler carry the released
-    key layout at top level."""
+@register_upsampler("jbu")
+class JBUUpsampler(Upsampler):
+    """FeatUp JBU on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16).
 
-    def _build_stack(self, dim: int, factor: int, final_dropout: float = 0.2) -> None:
-        self.primes = prime_factors(factor)
+    A stack by any integer ``factor >= 2``: one :class:`JBULayer` per prime factor (``up1..upN``,
+    ascending), then ``x + 0.1 * fixup_proj(x)`` (:meth:`upsample`). State-dict keys are the
+    released ones (``up1..``, ``fixup_proj.1``), so a released 16x checkpoint for the same width
+    maps key for key (factor 16 at D=384: 4 * 6,233 + 147,840 = 172,772 parameters).
+    ``zero_start=True`` (new trainings): ``bilinear + detail(jbu - bilinear)``, ``detail`` a
+    :class:`~.base.DetailGate` starting at 0 (the :meth:`Upsampler.forward` template), so the
+    untrained module is bilinear interpolation.
+    """
+
+    needs_image = True
+    uses_image_hr = True  # guidance is average-pooled per level from the real pixels
+
+    def __init__(self, spec: BackboneSpec, factor: int = 2, zero_start: bool = False):
+        super().__init__(spec, factor, (spec.depth - 1,), zero_start=bool(zero_start))
+        self.primes = prime_factors(self.factor)
         for n, p in enumerate(self.primes, 1):
-            self.add_module(f"up{n}", JBULayer(dim, p))
-        self.fixup_proj = nn.Sequential(nn.Dropout2d(final_dropout), nn.Conv2d(dim, dim, 1))
+            self.add_module(f"up{n}", JBULayer(spec.embed_dim, p))
+        self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(spec.embed_dim, spec.embed_dim, 1))
+        if self.zero_start:
+            self.detail = DetailGate(spec.embed_dim)
 
-    def _run_stack(self, source: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def upsample(self, source: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The stack: ``source`` (B,D,h,w) guided by ``image`` (B,3,H,W) -> (B,D,f*h,f*w), the method's
+        output without the zero-start gate."""
         # The final ``x + 0.1 * conv1x1(dropout(x))`` runs first, on the source: every layer is
         # linear in its source and filters all channels alike (its kernels come from the image), so
         # the channel mixing commutes with the stack and costs f^2 times less on the small map. The
@@ -245,49 +261,10 @@ class _JBUStackMixin:
             x = getattr(self, f"up{n}")(x, image)
         return x.add_(0.1 * conv.bias.to(x.dtype).view(1, -1, 1, 1))  # x: the last filter's fresh output
 
-
-class JBUStack(_JBUStackMixin, nn.Module):
-    """JBU by any integer ``factor >= 2``: ``(source (B,D,h,w), image (B,3,H,W)) -> (B,D,f*h,f*w)``.
-
-    One :class:`JBULayer` per prime factor, then ``x + 0.1 * fixup_proj(x)``. Factor 16 at
-    D=384 has 4 * 6,233 + 147,840 = 172,772 parameters, keys as released.
-    """
-
-    def __init__(self, dim: int, factor: int = 2):
-        super().__init__()
-        self.dim, self.factor = int(dim), int(factor)
-        self._build_stack(dim, factor)
-
-    def forward(self, source: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return self._run_stack(source, image)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, factor={self.factor}, primes={self.primes}"
-
-
-@register_upsampler("jbu")
-class JBUUpsampler(_JBUStackMixin, Upsampler):
-    """FeatUp JBU on the last layer: image (B,3,H,W), {last: (B,D,H/16,W/16)} -> (B,D,f*H/16,f*W/16).
-
-    State-dict keys are the released ones (``up1..``, ``fixup_proj.1``), so a released 16x
-    checkpoint for the same width maps key for key. ``zero_start=True`` (new trainings):
-    ``bilinear + detail(jbu - bilinear)``, ``detail`` a :class:`~.base.DetailGate` starting at 0
-    (the :meth:`Upsampler.forward` template), so the untrained module is bilinear interpolation.
-    """
-
-    needs_image = True
-    uses_image_hr = True  # guidance is average-pooled per level from the real pixels
-
-    def __init__(self, spec: BackboneSpec, factor: int = 2, zero_start: bool = False):
-        super().__init__(spec, factor, (spec.depth - 1,), zero_start=bool(zero_start))
-        self._build_stack(spec.embed_dim, self.factor)
-        if self.zero_start:
-            self.detail = DetailGate(spec.embed_dim)
-
     def detail_map(self, image: torch.Tensor, layers: Mapping[int, torch.Tensor], source: torch.Tensor,
                    base: Optional[torch.Tensor], backbone: Optional[nn.Module] = None,
                    image_hr: Optional[torch.Tensor] = None) -> torch.Tensor:
-        out = self._run_stack(source, self.pixels(image, image_hr))
+        out = self.upsample(source, self.pixels(image, image_hr))
         # zero start: a per-channel share of what JBU changes, starting at none
         return out if base is None else self.detail(out - base.to(out.dtype))
 

@@ -19,6 +19,9 @@ probability ``logit_dropout``, falling back to the position prior), noise in the
   FeatUp's release (JBU): kernel = stride = factor, ``blur_size=5, blur_sigma=1, dropout=0.2,
   logit_dropout=0.2, init_noise=0.01`` (:data:`FEATUP`).
 
+Registered for configs: ``downsampler=dict(type='AttentionDownsampler', **FEATUP)`` (or
+``**FEATSHARP``), built with ``dim`` and ``factor`` by the objective.
+
 The saliency is computed once per high-res pixel and then cut into windows. FeatUp's release
 computes it per window; its windows do not overlap, so the numbers are the same (in training
 its input dropout draws the same distribution, in another order).
@@ -30,6 +33,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..registry import MODELS
 
 __all__ = ["AttentionDownsampler", "gaussian_blur", "FEATSHARP", "FEATUP"]
 
@@ -50,6 +55,7 @@ def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
 
 
+@MODELS.register_module()
 class AttentionDownsampler(nn.Module):
     """``forward(x (B, C, f*h, f*w)) -> (B, C, h, w)``.
 

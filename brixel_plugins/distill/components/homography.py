@@ -10,8 +10,9 @@ Two coordinate conventions are in use, each a :func:`warp` option named after it
   -1 and 1 are the corner pixel centres at every resolution, so the same matrix warps an image
   and its feature map alike.
 
-Each sampler carries its convention and warps with it (``jitter.warp(x, hmat)``). All randomness
-comes from the global torch RNG (re-seeded every training step by the loop).
+Both are view jitters (:class:`~.jitter.ViewJitter`): ``sample(x)`` draws one view per image of the
+batch ``x``, (B, 3, 3) on its device, and ``apply(y, hmat)`` warps with the sampler's convention. All
+randomness comes from the global torch RNG (re-seeded every training step by the loop).
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import TRANSFORMS
+from .jitter import ViewJitter
 
-__all__ = ["homography_grid", "warp", "random_homographies", "HomographyJitter", "FeatSharpJitter"]
+__all__ = ["homography_grid", "warp", "random_homographies", "HomographyViews", "HomographyJitter",
+           "FeatSharpJitter"]
 
 
 def homography_grid(hmat: torch.Tensor, size: Tuple[int, int], align_corners: bool) -> torch.Tensor:
@@ -73,9 +76,26 @@ def random_homographies(n: int, max_zoom: float = 1.8, max_shift: float = 1.0, m
     return m
 
 
+class HomographyViews(ViewJitter):
+    """A view jitter whose views are homographies: ``homographies(n) -> (n, 3, 3)``, warped by
+    :func:`warp` with the sampler's ``align_corners`` and ``padding_mode``."""
+
+    align_corners: bool
+    padding_mode: str
+
+    def homographies(self, n: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        return self.homographies(x.shape[0]).to(x.device)
+
+    def apply(self, x: torch.Tensor, view: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return warp(x, view, self.align_corners, self.padding_mode)
+
+
 @TRANSFORMS.register_module()
-class HomographyJitter:
-    """Our multi-view default: ``jitter(n) -> (n, 3, 3)`` (:func:`random_homographies`: zoom-in
+class HomographyJitter(HomographyViews):
+    """Our multi-view default: (n, 3, 3) views from :func:`random_homographies` (zoom-in
     1..``max_zoom``, crop position, rotation within +-``max_rotate_deg``, perspective within
     +-``max_perspective``, optional horizontal flip); warps with ``align_corners=False`` and
     border padding."""
@@ -87,21 +107,18 @@ class HomographyJitter:
         self.kw = dict(max_zoom=float(max_zoom), max_shift=float(max_shift), max_rotate_deg=float(max_rotate_deg),
                        max_perspective=float(max_perspective), flip=bool(flip))
 
-    def __call__(self, n: int) -> torch.Tensor:
+    def homographies(self, n: int) -> torch.Tensor:
         return random_homographies(n, **self.kw)
-
-    def warp(self, x: torch.Tensor, hmat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return warp(x, hmat, self.align_corners, self.padding_mode)
 
     def __repr__(self) -> str:
         return f"HomographyJitter({', '.join(f'{k}={v}' for k, v in self.kw.items())})"
 
 
 @TRANSFORMS.register_module()
-class FeatSharpJitter:
+class FeatSharpJitter(HomographyViews):
     """FeatSharp's release views. A training image first gets ONE random zoom-in and crop shared by
     all its views (:meth:`shared_view`: zoom U(1, ``max_zoom``), the window anywhere inside the
-    image). Each view is then a small homography of that picture (``jitter(n)``): zoom
+    image). Each view is then a small homography of that picture (:meth:`sample`): zoom
     log-uniform in [``min_zoom``, 1 / ``min_zoom``], rotation within +-``max_rotate_deg``,
     perspective terms of magnitude U(``min_perspective``, ``max_perspective``) with random signs,
     no flip; float64. Warps with ``align_corners=True`` and reflection padding.
@@ -141,7 +158,7 @@ class FeatSharpJitter:
         grid = F.affine_grid(theta.to(image), [b, image.shape[1], size, size], align_corners=True)
         return F.grid_sample(image, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
 
-    def __call__(self, n: int) -> torch.Tensor:
+    def homographies(self, n: int) -> torch.Tensor:
         """(n, 3, 3) float64 homographies from a view's normalised coordinates to the shared picture's."""
         zoom = torch.exp(self._uniform(n, math.log(self.min_zoom), -math.log(self.min_zoom)))
         th = self._uniform(n, -1, 1) * math.radians(self.max_rotate_deg)
@@ -153,9 +170,6 @@ class FeatSharpJitter:
         m[:, 1, 0], m[:, 1, 1] = s, c
         m[:, 2, 0], m[:, 2, 1], m[:, 2, 2] = persp[0], persp[1], 1.0
         return m
-
-    def warp(self, x: torch.Tensor, hmat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return warp(x, hmat, self.align_corners, self.padding_mode)
 
     def __repr__(self) -> str:
         return (f"FeatSharpJitter(max_zoom={self.max_zoom}, min_zoom={self.min_zoom}, max_rotate_deg="

@@ -44,7 +44,8 @@ The contract (shapes: B images, D channels, h x w = token grid of the student im
 ``check_sizes(teacher_size, student_size)``
     Raise ``ValueError`` (saying what is wrong) for resolutions the objective cannot use.
 
-Statistics fitted before training (the calibration protocol, the same as the upsampler's):
+Statistics fitted before training (the calibration protocol, the same as the upsampler's:
+:class:`~brixel_plugins.upsamplers.layers.calibration.Calibration`, nothing to fit by default):
 ``calibrated`` (property), ``calibrate(feats)`` (accumulate from last-layer maps (B, D, h, w)
 of training images at the student resolution), ``finish_calibration()`` (fit; every process
 calls it, and statistics are summed over processes when ``torch.distributed`` is initialised,
@@ -76,8 +77,10 @@ from typing import Dict
 import torch
 from torch import nn
 
+from ...upsamplers.layers.calibration import Calibration
 
-class DistillObjective(nn.Module):
+
+class DistillObjective(nn.Module, Calibration):
     """Base class of the objectives (see the module docstring for the contract).
 
     Args:
@@ -105,14 +108,3 @@ class DistillObjective(nn.Module):
             raise ValueError(f"{type(self).__name__}: teacher_size ({teacher_size}) must be at least "
                              f"student_size ({student_size}) x the upsampler factor ({self.factor}): "
                              f"validation compares with the backbone at {student_size * self.factor} px")
-
-    # -- the calibration protocol (nothing to fit by default) ---------------------------------
-    @property
-    def calibrated(self) -> bool:
-        return True
-
-    def calibrate(self, feats: torch.Tensor) -> None:
-        """Accumulate statistics from last-layer maps (B, D, h, w)."""
-
-    def finish_calibration(self) -> None:
-        """Fit from the statistics accumulated on every process."""

@@ -8,8 +8,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..components.attention_downsampler import FEATSHARP
 from ...upsamplers.featsharp import low_res_view
+from ..components.attention_downsampler import FEATSHARP
 from ..registry import MODELS
 from .multiview import MultiViewObjective
 
@@ -55,7 +55,7 @@ class FeatSharpObjective(MultiViewObjective):
 
     Args:
         num_jitters: jittered views besides the main view (5 as released).
-        jitter: a ``TRANSFORMS`` config, default
+        jitter: a ``TRANSFORMS`` config of a homography jitter with a ``shared_view``, default
             :class:`~brixel_plugins.distill.components.homography.FeatSharpJitter` (release values).
         downsampler: a ``MODELS`` config built with ``dim`` and ``factor``; default FeatSharp's
             attention downsampler (``FEATSHARP``: 9x9 window, padding 4, 5x5 Gaussian blur, 20%
@@ -99,10 +99,10 @@ class FeatSharpObjective(MultiViewObjective):
         identity = torch.eye(3, dtype=torch.float64).expand(b, 3, 3)
         total = hr.new_zeros(())
         for k in range(1 + self.num_jitters):
-            hmat = identity if k == 0 else self.jitter(b)
-            view, _ = self.jitter.warp(big, hmat)
+            hmat = identity if k == 0 else self.jitter.sample(big)
+            view, _ = self.jitter.apply(big, hmat)
             target = self.loss_space(distiller.target(low_res_view(view, (r, r))))
-            warped, valid = self.jitter.warp(torch.cat([hr, seam], dim=1), hmat)
+            warped, valid = self.jitter.apply(torch.cat([hr, seam], dim=1), hmat)
             pred = self.downsampler(warped[:, :-1])
             cell_valid = F.avg_pool2d(valid, u)
             cell_seam = F.avg_pool2d(warped[:, -1:] * valid, u) / cell_valid.clamp_min(1e-6)

@@ -21,7 +21,8 @@ class FeatUpObjective(DistillObjective):
     views (the upsampler re-run every view, so its dropout differs):
 
     1. ``hr = S(upsampler(x, F(x)))`` (B, D, f*h, f*w);
-    2. one ``jitter`` draw for the batch: ``x_v = jitter(x)``, ``hr_v = jitter(hr)`` (the same view);
+    2. one ``jitter`` view for the batch (``jitter.sample(x)``): ``x_v``, ``hr_v`` = ``jitter.apply`` of
+       ``x`` and ``hr`` (the same view);
     3. a fresh ``projection`` P (B, D, 30) with unit columns; ``pred = P(downsampler(hr_v))``,
        ``target = P(S(F(x_v)))`` (B, 30, h, w);
     4. ``loss_rec += uncertainty((pred - target)^2, S(F(x_v))) / num_jitters`` (a learned per-pixel
@@ -42,7 +43,9 @@ class FeatUpObjective(DistillObjective):
 
     Args:
         num_jitters: views per step (5).
-        jitter: a registered view jitter (``TRANSFORMS``) with ``sample(hw)`` / ``apply(x, params)``.
+        jitter: a registered view jitter (``TRANSFORMS``, the interface of
+            :class:`~brixel_plugins.distill.components.jitter.ViewJitter`), default FeatUp's
+            (:class:`~brixel_plugins.distill.components.jitter.FeatUpJitter`).
         downsampler: a registered learned downsampler (``MODELS``) built with ``dim`` and ``factor``
             (default: the attention downsampler with FeatUp's settings, ``FEATUP``).
         feature_space: a registered map ``(B, D, H, W) -> same`` (``MODELS``).
@@ -86,10 +89,10 @@ class FeatUpObjective(DistillObjective):
         rec = crf = None
         for v in range(self.num_jitters):
             hr = self.space(distiller.student(img, image_hr=image, last=last))
-            view = self.jitter.sample(img.shape[-2:])
+            view = self.jitter.sample(img)
             with torch.no_grad():
-                target = self.space(distiller.target(self.jitter.apply(img, view)))
-            hr_v = self.jitter.apply(hr, view)
+                target = self.space(distiller.target(self.jitter.apply(img, view)[0]))
+            hr_v = self.jitter.apply(hr, view)[0]
             proj = self.projection.sample(*target.shape[:2], device=target.device) if self.projection else None
             err = (self.project(self.downsampler(hr_v), proj) - self.project(target, proj)).square()
             term = self.uncertainty(err, target) if self.uncertainty is not None else err.mean()

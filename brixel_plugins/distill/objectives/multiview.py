@@ -23,14 +23,15 @@ def _with_default(cfg: Optional[dict], default: dict) -> dict:
 @MODELS.register_module()
 class MultiViewObjective(PhiSCalibration, DistillObjective):
     """``losses``: the image at ``student_size`` is upsampled once, ``hr`` (B, D, f*h, f*w). For
-    each of ``num_jitters`` random views (homography H): ``pred = downsampler(warp(hr, H))``
-    (B, D, h, w) and ``target = target(warp(image, H))`` (the backbone on the jittered view);
+    each of ``num_jitters`` random views V (by default homographies): ``pred = downsampler(V(hr))``
+    (B, D, h, w) and ``target = target(V(image))`` (the backbone on the jittered view);
     the loss ``loss_mv`` is the mean over views of MSE(pred, target), compared in PHI-S space.
 
     Args:
         num_jitters: views per image.
-        jitter: a registered view sampler (``TRANSFORMS``) with ``jitter(n)`` and ``warp(x, H)``,
-            default :class:`~brixel_plugins.distill.components.homography.HomographyJitter`;
+        jitter: a registered view jitter (``TRANSFORMS``, the interface of
+            :class:`~brixel_plugins.distill.components.jitter.ViewJitter`), default
+            :class:`~brixel_plugins.distill.components.homography.HomographyJitter`;
             a dict without ``type`` sets options of the default.
         downsampler: a registered learned downsampler (``MODELS``) built with ``dim`` and
             ``factor``, default the attention downsampler (at init exactly average pooling);
@@ -70,9 +71,9 @@ class MultiViewObjective(PhiSCalibration, DistillObjective):
         hr = self.loss_space(distiller.student(img, image_hr=image))
         total = hr.new_zeros(())
         for _ in range(self.num_jitters):
-            hmat = self.jitter(img.shape[0]).to(img.device)
-            target = self.loss_space(distiller.target(self.jitter.warp(img, hmat)[0]))
-            pred = self.downsampler(self.jitter.warp(hr, hmat)[0])
+            view = self.jitter.sample(img)
+            target = self.loss_space(distiller.target(self.jitter.apply(img, view)[0]))
+            pred = self.downsampler(self.jitter.apply(hr, view)[0])
             total = total + L.mse(pred, target)
         return {"loss_mv": total / self.num_jitters}
 

@@ -15,7 +15,6 @@ Conventions (the standard MSDeformAttn ones):
 from __future__ import annotations
 
 import contextlib
-
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -178,3 +177,15 @@ class MSDeformAttn(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, "
                 f"n_points={self.n_points}, value_dim={self.value_dim}")
+
+
+def reference_points(shapes: Sequence[Tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """Reference points of queries on the grids ``shapes`` (:class:`MSDeformAttn`'s ``ref``): the pixel
+    centres of each level, normalised ``(x, y)`` in (0, 1): ``(1, sum H*W, 1, 2)``."""
+    refs = []
+    for h, w in shapes:
+        ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h
+        xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        refs.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], -1))
+    return torch.cat(refs, 0)[None, :, None, :]

@@ -8,11 +8,13 @@ where a map ``(B, C, H, W)`` and its tokens ``(B, H*W, C)`` are views of each ot
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["accumulate_pointwise", "channels_last", "pointwise", "run_folded"]
+__all__ = ["accumulate_pointwise", "channels_last", "pointwise", "resize_to", "run_folded", "to_map", "to_tokens"]
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -60,3 +62,23 @@ def run_folded(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
             x = conv(x)
             i += 1
     return x
+
+
+def to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def to_map(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W), a channels-last view of contiguous tokens. (Through (B, H, W, C),
+    so that a batch of one gets the canonical channels-last strides: torch's kernels take a map
+    whose size-1 batch dimension has another stride for NCHW and answer in NCHW.)"""
+    return x.reshape(x.shape[0], *hw, x.shape[2]).permute(0, 3, 1, 2)
+
+
+def resize_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W) to ``size``, channels-last (~30x faster
+    than on an NCHW map on CPU); the identity when the size already fits."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(channels_last(x), size=size, mode="bilinear", align_corners=False)

@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .calibration import Calibration
+
 __all__ = ["PhiS", "PhiSCalibration", "hadamard", "equal_diagonal_rotation"]
 
 
@@ -278,11 +280,10 @@ class PhiS(nn.Module):
         return f"dim={self.dim}, fitted={bool(self.fitted)}"
 
 
-class PhiSCalibration:
-    """The calibration protocol of upsamplers and distillation objectives (``calibrated``,
-    ``calibrate(feats)``, ``finish_calibration()``) for a module whose data-fitted statistics are
-    those of its PHI-S normaliser ``self.phi_s`` (``None``: nothing to fit). Mixed in before the
-    base class: ``class FeatSharp(PhiSCalibration, Upsampler)``."""
+class PhiSCalibration(Calibration):
+    """The calibration protocol (:class:`~.calibration.Calibration`) for a module whose data-fitted
+    statistics are those of its PHI-S normaliser ``self.phi_s`` (``None``: nothing to fit). Mixed
+    in before the base class: ``class FeatSharp(PhiSCalibration, Upsampler)``."""
 
     phi_s: Optional[PhiS]
 
