@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from .backbones.dinov3 import PATCH_SIZE, FrozenDINOv3, check_image_batch, check_image_size
+from .files.lookup import find_weight_file
+from .files.upsampler_file import upsampler_from_config
 from .images import resize
-from .upsamplers import Upsampler, UpsamplerConfig, build_upsampler
-from .upsamplers.base import check_output_size
+from .upsamplers import Upsampler, UpsamplerConfig
+from .upsamplers.base import any_size_upsamplers, check_output_size
 
 Size = Union[int, Sequence[int]]
 
@@ -117,18 +119,35 @@ class DenseFeaturizer(nn.Module):
         per image by ``upsampler.output_size``)."""
         if scale is not None and not upsampler.any_output_size and float(scale) != upsampler.factor:
             raise ValueError(f"{upsampler.method} upsamples by its factor {upsampler.factor} only, got "
-                             f"output_scale={scale!r}; use bilinear, bicubic or anyup for other scales")
+                             f"output_scale={scale!r}; use an upsampler that gives any size for other scales "
+                             f"({', '.join(any_size_upsamplers())})")
 
     @classmethod
-    def build(cls, backbone: Union[FrozenDINOv3, Mapping], upsampler: UpsamplerConfig,
-              **working) -> "DenseFeaturizer":
-        """From a backbone (or its kwargs, e.g. ``dict(arch='vits16', weights=...)``) and an
-        upsampler config as :func:`~brixel_plugins.upsamplers.build_upsampler` takes it (``None``,
-        ``dict(type='brixel')``, a weight file, ``dict(type='jbu', weights=..., factor=2)``);
-        ``working`` takes ``working_size`` / ``working_scale`` / ``output_size`` / ``output_scale``."""
+    def build(cls, backbone: Union[FrozenDINOv3, Mapping], upsampler: UpsamplerConfig = None, *,
+              train_upsampler: bool = True, weights_key: str = "backbone.weights", upsampler_key: str = "upsampler",
+              **sizes) -> "DenseFeaturizer":
+        """The one assembly of a featurizer (the adapters, the benchmark and the distiller call it).
+
+        Args:
+            backbone: a :class:`FrozenDINOv3`, or its kwargs (``dict(arch='vits16', weights=...)``),
+                whose weight file is found by the lookup rule of :mod:`brixel_plugins.files.lookup`.
+            upsampler: any form :func:`~brixel_plugins.files.upsampler_file.upsampler_from_config`
+                takes (``None``, ``dict(type='brixel')``, a weight file,
+                ``dict(type='jbu', weights=..., factor=2)``).
+            train_upsampler: False freezes the upsampler (no gradients), as the adapters do by default.
+            weights_key / upsampler_key: where the DINOv3 file and the upsampler sit in the caller's
+                config (``model.backbone.weights``), named in the messages about them.
+            sizes: ``working_size`` / ``working_scale`` / ``output_size`` / ``output_scale``.
+        """
         if not isinstance(backbone, FrozenDINOv3):
+            backbone = dict(backbone)
+            if backbone.get("weights") is not None:
+                backbone["weights"] = find_weight_file(backbone["weights"], weights_key)
             backbone = FrozenDINOv3(**backbone)
-        return cls(backbone, build_upsampler(upsampler, backbone.spec), **working)
+        up = upsampler_from_config(upsampler, backbone.spec, upsampler_key)
+        if not train_upsampler:
+            up.requires_grad_(False)
+        return cls(backbone, up, **sizes)
 
     @property
     def factor(self) -> int:
