@@ -311,6 +311,24 @@ def test_checkpoint_round_trip_leaves_out_frozen_parts(toy_files, tmp_path):
     assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
 
 
+def test_state_dict_leaves_out_what_the_record_rebuilds_as_in_mmseg(toy_files):
+    """One rule for both adapters (RecordsTraining): a random-init DINOv3 (seed + digest recorded) and a
+    frozen upsampler from its file are not in the backbone's state_dict(), which loads strictly into
+    another build; a fine-tuned upsampler stays."""
+    pytest.importorskip("mmseg")
+    from brixel_plugins.mmseg import DINOv3Featurizer
+
+    kw = dict(weights=None, init_seed=3, upsampler=dict(type="brixel", weights=toy_files["brixel"]))
+    net = DINOv3Backbone(overrides=TINY_DIMS, **kw)
+    assert list(net.state_dict()) == ["_extra_state"]
+    assert list(DINOv3Featurizer(**kw, **TINY_DIMS).state_dict()) == ["_extra_state"]  # the same rule
+    again = DINOv3Backbone(overrides=TINY_DIMS, **kw)
+    again.load_state_dict(net.state_dict(), strict=True)
+    tuned = DINOv3Backbone(overrides=TINY_DIMS, train_upsampler=True, **kw).state_dict()
+    assert any(k.startswith("featurizer.upsampler.") for k in tuned)
+    assert not any(k.startswith("featurizer.backbone.") for k in tuned)
+
+
 def test_resume_falls_back_to_newest_loadable_checkpoint(toy_files, tmp_path, caplog):
     def cfg(max_iter):
         c = toy_cfg(toy_files, "bilinear", tmp_path, max_iter=max_iter)
