@@ -7,7 +7,8 @@ The image arrives at the resolution the user has; the backbone runs at a working
     upsampler(working, layers, backbone, image_hr=image) -> (B, D, f*H/16, f*W/16)
 
 or, with ``output_size`` / ``output_scale`` (upsamplers with ``any_output_size``: bilinear, bicubic,
-AnyUp), (B, D, H_out, W_out). See :mod:`brixel_plugins.upsamplers.base` for which upsampler reads which image.
+AnyUp, JAFAR, LoftUp), (B, D, H_out, W_out). See :mod:`brixel_plugins.upsamplers.base` for which
+upsampler reads which image.
 """
 from __future__ import annotations
 
@@ -90,8 +91,8 @@ class DenseFeaturizer(nn.Module):
         output_size: the dense map's (H_out, W_out) (an int for a square), whatever the image size;
         output_scale: or this (non-integer allowed) times the token grid of the working image.
             With neither, ``factor`` x the token grid. Other sizes than that only from upsamplers
-            that give any size (``upsampler.any_output_size``: bilinear, bicubic, AnyUp); the rest
-            refuse them with a ValueError (a scale here, a size at the first image).
+            that give any size (``upsampler.any_output_size``: bilinear, bicubic, AnyUp, JAFAR,
+            LoftUp); the rest refuse them with a ValueError (a scale here, a size at the first image).
 
     The backbone runs once per image for all layers the upsampler reads (plus any asked for in
     :meth:`features`); upsamplers that run the backbone themselves (FeatSharp tiles, ``highres``)

@@ -96,10 +96,10 @@ class DINOv3Backbone(RecordsTraining, Backbone):
             if isinstance(output_stride, bool) or int(output_stride) != output_stride or output_stride < 1:
                 raise ValueError(f"output_stride must be a positive integer (e.g. 4), got {output_stride!r}")
             if not up.any_output_size and factor_stride != output_stride:
-                raise ValueError(f"output_stride={output_stride}: {up.method} upsamples by its factor {up.factor} only, "
-                                 f"which turns the backbone's stride {self._stride} into {factor_stride:g} px; use an "
-                                 f"upsampler that gives any size ({', '.join(any_size_upsamplers())}) or the factor "
-                                 f"that gives stride {output_stride}")
+                raise ValueError(f"output_stride={output_stride}: {up.method} upsamples by its factor {up.factor} "
+                                 f"only, which turns the backbone's stride {self._stride} into {factor_stride:g} px; "
+                                 f"use an upsampler that gives any size ({', '.join(any_size_upsamplers())}) or the "
+                                 f"factor that gives stride {output_stride}")
         elif factor_stride != int(factor_stride):
             raise ValueError(f"{up.method} upsamples by {up.factor}, which turns the backbone's stride "
                              f"{self._stride} into {factor_stride} px; Detectron2 needs integer strides")
