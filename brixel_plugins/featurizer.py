@@ -7,7 +7,8 @@ The image arrives at the resolution the user has; the backbone runs at a working
     upsampler(working, layers, backbone, image_hr=image) -> (B, D, f*H/16, f*W/16)
 
 or, with ``output_size`` / ``output_scale`` (upsamplers with ``any_output_size``: bilinear, bicubic,
-AnyUp), (B, D, H_out, W_out). See :mod:`brixel_plugins.upsamplers.base` for which upsampler reads which image.
+AnyUp, JAFAR, LoftUp), (B, D, H_out, W_out). See :mod:`brixel_plugins.upsamplers.base` for which
+upsampler reads which image.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import torch
 from torch import nn
 
 from .backbones.dinov3 import PATCH_SIZE, FrozenDINOv3, check_image_batch, check_image_size
+from .files.lookup import find_weight_file
+from .files.upsampler_file import upsampler_from_config
 from .images import resize
-from .upsamplers import Upsampler, UpsamplerConfig, build_upsampler
-from .upsamplers.base import check_output_size
+from .upsamplers import Upsampler, UpsamplerConfig
+from .upsamplers.base import any_size_upsamplers, check_output_size
 
 Size = Union[int, Sequence[int]]
 
@@ -88,8 +91,8 @@ class DenseFeaturizer(nn.Module):
         output_size: the dense map's (H_out, W_out) (an int for a square), whatever the image size;
         output_scale: or this (non-integer allowed) times the token grid of the working image.
             With neither, ``factor`` x the token grid. Other sizes than that only from upsamplers
-            that give any size (``upsampler.any_output_size``: bilinear, bicubic, AnyUp); the rest
-            refuse them with a ValueError (a scale here, a size at the first image).
+            that give any size (``upsampler.any_output_size``: bilinear, bicubic, AnyUp, JAFAR,
+            LoftUp); the rest refuse them with a ValueError (a scale here, a size at the first image).
 
     The backbone runs once per image for all layers the upsampler reads (plus any asked for in
     :meth:`features`); upsamplers that run the backbone themselves (FeatSharp tiles, ``highres``)
@@ -117,18 +120,35 @@ class DenseFeaturizer(nn.Module):
         per image by ``upsampler.output_size``)."""
         if scale is not None and not upsampler.any_output_size and float(scale) != upsampler.factor:
             raise ValueError(f"{upsampler.method} upsamples by its factor {upsampler.factor} only, got "
-                             f"output_scale={scale!r}; use bilinear, bicubic or anyup for other scales")
+                             f"output_scale={scale!r}; use an upsampler that gives any size for other scales "
+                             f"({', '.join(any_size_upsamplers())})")
 
     @classmethod
-    def build(cls, backbone: Union[FrozenDINOv3, Mapping], upsampler: UpsamplerConfig,
-              **working) -> "DenseFeaturizer":
-        """From a backbone (or its kwargs, e.g. ``dict(arch='vits16', weights=...)``) and an
-        upsampler config as :func:`~brixel_plugins.upsamplers.build_upsampler` takes it (``None``,
-        ``dict(type='brixel')``, a weight file, ``dict(type='jbu', weights=..., factor=2)``);
-        ``working`` takes ``working_size`` / ``working_scale`` / ``output_size`` / ``output_scale``."""
+    def build(cls, backbone: Union[FrozenDINOv3, Mapping], upsampler: UpsamplerConfig = None, *,
+              train_upsampler: bool = True, weights_key: str = "backbone.weights", upsampler_key: str = "upsampler",
+              **sizes) -> "DenseFeaturizer":
+        """The one assembly of a featurizer (the adapters, the benchmark and the distiller call it).
+
+        Args:
+            backbone: a :class:`FrozenDINOv3`, or its kwargs (``dict(arch='vits16', weights=...)``),
+                whose weight file is found by the lookup rule of :mod:`brixel_plugins.files.lookup`.
+            upsampler: any form :func:`~brixel_plugins.files.upsampler_file.upsampler_from_config`
+                takes (``None``, ``dict(type='brixel')``, a weight file,
+                ``dict(type='jbu', weights=..., factor=2)``).
+            train_upsampler: False freezes the upsampler (no gradients), as the adapters do by default.
+            weights_key / upsampler_key: where the DINOv3 file and the upsampler sit in the caller's
+                config (``model.backbone.weights``), named in the messages about them.
+            sizes: ``working_size`` / ``working_scale`` / ``output_size`` / ``output_scale``.
+        """
         if not isinstance(backbone, FrozenDINOv3):
+            backbone = dict(backbone)
+            if backbone.get("weights") is not None:
+                backbone["weights"] = find_weight_file(backbone["weights"], weights_key)
             backbone = FrozenDINOv3(**backbone)
-        return cls(backbone, build_upsampler(upsampler, backbone.spec), **working)
+        up = upsampler_from_config(upsampler, backbone.spec, upsampler_key)
+        if not train_upsampler:
+            up.requires_grad_(False)
+        return cls(backbone, up, **sizes)
 
     @property
     def factor(self) -> int:

@@ -366,7 +366,7 @@ def d2_cfg(files, base, output_dir="", upsampler=None, max_iter=2):
     net = cfg.model.backbone.net
     net.update(weights=str(files["dinov3"]), overrides={k: v for k, v in TINY.items() if k != "arch"})
     if upsampler:
-        net.update(upsampler=dict(type=upsampler), upsampler_weights=str(files[upsampler]))
+        net.update(upsampler=dict(type=upsampler, weights=str(files[upsampler])))
     data = dict(root=files["data"], num_train=4, num_val=2, size=64)
     cfg.dataloader.train.dataset.names.update(data)
     cfg.dataloader.test.dataset.names.update(data)
@@ -452,7 +452,7 @@ def test_d2_checkpoint_moves_and_exports(tmp_path, d2_files, monkeypatch):
     again = engine.build_model(moved).eval()
     FrozenBackboneCheckpointer(again).load(str(tmp_path / "ckpt.pth"))
     config = ROOT / "configs" / "d2" / "toy" / "mask_rcnn_dinov3_vits16_brixel_toy.py"
-    opts = [f"model.backbone.net.weights={d2_files['dinov3']}", f"model.backbone.net.upsampler_weights={d2_files['brixel']}",
+    opts = [f"model.backbone.net.weights={d2_files['dinov3']}", f"model.backbone.net.upsampler.weights={d2_files['brixel']}",
             "model.backbone.net.overrides={" + ",".join(f"{k}:{v}" for k, v in TINY.items() if k != "arch") + "}",
             "model.backbone.square_pad=64"]
     out = export_checkpoint(config, tmp_path / "ckpt.pth", tmp_path / "model.safetensors", opts=opts)

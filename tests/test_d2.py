@@ -110,6 +110,52 @@ def test_bad_strides_are_refused():
         DINOv3Backbone(working_scale=0.3, overrides=TINY_DIMS)
 
 
+# -- the dense map at a stride of the config's choosing (issue 29.2) ------------------------------
+@pytest.mark.parametrize("upsampler, kw", [
+    (dict(type="bilinear", factor=2), {}),  # factor x grid: stride 8
+    (dict(type="anyup", factor=4), dict(working_scale=0.5)),  # the grid at stride 32, factor 4: stride 8
+    (dict(type="anyup", factor=3), {}),  # factor 3: stride 16/3, no Detectron2 stride at all
+], ids=["bilinear2", "anyup4-scale0.5", "anyup3"])
+def test_p2_is_produced_at_stride_4_from_any_grid(upsampler, kw):
+    torch.manual_seed(0)
+    pyr = pyramid(upsampler, output_stride=4, **kw).eval()
+    assert {k: s.stride for k, s in pyr.net.output_shape().items()} == {"dense": 4, "last_feat": 16 / kw.get(
+        "working_scale", 1)}
+    assert {k: s.stride for k, s in pyr.output_shape().items()} == LEVELS
+    assert isinstance(pyr.simfp_2[0], torch.nn.Identity)  # p2 is the dense map itself, no transposed conv
+    images = [torch.randn(3, 37, 61), torch.randn(3, 50, 45)]
+    batch = ImageList.from_tensors(images, pyr.size_divisibility, padding_constraints=pyr.padding_constraints)
+    h, w = batch.tensor.shape[-2:]
+    with torch.no_grad():
+        net_out, out = pyr.net(batch.tensor), pyr(batch.tensor)
+    assert net_out["dense"].shape == (2, 64, h // 4, w // 4)
+    for name, s in pyr.output_shape().items():
+        assert out[name].shape == (2, 32, math.ceil(h / s.stride), math.ceil(w / s.stride)), name
+    if upsampler["type"] == "bilinear":  # asked for the size, not enlarged by the factor and resampled
+        expected = torch.nn.functional.interpolate(net_out["last_feat"], size=(h // 4, w // 4), mode="bilinear",
+                                                   align_corners=False)
+        torch.testing.assert_close(net_out["dense"], expected, rtol=0, atol=0)
+
+
+def test_output_stride_a_factor_cannot_give_is_refused_at_build():
+    with pytest.raises(ValueError, match=r"output_stride=4: lift upsamples by its factor 2 only, which turns the "
+                                         r"backbone's stride 16 into 8 px; use an upsampler that gives any size "
+                                         r"\(.*anyup.*bilinear.*\)"):
+        DINOv3Backbone(upsampler=dict(type="lift", factor=2), output_stride=4, overrides=TINY_DIMS)
+    with pytest.raises(ValueError, match="output_stride must be a positive integer"):
+        DINOv3Backbone(upsampler=dict(type="bilinear"), output_stride=2.5, overrides=TINY_DIMS)
+    net = DINOv3Backbone(upsampler=dict(type="lift", factor=4), output_stride=4, overrides=TINY_DIMS)  # its own
+    assert net.output_shape()["dense"].stride == 4 and net.size_divisibility == 16
+
+
+def test_upsampler_weights_is_refused_with_what_to_write(tmp_path):
+    with pytest.raises(ValueError, match=r"model.backbone.net.upsampler_weights is not a key any more: write the "
+                                         r"file into the upsampler's config, upsampler=dict\(type='brixel', "
+                                         r"weights='up.safetensors'\) \(on a command line: "
+                                         r"model.backbone.net.upsampler.weights=up.safetensors\)"):
+        DINOv3Backbone(upsampler=dict(type="brixel"), upsampler_weights="up.safetensors", overrides=TINY_DIMS)
+
+
 # -- frozen-ness ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("train_upsampler", [False, True])
 def test_frozen_parts_stay_out_of_optimizer_and_in_eval_mode(train_upsampler, toy_files):
@@ -152,8 +198,8 @@ def test_shipped_config_builds(path):
     if "COCO" in path.parts and arch != "vits16":
         return  # with the tiny override the model is the vits16 one, built below
     net.update(weights=None, overrides=TINY_DIMS)
-    if "upsampler_weights" in net:
-        net.upsampler_weights = None
+    if net.get("upsampler") and net.upsampler.get("weights"):
+        net.upsampler.weights = None
     model = instantiate(cfg.model)
     assert {k: s.stride for k, s in model.backbone.output_shape().items()} == LEVELS
     assert model.input_format == "RGB" and cfg.dataloader.train.mapper.image_format == "RGB"
@@ -208,11 +254,10 @@ def toy_cfg(files, upsampler, output_dir=None, max_iter=2):
     net = cfg.model.backbone.net
     net.update(weights=files["dinov3"], overrides=TINY_DIMS)
     if upsampler in LEARNED:
-        net.update(upsampler=dict(type=upsampler), upsampler_weights=files[upsampler])
+        net.update(upsampler=dict(type=upsampler, weights=files[upsampler]))
     if upsampler == "anyup":  # AnyUp's toy config as shipped, a tiny file in place of the converted release
-        assert net.upsampler == dict(type="anyup", factor=4)
-        assert net.upsampler_weights == "checkpoints/anyup_vits16.safetensors"
-        net.upsampler_weights = files["anyup"]
+        assert net.upsampler == dict(type="anyup", factor=4, weights="checkpoints/anyup_vits16.safetensors")
+        net.upsampler.weights = files["anyup"]
     data = dict(root=files["data"], num_train=4, num_val=2, size=64)
     cfg.dataloader.train.dataset.names.update(data)
     cfg.dataloader.test.dataset.names.update(data)
@@ -252,10 +297,13 @@ def test_checkpoint_round_trip_leaves_out_frozen_parts(toy_files, tmp_path):
                                       "backbone.net.featurizer.upsampler": toy_files["brixel"]}
     assert (tmp_path / "last_checkpoint").read_text() == "a.pth"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
-    frozen = sum(v.numel() for k, v in a.state_dict().items()
-                 if k.startswith("backbone.net.") and k != "backbone.net._extra_state")  # the training record is kept
+    # the frozen parts are out of the model's state_dict() itself (the one rule of both adapters), the
+    # training record is kept; the checkpoint holds exactly that state dict
+    frozen = sum(v.numel() for v in a.backbone.net.featurizer.state_dict().values())
+    assert frozen > 0 and not any(k.startswith("backbone.net.featurizer.") for k in a.state_dict())
+    assert "backbone.net._extra_state" in ck["model"]
     saved = sum(v.numel() for v in ck["model"].values())
-    assert saved == sum(v.numel() for v in a.state_dict().values()) - frozen
+    assert ck["model"].keys() == a.state_dict().keys() and saved == sum(v.numel() for v in a.state_dict().values())
     torch.manual_seed(2)
     b = engine.build_model(cfg).eval()
     assert not torch.equal(a.backbone.simfp_2[1].weight, b.backbone.simfp_2[1].weight)
@@ -263,6 +311,26 @@ def test_checkpoint_round_trip_leaves_out_frozen_parts(toy_files, tmp_path):
     assert extra["iteration"] == 7
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    fa, fb = a.backbone.net.featurizer.state_dict(), b.backbone.net.featurizer.state_dict()
+    assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
+def test_state_dict_leaves_out_what_the_record_rebuilds_as_in_mmseg(toy_files):
+    """One rule for both adapters (RecordsTraining): a random-init DINOv3 (seed + digest recorded) and a
+    frozen upsampler from its file are not in the backbone's state_dict(), which loads strictly into
+    another build; a fine-tuned upsampler stays."""
+    pytest.importorskip("mmseg")
+    from brixel_plugins.mmseg import DINOv3Featurizer
+
+    kw = dict(weights=None, init_seed=3, upsampler=dict(type="brixel", weights=toy_files["brixel"]))
+    net = DINOv3Backbone(overrides=TINY_DIMS, **kw)
+    assert list(net.state_dict()) == ["_extra_state"]
+    assert list(DINOv3Featurizer(**kw, **TINY_DIMS).state_dict()) == ["_extra_state"]  # the same rule
+    again = DINOv3Backbone(overrides=TINY_DIMS, **kw)
+    again.load_state_dict(net.state_dict(), strict=True)
+    tuned = DINOv3Backbone(overrides=TINY_DIMS, train_upsampler=True, **kw).state_dict()
+    assert any(k.startswith("featurizer.upsampler.") for k in tuned)
+    assert not any(k.startswith("featurizer.backbone.") for k in tuned)
 
 
 def test_resume_falls_back_to_newest_loadable_checkpoint(toy_files, tmp_path, caplog):

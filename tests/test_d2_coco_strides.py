@@ -63,10 +63,10 @@ def test_coco_config_dense_stride_and_activation_at_1024(path, recipe_files):
     net = cfg.model.backbone.net
     method = next(m for m in PROMISED if f"_{m}_" in path.name)
     net.update(weights=None, overrides=TINY_DIMS)
-    if net.get("upsampler_weights"):
-        assert net.upsampler_weights == (f"checkpoints/anyup_{net.arch}.safetensors" if method == "anyup" else
+    if net.get("upsampler") and net.upsampler.get("weights"):
+        assert net.upsampler.weights == (f"checkpoints/anyup_{net.arch}.safetensors" if method == "anyup" else
                                          f"work_dirs/{method}_{net.arch}/best_upsampler.safetensors")
-        net.upsampler_weights = recipe_files[method, net.arch]
+        net.upsampler.weights = recipe_files[method, net.arch]
     backbone = instantiate(net)
     strides = {k: s.stride for k, s in backbone.output_shape().items()}
     assert strides == {"dense": PROMISED[method], "last_feat": 16}

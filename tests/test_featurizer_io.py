@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from brixel_plugins.backbones import WeightFileError
 from brixel_plugins.featurizer import DenseFeaturizer
-from brixel_plugins.files.upsampler_file import load_upsampler, read_upsampler_file, save_upsampler
+from brixel_plugins.files.upsampler_file import (load_upsampler, read_upsampler_file, save_upsampler,
+                                                upsampler_from_config)
 from brixel_plugins.upsamplers import Upsampler, build_upsampler, register_upsampler
 from brixel_plugins.common.filesystem import atomic_path
 from conftest import make_tiny_backbone
@@ -128,16 +129,46 @@ def test_a_file_by_path_and_by_config_is_one_upsampler(tmp_path, tiny_spec):
     lift = build_upsampler(dict(type="lift", factor=4), tiny_spec)
     path = save_upsampler(tmp_path / "lift.safetensors", lift)
     for cfg in (path, str(path), dict(weights=str(path)), dict(type="lift", weights=str(path), factor=4)):
-        up = build_upsampler(cfg, tiny_spec)
+        up = upsampler_from_config(cfg, tiny_spec)
         assert up.factor == 4 and up.weight_file == str(path)
         assert all(torch.equal(up.state_dict()[k], v) for k, v in lift.state_dict().items())
     with pytest.raises(WeightFileError, match="built with zero_start=False, but the config asks for zero_start=True"):
-        build_upsampler(dict(type="lift", weights=str(path), zero_start=True), tiny_spec)
+        upsampler_from_config(dict(type="lift", weights=str(path), zero_start=True), tiny_spec)
     with pytest.raises(WeightFileError, match="'lift' upsampler, but 'jbu' was asked for"):
-        build_upsampler(dict(type="jbu", weights=str(path)), tiny_spec)
+        upsampler_from_config(dict(type="jbu", weights=str(path)), tiny_spec)
     with pytest.raises(WeightFileError, match="factor=2 in the config, 4 in the file; a lift upsampler works at "
                                               "the factor it was trained at"):
-        build_upsampler(dict(type="lift", weights=str(path), factor=2), tiny_spec)
+        upsampler_from_config(dict(type="lift", weights=str(path), factor=2), tiny_spec)
+
+
+def test_build_upsampler_builds_from_a_config_only_and_names_the_loader(tmp_path, tiny_spec):
+    """One owner of "file -> upsampler": the registry refuses a file instead of importing the file module back."""
+    path = save_upsampler(tmp_path / "lift.safetensors", build_upsampler(dict(type="lift", factor=4), tiny_spec))
+    for cfg in (path, str(path), dict(type="lift", weights=str(path))):
+        with pytest.raises(ValueError, match="names a weight file: load it with brixel_plugins.files.upsampler_file."
+                                             "upsampler_from_config"):
+            build_upsampler(cfg, tiny_spec)
+    assert build_upsampler(dict(type="lift", factor=4, weights=None), tiny_spec).weight_file is None
+
+
+def test_a_named_file_is_found_by_the_lookup_rule_everywhere(tmp_path, tiny_backbone, monkeypatch):
+    """DenseFeaturizer.build (and so both adapters, the benchmark and the distiller) finds a file by name
+    in $BRIXEL_WEIGHTS_DIR, and a missing one is refused naming the config key that sets it."""
+    from brixel_plugins.files.lookup import WEIGHTS_DIR_ENV
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    path = save_upsampler(folder / "lift.safetensors", build_upsampler(dict(type="lift", factor=2), tiny_backbone.spec))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(folder))
+    net = DenseFeaturizer.build(tiny_backbone, dict(weights="lift.safetensors"), upsampler_key="model.upsampler")
+    assert net.upsampler.weight_file == str(path) and net.factor == 2
+    assert all(p.requires_grad for p in net.upsampler.parameters())
+    frozen = DenseFeaturizer.build(tiny_backbone, "lift.safetensors", train_upsampler=False)
+    assert not any(p.requires_grad for p in frozen.upsampler.parameters())
+    with pytest.raises(WeightFileError, match=r"weight file not found: other.safetensors \(set by "
+                                              r"model.upsampler.weights\)"):
+        DenseFeaturizer.build(tiny_backbone, dict(weights="other.safetensors"), upsampler_key="model.upsampler")
 
 
 def test_a_jbu_stack_serves_at_the_factor_of_its_first_layers(tmp_path, tiny_backbone):
@@ -145,7 +176,7 @@ def test_a_jbu_stack_serves_at_the_factor_of_its_first_layers(tmp_path, tiny_bac
     jbu16 = build_upsampler(dict(type="jbu", factor=16, zero_start=True), tiny_backbone.spec)
     path = save_upsampler(tmp_path / "jbu16.safetensors", jbu16)
     for factor, layers in ((2, 1), (4, 2), (8, 3), (16, 4)):
-        up = build_upsampler(dict(type="jbu", weights=str(path), factor=factor), tiny_backbone.spec)
+        up = upsampler_from_config(dict(type="jbu", weights=str(path), factor=factor), tiny_backbone.spec)
         assert up.factor == factor and len(up.primes) == layers
         state = up.state_dict()
         assert all(torch.equal(v, jbu16.state_dict()[k]) for k, v in state.items())  # its own weights
@@ -155,7 +186,7 @@ def test_a_jbu_stack_serves_at_the_factor_of_its_first_layers(tmp_path, tiny_bac
     assert two(x).shape == (1, 64, 4, 4)  # stride 8
     with pytest.raises(WeightFileError, match=r"factor=3 in the config, 16 in the file, a JBU stack of layers "
                                               r"\[2, 2, 2, 2\] whose first layers give factors \[2, 4, 8, 16\] only"):
-        build_upsampler(dict(type="jbu", weights=str(path), factor=3), tiny_backbone.spec)
+        upsampler_from_config(dict(type="jbu", weights=str(path), factor=3), tiny_backbone.spec)
 
 
 # -- upsampler files whose metadata is damaged are refused (issue 21.3) -----------------------------

@@ -296,6 +296,8 @@ def test_d2_old_checkpoint_holding_the_random_backbone(tmp_path, d2_files):
     def old_checkpoint(seed, name):
         model = d2_model(d2_random(d2_files, seed))
         state = model.state_dict()
+        # what those versions wrote: the DINOv3 tensors too (state_dict() now leaves them out)
+        state.update(model.backbone.net.featurizer.backbone.state_dict(prefix="backbone.net.featurizer.backbone."))
         record = decode_record(state["backbone.net._extra_state"])
         for k in ("init_seed", "init_digest"):
             del record["dinov3"][k]

@@ -349,6 +349,42 @@ def test_working_scale_runs_dinov3_smaller_on_any_size():
     assert tuple(dense.shape[-2:]) == (8, 8)  # working image 32 x 32 (25 x 35 rounded to patches)
 
 
+@pytest.mark.parametrize("upsampler", [dict(type="bilinear", factor=4), dict(type="anyup", factor=4)],
+                         ids=["bilinear", "anyup"])
+def test_output_scale_gives_the_dense_map_at_a_non_integer_scale(upsampler, tmp_path, toy_root, exports):
+    """Issue 29.2: a config asks the upsampler for 2.5 x the token grid (or a size); the segmentor
+    trains and predicts at the image's size on it."""
+    torch.manual_seed(0)
+    net = DINOv3Featurizer(upsampler=upsampler, output_scale=2.5, out_indices=(-1,), **TINY_DIMS).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        dense, last = net(x)
+    assert tuple(last.shape[-2:]) == (4, 6) and tuple(dense.shape[-2:]) == (10, 15)  # 2.5 x (4, 6), not 4 x
+    if upsampler["type"] == "bilinear":
+        torch.testing.assert_close(dense, torch.nn.functional.interpolate(last, size=(10, 15), mode="bilinear"),
+                                   rtol=0, atol=0)
+    sized = DINOv3Featurizer(upsampler=upsampler, output_size=(7, 9), **TINY_DIMS).eval()
+    with torch.no_grad():
+        assert tuple(sized(x)[0].shape[-2:]) == (7, 9)
+    if upsampler["type"] != "bilinear":
+        return  # the segmentor around it is the same for every upsampler: built once, with the cheap one
+    model = MODELS.build(toy_config(tmp_path, toy_root, exports, "bilinear", output_scale=2.5).model)
+    model.init_weights()
+    losses = model.loss(*model.data_preprocessor(batch(50, 70), training=True).values())
+    assert torch.isfinite(losses["decode.loss_ce"])
+    model.eval()
+    with torch.no_grad():
+        assert tuple(model.val_step(batch(50, 70))[0].pred_sem_seg.shape) == (50, 70)
+
+
+def test_an_output_scale_a_factor_only_upsampler_cannot_give_is_refused_at_build(exports):
+    with pytest.raises(ValueError, match=r"brixel upsamples by its factor 4 only, got output_scale=2.5; use an "
+                                         r"upsampler that gives any size for other scales \(.*anyup.*bilinear"):
+        DINOv3Featurizer(upsampler=dict(type="brixel", weights=exports["brixel"]), output_scale=2.5, **TINY_DIMS)
+    net = DINOv3Featurizer(upsampler=dict(type="brixel", weights=exports["brixel"]), output_scale=4, **TINY_DIMS)
+    assert tuple(net(torch.randn(1, 3, 32, 48))[0].shape[-2:]) == (8, 12)  # its own factor is fine
+
+
 # -- the linear probe head -----------------------------------------------------------------------
 def test_linear_probe_head_structure_and_init():
     head = MODELS.build(dict(type="LinearProbeHead", in_channels=64, num_classes=5))

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from ..upsamplers import UPSAMPLERS, Upsampler, UpsamplerConfig, build_upsampler, list_upsamplers
+from ..files.upsampler_file import upsampler_from_config
+from ..upsamplers import UPSAMPLERS, Upsampler, UpsamplerConfig, list_upsamplers
 
 DEFAULT_METHODS = ("bilinear", "jbu", "lift", "featsharp", "brixel", "brixel_lean")
 
@@ -87,7 +88,7 @@ def method_config(method: MethodSpec, factor: int) -> UpsamplerConfig:
 
 def build_method(method: MethodSpec, spec, factor: int) -> Upsampler:
     """Build the upsampler of ``method`` (see :func:`method_config`) for backbone ``spec``."""
-    return build_upsampler(method_config(method, factor), spec)
+    return upsampler_from_config(method_config(method, factor), spec)
 
 
 @torch.no_grad()

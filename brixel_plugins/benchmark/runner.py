@@ -34,7 +34,7 @@ import torch
 
 from .flops import FlopCount, count_flops
 from .memory import PeakMemory, module_bytes
-from .methods import MethodSpec, build_method, check_methods, prepare_upsampler
+from .methods import MethodSpec, check_methods, method_config, prepare_upsampler
 
 REFERENCE = "highres"
 BACKBONE = "backbone"
@@ -218,12 +218,12 @@ def prepare_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone) -> 
     from ..featurizer import DenseFeaturizer
 
     dev = torch.device(cfg.device)
-    up = build_method(method, backbone.spec, cfg.factor).to(dev).eval()
+    model = DenseFeaturizer.build(backbone, method_config(method, cfg.factor)).to(dev).eval()
+    up = model.upsampler
     f = up.factor
     if target % f:
         raise ValueError(f"{method.label}: target {target} tokens is not a multiple of its factor {f}")
     px = target // f * backbone.patch_size
-    model = DenseFeaturizer(backbone, up).eval()
     image = _image(cfg, px)
     if dev.type != "meta":  # on the meta device data statistics have no values to fit
         prepare_upsampler(up, backbone, image)

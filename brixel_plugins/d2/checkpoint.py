@@ -11,10 +11,20 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 
-from ..files.checkpoints import (RECORD_KEY, CheckpointError, check_records, checked_elsewhere, file_being_loaded,
-                           load_checkpoint_file, refuse_or_warn, restricted_pickle_load, resume_candidates,
-                           resume_newest, state_dict_problems)
 from ..common.filesystem import atomic_path, remove_stale_temp_files, write_text_atomic
+from ..files.checkpoints import (
+    RECORD_KEY,
+    CheckpointError,
+    check_records,
+    checked_elsewhere,
+    file_being_loaded,
+    load_checkpoint_file,
+    refuse_or_warn,
+    restricted_pickle_load,
+    resume_candidates,
+    resume_newest,
+    state_dict_problems,
+)
 from .backbone import DINOv3Backbone
 
 logger = logging.getLogger(__name__)
@@ -33,11 +43,13 @@ class FrozenBackboneCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` for detectors over :class:`DINOv3Backbone`.
 
     - Frozen parts that their files or DINOv3's init seed restore (the DINOv3 weights or random
-      init; a frozen upsampler's export) are not written into checkpoints: the config rebuilds
-      them. A 300M-param ViT-L is thus not copied into every checkpoint. A frozen upsampler without
-      a file is kept, since nothing else could restore it. Frozen tensors a checkpoint holds anyway
-      (those of older versions, which kept a random-init DINOv3) are compared with the model's:
-      equal, they are ignored; different, the checkpoint is refused.
+      init; a frozen upsampler's export) are not in the backbone's ``state_dict()``, so not in
+      checkpoints (the one rule of :class:`~brixel_plugins.files.checkpoints.RecordsTraining`);
+      the checkpoint names them under ``external_weights``. A 300M-param ViT-L is thus not copied
+      into every checkpoint. A frozen upsampler without a file is kept, since nothing else could
+      restore it. Frozen tensors a checkpoint holds anyway (those of older versions, which kept a
+      random-init DINOv3) are compared with the model's: equal, they are ignored; different, the
+      checkpoint is refused.
     - Loading is checked: the backbone's training record (DINOv3 arch and file hash, upsampler
       method, config and file hash) must match the model's, and every tensor's shape and the key
       sets must agree (another ``num_classes``, another upsampler); a mismatch is an error naming
@@ -63,10 +75,8 @@ class FrozenBackboneCheckpointer(DetectionCheckpointer):
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
-        external = self.external_weights()
-        skip = tuple(external)
-        data = {"model": {k: v for k, v in self.model.state_dict().items() if not k.startswith(skip)},
-                "external_weights": {prefix[:-1]: path for prefix, path in external.items()}}
+        data = {"model": self.model.state_dict(),  # without the frozen parts (RecordsTraining)
+                "external_weights": {prefix[:-1]: path for prefix, path in self.external_weights().items()}}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)

@@ -82,7 +82,7 @@ def toy_config(method: str, weights: str, iters: int, work: str, brixel: str):
     cfg = LazyConfig.load(packaged.config_file(f"d2/toy/mask_rcnn_dinov3_vits16_{method}_toy.py"))
     cfg.model.backbone.net.weights = weights
     if method == "brixel":
-        cfg.model.backbone.net.upsampler_weights = brixel
+        cfg.model.backbone.net.upsampler.weights = brixel
     for split in ("train", "test"):
         cfg.dataloader[split].dataset.names.root = osp.join(work, "toydata")
     # both tasks always: COCOEvaluator guesses them from the predictions otherwise, and a detector

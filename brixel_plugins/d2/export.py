@@ -128,8 +128,9 @@ def export_checkpoint(config: PathLike, checkpoint: PathLike, out: PathLike, opt
     for part in name.split(".") if name else ():
         node = node[part]
     dinov3 = dinov3_reference(record, f"model.{name}.weights" if name else "model.weights")
+    node.pop("upsampler_weights", None)  # no longer a key: the upsampler's tensors are in the file
     node.update(weights=dinov3["weights"], upsampler={"type": up.method, **json.loads(json.dumps(up.config))},
-                upsampler_weights=None, train_upsampler=False)
+                train_upsampler=False)
     from .predictor import coco_ids, dataset_metadata
 
     coco = coco_ids(dataset_metadata(cfg))  # COCO results in the dataset's ids, as with the checkpoint

@@ -57,7 +57,8 @@ def resample(dim: int, log2_scale: int, norm: str) -> Tuple[nn.Module, int]:
 class UpsampledFeaturePyramid(Backbone):
     """ViTDet's simple feature pyramid for a net with an upsampled map: p2..p5 (+ top block p6).
 
-    The net gives ``"dense"`` (the upsampler's map, stride 4, 8 or 16) and ``"last_feat"`` (the
+    The net gives ``"dense"`` (the upsampler's map: stride 4, 8 or 16 from its factor, or the
+    net's ``output_stride``, e.g. 4 from any token grid for upsamplers of any output size) and ``"last_feat"`` (the
     frozen ViT's own stride-16 map). Levels finer than the ViT's stride (p2, p3 at strides 4, 8)
     start from the dense map: that is where it holds what the stride-16 tokens cannot (small and
     thin objects, sharp boundaries). Levels at or above the ViT's stride (p4, p5, and p6 from p5)

@@ -32,6 +32,7 @@ def add_dinov3_config(cfg: CfgNode) -> CfgNode:
     c.UPSAMPLER_WEIGHTS = ""  # export of tools/distill.py
     c.TRAIN_UPSAMPLER = False
     c.WORKING_SCALE = 1.0
+    c.OUTPUT_STRIDE = 0  # the dense map's stride (e.g. 4 for p2 from any grid); 0 = the factor's
     c.SQUARE_PAD = 0
     cfg.MODEL.PIXEL_MEAN = [255.0 * m for m in IMAGENET_MEAN]
     cfg.MODEL.PIXEL_STD = [255.0 * s for s in IMAGENET_STD]
@@ -44,11 +45,13 @@ def build_dinov3_vitdet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> Backbo
     """Frozen DINOv3 (+ upsampler) and a ViTDet pyramid p2..p6, from ``cfg.MODEL.DINOV3``."""
     c = cfg.MODEL.DINOV3
     upsampler = None
-    if c.UPSAMPLER:
-        upsampler = {"type": c.UPSAMPLER, **({"factor": c.UPSAMPLER_FACTOR} if c.UPSAMPLER_FACTOR else {})}
+    if c.UPSAMPLER or c.UPSAMPLER_WEIGHTS:
+        upsampler = {**({"type": c.UPSAMPLER} if c.UPSAMPLER else {}),
+                     **({"factor": c.UPSAMPLER_FACTOR} if c.UPSAMPLER_FACTOR else {}),
+                     **({"weights": c.UPSAMPLER_WEIGHTS} if c.UPSAMPLER_WEIGHTS else {})}
     net = DINOv3Backbone(arch=c.ARCH, weights=c.WEIGHTS or None, init_seed=c.INIT_SEED, upsampler=upsampler,
-                         upsampler_weights=c.UPSAMPLER_WEIGHTS or None, train_upsampler=c.TRAIN_UPSAMPLER,
-                         working_scale=c.WORKING_SCALE)
+                         train_upsampler=c.TRAIN_UPSAMPLER, working_scale=c.WORKING_SCALE,
+                         output_stride=c.OUTPUT_STRIDE or None)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     if net.upsampler.method == "none" and net.working_scale == 1:
         return ViTDetFeaturePyramid(net, "last_feat", out_channels, scale_factors=(4.0, 2.0, 1.0, 0.5),

@@ -20,8 +20,9 @@ from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import nn
 
 from ..backbones.dinov3 import FrozenDINOv3
+from ..featurizer import DenseFeaturizer
 from ..images import normalise, resize
-from ..upsamplers import Upsampler, build_upsampler
+from ..upsamplers import Upsampler
 from .metrics import map_metrics
 from .objectives import DistillObjective
 from .registry import MODELS
@@ -61,8 +62,10 @@ def held_out_maps(backbone: FrozenDINOv3, upsampler: Upsampler, image: torch.Ten
 @MODELS.register_module()
 class DistillModel(BaseModel):
     """Args:
-        backbone: FrozenDINOv3 kwargs (``arch``, ``weights``, ``autocast``; ``depth``... for tests).
-        upsampler: upsampler config, e.g. ``dict(type='brixel', zero_start=True)``.
+        backbone: FrozenDINOv3 kwargs (``arch``, ``weights``, ``autocast``; ``depth``... for tests);
+            the weight file is found by the lookup rule of :mod:`brixel_plugins.files.lookup`.
+        upsampler: upsampler config, e.g. ``dict(type='brixel', zero_start=True)`` (or a weight file
+            to start from, as :meth:`DenseFeaturizer.build` takes it).
         objective: objective config, e.g. ``dict(type='BrixelObjective')``; built from ``MODELS``
             with the backbone's ``embed_dim`` and the upsampler's ``factor``.
         teacher_size: the size training images arrive at (square).
@@ -73,8 +76,11 @@ class DistillModel(BaseModel):
     def __init__(self, backbone: dict, upsampler: dict, objective: dict, teacher_size: int,
                  student_size: int, data_preprocessor: Optional[dict] = None, init_cfg=None):
         super().__init__(data_preprocessor=data_preprocessor or DistillDataPreprocessor(), init_cfg=init_cfg)
-        self.backbone = FrozenDINOv3(**backbone)
-        self.upsampler: Upsampler = build_upsampler(upsampler, self.backbone.spec)
+        built = DenseFeaturizer.build(backbone, upsampler, weights_key="model.backbone.weights",
+                                      upsampler_key="model.upsampler")
+        # held as two attributes (state-dict keys backbone.* / upsampler.*), not as the featurizer
+        self.backbone: FrozenDINOv3 = built.backbone
+        self.upsampler: Upsampler = built.upsampler
         self.method = self.upsampler.method
         self.teacher_size, self.student_size = int(teacher_size), int(student_size)
         for s in (self.teacher_size, self.student_size):

@@ -476,9 +476,12 @@ class RecordsTraining:
     other parts, its trainable keys missing or at other shapes, or frozen tensors other than the
     model's (``BRIXEL_PARTIAL_LOAD=1`` turns the refusal into a warning).
 
-    One rule for the frozen parts in checkpoints (:meth:`restorable_parts`): a frozen part that its
-    file or its seed restores is not needed in a checkpoint; one that a checkpoint holds anyway (old
-    Detectron2 checkpoints of a random init) must equal the model's."""
+    One rule for the frozen parts in checkpoints (:meth:`restorable_parts`), for both adapters: a
+    frozen part that the checkpoint's record rebuilds exactly (DINOv3 from its file's hash or from its
+    init seed and draw digest, a frozen upsampler from its file) is left out of ``state_dict()``
+    (:meth:`leave_frozen_parts_out`, which each adapter calls once built) and refilled from the
+    model at load; one that a checkpoint holds anyway (old Detectron2 checkpoints of a random init)
+    must equal the model's."""
 
     config_key = "model.backbone"  # where the module sits in a config, for messages
 
@@ -499,6 +502,12 @@ class RecordsTraining:
             out["featurizer.upsampler"] = up.weight_file
         return out
 
+    def leave_frozen_parts_out(self) -> None:
+        """From now on ``state_dict()`` leaves out the :meth:`restorable_parts`, and a state dict
+        without them loads strictly (they keep the values of their files or seed)."""
+        self.register_state_dict_post_hook(_drop_frozen)
+        self.register_load_state_dict_pre_hook(_fill_frozen)
+
     def get_extra_state(self) -> torch.Tensor:
         return encode_record(self.training_record())
 
@@ -512,7 +521,7 @@ class RecordsTraining:
         parts = self.restorable_parts()
         restorable = tuple(f"{prefix}{name}." for name in parts)
         carried = [k for k in state_dict if k.startswith(restorable)]
-        # the featurizer's own state: the mmseg adapter's state_dict() leaves the frozen parts out
+        # the featurizer's own state: the adapters' state_dict() leaves the frozen parts out
         own = self.featurizer.state_dict(prefix=prefix + "featurizer.", keep_vars=True) if carried else {}
         differ = [k for k in carried if k not in own or not _same_tensor(state_dict[k], own[k])]
         problems = []
@@ -537,6 +546,23 @@ class RecordsTraining:
             self.check_state(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+
+def _frozen_keys(module: RecordsTraining, keys, prefix: str) -> List[str]:
+    return [k for k in keys if k.startswith(tuple(f"{prefix}{p}." for p in module.restorable_parts()))]
+
+
+def _drop_frozen(module: RecordsTraining, state_dict, prefix: str, local_metadata) -> None:
+    for k in _frozen_keys(module, list(state_dict), prefix):
+        del state_dict[k]
+
+
+def _fill_frozen(module: RecordsTraining, state_dict, prefix: str, local_metadata, strict,
+                 missing_keys, unexpected_keys, error_msgs) -> None:
+    """Runs after :meth:`RecordsTraining.check_state`, which compared any frozen tensor the checkpoint holds."""
+    own = module.featurizer.state_dict(prefix=prefix + "featurizer.", keep_vars=True)
+    for k in _frozen_keys(module, own, prefix):
+        state_dict.setdefault(k, own[k].detach())
 
 
 def _same_tensor(a: Any, b: torch.Tensor) -> bool:

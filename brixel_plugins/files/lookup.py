@@ -99,14 +99,3 @@ def find_weight_file(path: PathLike, key: str, sha256: Optional[str] = None,
         f"weight file not found: {path} (set by {key}){expected}. Looked in: {where}. Put it at one of "
         f"these paths, set {WEIGHTS_DIR_ENV} to the folder that holds it, or change {key}.")
 
-
-def find_upsampler_file(cfg, key: str):
-    """An upsampler config (None, a weight file, or a dict with ``weights``) with its weight file
-    found by the lookup rule; ``key`` is the config key of the file, for messages."""
-    from collections.abc import Mapping
-
-    if isinstance(cfg, (str, os.PathLike)):
-        return find_weight_file(cfg, key)
-    if isinstance(cfg, Mapping) and cfg.get("weights") is not None:
-        return {**cfg, "weights": find_weight_file(cfg["weights"], key)}
-    return cfg

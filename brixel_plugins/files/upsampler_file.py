@@ -12,14 +12,17 @@ Loading refuses a file whose header does not hold together: the digest catches a
 or damaged after writing (a field no tensor implies, such as LiFT's factor or any ``zero_start``,
 cannot change unnoticed); the tensors must be exactly those the config builds (names and shapes:
 a JBU's layer count, FeatSharp's tile grid, a zero-start gate); the config must be complete; and
-what ``extra`` records about the upsampler (method, factor, backbone) must agree with it. The
+what ``extra`` records about the upsampler (method, factor, backbone) must agree with it; and the
+keys a config gives beside ``weights`` must agree with the file (:func:`upsampler_from_config`). The
 digest guards against damage and hand edits, not against a forger: safetensors files hold only
 tensors and strings, so an untrusted file can compute something wrong but never run code.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -28,9 +31,10 @@ import torch
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from ..common.checks import first_non_finite
-from ..upsamplers import Upsampler, build_upsampler
 from ..common.filesystem import atomic_path
+from ..upsamplers import Upsampler, UpsamplerConfig, build_upsampler
 from ..version import __version__
+from .lookup import find_weight_file
 
 FORMAT = "brixel_plugins.upsampler/2"
 OLD_FORMATS = ("brixel_plugins.upsampler/1",)  # written before the digest: re-export them
@@ -181,6 +185,41 @@ def load_upsampler(path: PathLike, spec: BackboneSpec, method: Optional[str] = N
                               f"({meta['config']}): {e}") from e
     up.file_metadata, up.weight_file = meta["extra"], str(path)
     return up.to(map_location)
+
+
+def upsampler_from_config(cfg: UpsamplerConfig, spec: BackboneSpec, key: str = "upsampler") -> Upsampler:
+    """The one way from a config value to an upsampler, for a backbone described by ``spec``:
+
+    - ``None`` or ``dict(type='brixel', **kwargs)``: untrained, by registry name
+      (:func:`~brixel_plugins.upsamplers.build_upsampler`);
+    - a path, or ``dict(weights=FILE, type=..., **kwargs)``: the weight file (an export of
+      tools/distill.py or tools/convert_weights.py), found by the lookup rule of
+      :mod:`brixel_plugins.files.lookup` and loaded; the file says how the upsampler is built.
+      ``type`` and the other keys, when given, must agree with it, except ``factor``, which asks
+      for the file's upsampler at another factor where the method can derive one
+      (:meth:`Upsampler.at_factor`: a JBU stack's first layers). Anything else is refused with
+      :class:`WeightFileError` naming both values.
+
+    ``key`` is where the config sits (``model.backbone.upsampler``), for messages.
+    """
+    if isinstance(cfg, (str, os.PathLike)):
+        path, wanted, key_of_file = cfg, {}, key
+    elif isinstance(cfg, Mapping) and cfg.get("weights") is not None:
+        wanted = dict(copy.deepcopy(cfg))
+        path, key_of_file = wanted.pop("weights"), f"{key}.weights"
+    else:
+        return build_upsampler(cfg, spec)
+    path = find_weight_file(path, key_of_file)
+    up = load_upsampler(path, spec, method=wanted.pop("type", None))
+    factor = wanted.pop("factor", up.factor)
+    clash = {k: (v, up.config.get(k)) for k, v in wanted.items() if up.config.get(k) != v}
+    if clash:
+        raise WeightFileError(
+            f"{path} holds a {up.method} upsampler built with "
+            + ", ".join(f"{k}={have!r}" for k, (_, have) in clash.items()) + ", but the config asks for "
+            + ", ".join(f"{k}={want!r}" for k, (want, _) in clash.items())
+            + "; drop these keys from the config (the file says how the upsampler is built) or use a matching file")
+    return up if factor == up.factor else up.at_factor(factor, source=str(path))
 
 
 def convert_release(src: PathLike, dst: PathLike, method: str, spec: BackboneSpec, **config) -> Path:

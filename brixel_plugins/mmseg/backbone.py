@@ -13,10 +13,9 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ..backbones.dinov3 import FrozenDINOv3
-from ..files.checkpoints import RecordsTraining
 from ..featurizer import DenseFeaturizer
-from ..upsamplers import Upsampler, UpsamplerConfig, build_upsampler
-from ..files.lookup import find_upsampler_file, find_weight_file
+from ..files.checkpoints import RecordsTraining
+from ..upsamplers import Upsampler, UpsamplerConfig
 
 
 @MODELS.register_module()
@@ -34,18 +33,23 @@ class DINOv3Featurizer(RecordsTraining, BaseModule):
             ``dict(type='brixel', weights='.../best_upsampler.safetensors')``, ... (an export of
             tools/distill.py or tools/convert_weights.py, refused with a clear message when it was
             made for another method or backbone; any other key given must agree with the file);
-            see :func:`~brixel_plugins.upsamplers.build_upsampler`.
+            see :func:`~brixel_plugins.files.upsampler_file.upsampler_from_config`.
         train_upsampler: fine-tune the upsampler with the head; by default it stays frozen
             (parameters without gradients, eval mode) like the backbone.
         out_indices: extra stride-16 backbone layers to return after the dense map (negative
             indices count from the end), e.g. for a pyramid neck.
         working_size / working_scale: run DINOv3 at this size (int or (h, w)) or at the image size
             times this scale, whatever size the images have; the upsampler reads the full image.
+        output_size / output_scale: the dense map at this size ((h, w) or an int), or at this
+            (non-integer allowed) multiple of the token grid, instead of ``factor`` x the grid; only
+            upsamplers with ``any_output_size`` (bilinear, bicubic, AnyUp, ...) give other sizes,
+            the rest are refused when the model is built (a scale) or at the first image (a size).
         autocast: ``'bf16'`` runs DINOv3 under bf16 autocast on CUDA.
         **overrides: timm constructor overrides (``depth``, ``embed_dim``, ``num_heads``) for tests.
 
     Output: a tuple ``(dense (B, D, f*h, f*w), *[(B, D, h, w) for out_indices])`` for a working
-    image of ``16h x 16w``; the dense map comes first so ``resize_concat`` heads keep its size.
+    image of ``16h x 16w`` (the dense map at ``output_size`` / ``output_scale`` x (h, w) when
+    given); the dense map comes first so ``resize_concat`` heads keep its size.
 
     Checkpoints hold only what trains: the frozen DINOv3 (and a frozen upsampler loaded from a
     file) are left out of ``state_dict()`` and rebuilt from their files (or DINOv3's init seed) when
@@ -59,26 +63,26 @@ class DINOv3Featurizer(RecordsTraining, BaseModule):
                  upsampler: UpsamplerConfig = None,
                  train_upsampler: bool = False, out_indices: Sequence[int] = (),
                  working_size: Optional[Union[int, Sequence[int]]] = None, working_scale: Optional[float] = None,
+                 output_size: Optional[Union[int, Sequence[int]]] = None, output_scale: Optional[float] = None,
                  autocast: Optional[str] = None, init_cfg=None, **overrides):
         if init_cfg is not None:
             raise ValueError("DINOv3Featurizer takes no init_cfg: DINOv3 loads `weights`, the upsampler its "
                              "own file; an initialiser would overwrite both")
         super().__init__()
-        weights = None if weights is None else find_weight_file(weights, "model.backbone.weights")
-        upsampler = find_upsampler_file(upsampler, "model.backbone.upsampler.weights")
-        backbone = FrozenDINOv3(arch, weights, init_seed=init_seed, autocast=autocast, **overrides)
-        up = build_upsampler(upsampler, backbone.spec)
-        self.featurizer = DenseFeaturizer(backbone, up, working_size=working_size, working_scale=working_scale)
+        self.featurizer = DenseFeaturizer.build(
+            dict(arch=arch, weights=weights, init_seed=init_seed, autocast=autocast, **overrides), upsampler,
+            train_upsampler=train_upsampler, weights_key=f"{self.config_key}.weights",
+            upsampler_key=f"{self.config_key}.upsampler", working_size=working_size, working_scale=working_scale,
+            output_size=output_size, output_scale=output_scale)
+        backbone, up = self.featurizer.backbone, self.featurizer.upsampler
         self.train_upsampler = bool(train_upsampler)
         if self.train_upsampler and not any(True for _ in up.parameters()):
             raise ValueError(f"train_upsampler=True, but the {up.method} upsampler has no parameters")
         if not up.calibrated:
             warnings.warn(f"the {up.method} upsampler has no fitted statistics; load an exported file "
                           f"(upsampler=dict(type='{up.method}', weights=...))", UserWarning, stacklevel=2)
-        up.requires_grad_(self.train_upsampler)
         self.out_indices = tuple(backbone.resolve_indices([i])[0] for i in out_indices)
-        self.register_state_dict_post_hook(_drop_frozen)
-        self.register_load_state_dict_pre_hook(_fill_frozen)
+        self.leave_frozen_parts_out()
 
     @property
     def backbone(self) -> FrozenDINOv3:
@@ -106,20 +110,3 @@ class DINOv3Featurizer(RecordsTraining, BaseModule):
         dense, layers = self.featurizer.features(image, self.out_indices)
         return (dense,) + tuple(layers[i] for i in self.out_indices)
 
-
-def _frozen_keys(module: DINOv3Featurizer, keys, prefix: str):
-    return [k for k in keys if k.startswith(tuple(f"{prefix}{p}." for p in module.restorable_parts()))]
-
-
-def _drop_frozen(module: DINOv3Featurizer, state_dict, prefix: str, local_metadata) -> None:
-    for k in _frozen_keys(module, list(state_dict), prefix):
-        del state_dict[k]
-
-
-def _fill_frozen(module: DINOv3Featurizer, state_dict, prefix: str, local_metadata, strict,
-                 missing_keys, unexpected_keys, error_msgs) -> None:
-    """A checkpoint without the frozen weights loads strictly: they keep the values from their files
-    (or seed). Runs after :meth:`RecordsTraining.check_state`, which compared any the checkpoint holds."""
-    own = module.featurizer.state_dict(prefix=prefix + "featurizer.", keep_vars=True)
-    for k in _frozen_keys(module, own, prefix):
-        state_dict.setdefault(k, own[k].detach())

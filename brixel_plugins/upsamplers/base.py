@@ -89,6 +89,11 @@ def list_upsamplers() -> Tuple[str, ...]:
     return tuple(sorted(UPSAMPLERS))
 
 
+def any_size_upsamplers() -> Tuple[str, ...]:
+    """The registered methods that give any ``output_size`` (``any_output_size``), for messages."""
+    return tuple(n for n in list_upsamplers() if UPSAMPLERS[n].any_output_size)
+
+
 def zero_init(module: nn.Module) -> nn.Module:
     """Zero a projection's weight and bias (the last layer of a zero-start detail branch)."""
     nn.init.zeros_(module.weight)
@@ -172,47 +177,30 @@ def check_output_size(size) -> Tuple[int, int]:
 
 
 def build_upsampler(cfg: UpsamplerConfig, spec: BackboneSpec) -> "Upsampler":
-    """The one way from a config to an upsampler, for a backbone described by ``spec``:
+    """An untrained upsampler from its config, for a backbone described by ``spec``:
 
     - ``None``: the ``none`` upsampler (the backbone's own stride-16 last layer, factor 1);
-    - ``dict(type='brixel', **kwargs)``: built by registry name, untrained;
-    - a path, or ``dict(weights=FILE, type=..., **kwargs)``: the weight file (an export of
-      tools/distill.py or tools/convert_weights.py), which says how the upsampler is built;
-      ``type`` and the other keys, when given, must agree with it, except ``factor``, which asks
-      for the file's upsampler at another factor where the method can derive one
-      (:meth:`Upsampler.at_factor`: a JBU stack's first layers). Anything else is refused with
-      :class:`WeightFileError` naming both values.
+    - ``dict(type='brixel', **kwargs)``: built by registry name.
+
+    A weight file (a path, or ``dict(weights=FILE, ...)``) is refused here: files are found,
+    checked against the config and loaded by
+    :func:`brixel_plugins.files.upsampler_file.upsampler_from_config`, which takes every form
+    (and is what ``DenseFeaturizer.build`` and the adapters' ``upsampler=`` use).
     """
     if cfg is None:
         cfg = {"type": "none"}
-    elif isinstance(cfg, (str, os.PathLike)):
-        cfg = {"weights": cfg}
+    elif isinstance(cfg, (str, os.PathLike)) or (isinstance(cfg, Mapping) and cfg.get("weights") is not None):
+        raise ValueError(f"build_upsampler builds an untrained upsampler from dict(type=...); {cfg!r} names a weight "
+                         f"file: load it with brixel_plugins.files.upsampler_file.upsampler_from_config(cfg, spec) "
+                         f"(or DenseFeaturizer.build), which finds the file, checks it against the config and loads it")
     elif not isinstance(cfg, Mapping):
         raise TypeError(f"an upsampler config is None, a weight file or a dict(type=...), got {cfg!r}")
     cfg = dict(copy.deepcopy(cfg))
-    weights = cfg.pop("weights", None)
-    if weights is not None:
-        return _from_file(weights, spec, cfg)
+    cfg.pop("weights", None)  # weights=None: no file, as a config may spell it
     name = cfg.pop("type", None)
     if name not in UPSAMPLERS:
         raise KeyError(f"unknown upsampler type {name!r}; registered: {list(list_upsamplers())}")
     return UPSAMPLERS[name](spec, **cfg)
-
-
-def _from_file(path, spec: BackboneSpec, wanted: Dict) -> "Upsampler":
-    """The upsampler of weight file ``path``, checked against the config keys ``wanted``."""
-    from ..files.upsampler_file import load_upsampler  # the file format module builds through build_upsampler
-
-    up = load_upsampler(path, spec, method=wanted.pop("type", None))
-    factor = wanted.pop("factor", up.factor)
-    clash = {k: (v, up.config.get(k)) for k, v in wanted.items() if up.config.get(k) != v}
-    if clash:
-        raise WeightFileError(
-            f"{path} holds a {up.method} upsampler built with "
-            + ", ".join(f"{k}={have!r}" for k, (_, have) in clash.items()) + ", but the config asks for "
-            + ", ".join(f"{k}={want!r}" for k, (want, _) in clash.items())
-            + "; drop these keys from the config (the file says how the upsampler is built) or use a matching file")
-    return up if factor == up.factor else up.at_factor(factor, source=str(path))
 
 
 class Upsampler(nn.Module, Calibration):
@@ -232,7 +220,7 @@ class Upsampler(nn.Module, Calibration):
     calls_backbone: ClassVar[bool] = False
     # whether forward honours any output_size, not only factor x the token grid
     any_output_size: ClassVar[bool] = False
-    # set by io.load_upsampler: the file the weights came from, and its training record
+    # set by files.upsampler_file.load_upsampler: the file the weights came from, and its training record
     weight_file: Optional[str] = None
     file_metadata: Mapping = {}
 

@@ -6,7 +6,7 @@ backbone changes (:func:`use_dinov3`). The optimizer is ViTDet's AdamW without l
 decay: the ViT is frozen and never reaches the optimizer. Mixed precision is bfloat16 on CUDA.
 
 Files the variants read (change them with ``model.backbone.net.weights=...`` and
-``model.backbone.net.upsampler_weights=...``):
+``model.backbone.net.upsampler.weights=...``):
 - DINOv3: ``checkpoints/dinov3_<arch>_pretrain_lvd1689m-<hash>.pth`` (Meta's file names);
 - upsamplers: ``work_dirs/<method>_<arch>/best_upsampler.safetensors`` (tools/distill.py's
   export for configs/distill/<method>_<arch>.py); AnyUp: ``checkpoints/anyup_<arch>.safetensors``
@@ -82,7 +82,7 @@ def use_dinov3(model, arch, upsampler=None, square_pad=1024):
     if upsampler is not None:
         net["upsampler"] = dict(type=upsampler, factor=DENSE_FACTOR[upsampler])
     if upsampler not in (None, "bilinear"):
-        net["upsampler_weights"] = upsampler_file(upsampler, arch)
+        net["upsampler"]["weights"] = upsampler_file(upsampler, arch)
     backbone = model.backbone
     if upsampler is None:
         backbone._target_ = ViTDetFeaturePyramid

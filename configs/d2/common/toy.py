@@ -70,6 +70,6 @@ def use_toy_backbone(model, train, upsampler=None, upsampler_weights=None):
     model.backbone.net.weights = None
     model.backbone.net.init_seed = 0
     if upsampler is not None and upsampler != "bilinear":
-        model.backbone.net.upsampler_weights = upsampler_weights
+        model.backbone.net.upsampler.weights = upsampler_weights
     train.output_dir = f"work_dirs/d2_toy/{upsampler or 'none'}"
     return model
