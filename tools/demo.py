@@ -32,7 +32,7 @@ import warnings
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 RECIPES = osp.join(ROOT, "configs", "distill", "demo")
-METHODS = ("brixel", "lift", "jbu", "featsharp")
+METHODS = ("brixel", "lift", "jbu", "featsharp", "anyup")
 
 from brixel_plugins.cli import run_tool
 
@@ -102,7 +102,14 @@ def main(argv=None):
     summary = osp.join(work, "summary.json")
     previous = json.loads(open(summary).read()).get("distill", {}) if osp.isfile(summary) else {}
     update_json(summary, "distill", {**previous, **results})
-    print(f"Summary: {summary} (key 'distill')")
+    if "anyup" in methods:  # AnyUp's claim: the same weights on another backbone / layer, no retraining
+        from brixel_plugins.distill.transfer import demo_transfer, transfer_lines
+
+        line = demo_transfer(runs[methods.index("anyup")][1])
+        print(f"\nAnyUp's best weights, unchanged, on another backbone and layer (held out, {line['seconds']:.0f} s):")
+        print(transfer_lines(line))
+        update_json(summary, "anyup_transfer", line)
+    print(f"Summary: {summary} (key 'distill'{', anyup_transfer' if 'anyup' in methods else ''})")
 
     path = demo.pca_picture(runs, val_dir, osp.join(work, "demo_pca.png"))
     print(f"PCA picture: {path}")
