@@ -8,4 +8,4 @@ _base_ = ['../anyup_vits16.py']
 model = dict(upsampler=dict(factor=4))
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 
-demo = dict(label='AnyUp', iters=100, batch_size=2)
+demo = dict(label='AnyUp', iters=20, batch_size=2)
