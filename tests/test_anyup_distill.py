@@ -139,8 +139,9 @@ def test_objective_refuses_bad_settings():
 
 
 def test_anyup_recipe_trains_through_tools_distill(small_photo_folder, tmp_path):
-    opts = tiny_distill_options(1, train_cfg__max_iters=2, train_cfg__val_interval=2,
-                                model__objective__crops=2)
+    # validation's student grid 2x2 (AnyUp's 3x3 key convolution needs 2 tokens a side), tiny_model's window
+    opts = tiny_distill_options(1, train_cfg__max_iters=2, train_cfg__val_interval=2, model__student_size=32,
+                                model__objective__crops=2, model__upsampler__window_ratio=0.5)
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env.pop("DINOV3_WEIGHTS", None)
     p = subprocess.run([sys.executable, "tools/distill.py", "configs/distill/anyup_vits16.py", "--data-root",
