@@ -1,9 +1,9 @@
-"""The distillation demo (``make demo-distill``): BRIXEL, LiFT, JBU and FeatSharp distilled for DINOv3 ViT-S
+"""The distillation demo (``make demo-distill``): BRIXEL, LiFT, JBU, FeatSharp and AnyUp distilled for DINOv3 ViT-S
 on the photos bundled with scikit-image, on CPU, then ONE held-out table (each upsampler beside
 bilinear interpolation), a PCA picture with one column per upsampler, and
 ``work_dirs/demo/summary.json`` (``--work-dir``, default ``work_dirs/demo`` under the current directory).
 
-    python tools/demo.py                          # brixel, lift, jbu, featsharp
+    python tools/demo.py                          # brixel, lift, jbu, featsharp, anyup
     python tools/demo.py --methods brixel         # one method (the segmentation/detection demos)
     python tools/demo.py --methods lift --iters 50
 
@@ -17,7 +17,8 @@ training and a validation folder) on random crops and flips of the other bundled
 go to ``<work dir>/<method>/best_upsampler.safetensors`` (best validation loss; the table
 reports that checkpoint) and ``upsampler.safetensors`` (last). While a method trains, a console
 line every tenth of the run gives iteration / total, the loss and the time left (``--progress N``:
-every N iterations).
+every N iterations). With AnyUp, its best weights are then applied unchanged to a ViT-B/16 and to a
+middle layer of the ViT-S (key ``anyup_transfer`` of summary.json).
 
 ``DINOV3_WEIGHTS=path`` uses real ViT-S weights; without it the backbone is a random init (said
 loudly: the numbers then show that the machinery works, not what real features look like).
