@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, tiny_distill_options
+from mmengine.config import Config
 
 import brixel_plugins.distill  # noqa: F401  (registers the objectives)
 from brixel_plugins.backbones import FrozenDINOv3
@@ -188,3 +189,18 @@ def test_transfer_applies_the_same_weights_to_another_width_and_layer():
         transfer(trained, wide, 3)
     with pytest.raises(ValueError, match="at least one"):
         score_transfer(trained, small, [], 32)
+
+
+def test_demo_recipe_is_the_release_recipe_at_the_demos_4x():
+    from brixel_plugins.distill.demo import demo_config
+
+    cfg = demo_config(str(ROOT / "configs" / "distill" / "demo" / "anyup.py"), None, "/t", "/v", "/w")
+    release = Config.fromfile(str(ROOT / "configs" / "distill" / "anyup_vits16.py"))
+    assert cfg.model.upsampler == dict(type="anyup", factor=4, zero_start=False)  # transferable: no gate
+    assert cfg.model.objective == release.model.objective
+    assert release.model.objective == dict(type="AnyUpObjective", crops=4, lambda_consistency=0.1,
+                                           lambda_downsample=0.1, augment=dict(type="PhotometricAugment"))
+    assert release.optim_wrapper.optimizer == dict(type="AdamW", lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-5)
+    assert (release.model.teacher_size, release.model.student_size, release.model.upsampler.factor) == (448, 224, 2)
+    assert release.train_dataloader.batch_size == 4 and release.param_scheduler == []
+    assert cfg.optim_wrapper.optimizer.lr == 1e-3 and cfg.train_cfg.max_iters == 20
