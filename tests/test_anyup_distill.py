@@ -19,7 +19,7 @@ from brixel_plugins.backbones import FrozenDINOv3
 from brixel_plugins.checkpoints import load_checkpoint_file
 from brixel_plugins.distill import losses as L
 from brixel_plugins.distill.model import DistillModel
-from brixel_plugins.distill.transfer import held_out_layer_maps, score_transfer, transfer
+from brixel_plugins.distill.transfer import held_out_layer_maps, score_transfer, transfer, transfer_lines
 from brixel_plugins.images import SKIMAGE_PHOTOS, normalise, skimage_photos
 from brixel_plugins.io import load_upsampler
 from brixel_plugins.upsamplers import build_upsampler
@@ -180,6 +180,10 @@ def test_transfer_applies_the_same_weights_to_another_width_and_layer():
         for who in ("upsampler", "bilinear"):
             assert all(torch.isfinite(torch.tensor(v)) for v in scores[who].values())
             assert set(scores[who]) == {"cosine", "rel_l1", "fidelity"}
+    # the demo's block says when a "layer" is the last layer's map again (a random init's residuals ~ 0)
+    same = dict(scores, change_from_last_layer=1e-6)
+    assert "!! this layer's map differs" in transfer_lines({"x, layer 2": same, "seconds": 1.0})
+    assert "!!" not in transfer_lines({"x, layer 2": dict(scores, change_from_last_layer=0.3)})
     # what must be refused
     with pytest.raises(ValueError, match="only AnyUp"):
         transfer(build_upsampler(dict(type="lift"), small.spec), wide)

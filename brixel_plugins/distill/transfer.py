@@ -79,6 +79,9 @@ def transfer_lines(results: Dict[str, dict]) -> str:
             m = r[who]
             lines.append(f"{case if i == 0 else '':<{width}}{'AnyUp' if i == 0 else 'bilinear':<10}"
                          f"{m['cosine']:>9.4f}{m['rel_l1']:>9.4f}{m['fidelity']:>10.4f}")
+        if r.get("change_from_last_layer", 1.0) < 1e-3:
+            lines.append(f"{'':<{width}}!! this layer's map differs from the last layer's by "
+                         f"{r['change_from_last_layer']:.1e} (relative): the same features, not another layer")
     return "\n".join(lines)
 
 
@@ -102,9 +105,15 @@ def demo_transfer(runner, other_arch: str = "vitb16", weights: Optional[str] = N
     other = FrozenDINOv3(other_arch, weights, init_seed=source.init_seed or 0, autocast=source.autocast).to(device)
     middle = source.depth // 2 - 1
     out = {}
-    for case, backbone, layer in ((f"{other_arch}, last layer", other, -1),
+    init = "" if weights else " (random init)"
+    for case, backbone, layer in ((f"{other_arch}{init}, last layer", other, -1),
                                   (f"{source.spec.arch}, layer {middle + 1} of {source.depth}", source, middle)):
         scores = score_transfer(transfer(trained, backbone, layer), backbone, images, STUDENT)
         out[case] = dict(scores, layer=layer % backbone.depth, embed_dim=backbone.embed_dim)
+    # a random-init DINOv3's residual branches start near zero: its layers can be the same map
+    with torch.no_grad():
+        maps = source.layers(images[0], [middle, source.depth - 1])
+    last = maps[source.depth - 1].float()
+    out[case]["change_from_last_layer"] = float((maps[middle].float() - last).norm() / last.norm())
     out["seconds"] = round(time.time() - t0, 1)
     return out
