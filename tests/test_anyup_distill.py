@@ -113,7 +113,7 @@ def test_consistency_term_same_features_augmented_guidance():
         assert not clean.requires_grad and augmented.requires_grad
         expected = 0.1 * L.cosine_mse(augmented, clean)
         assert torch.allclose(out["loss_consistency"], expected, atol=1e-7)
-        values[name] = float(out["loss_consistency"])
+        values[name] = float(out["loss_consistency"].detach())
         if name == "strong":
             assert (aug_in - g0).abs().mean() > 0.1  # really augmented
             model.zero_grad()

@@ -61,7 +61,8 @@ class AnyUpObjective(DistillObjective):
         guidance, crop = self.sizes(teacher_size)
         if teacher_size % (16 * self.factor):
             raise ValueError(f"AnyUpObjective: teacher_size ({teacher_size}) must be a multiple of 16 x the factor "
-                             f"({16 * self.factor}): the guidance image at 1/{self.factor} of it needs a whole token grid")
+                             f"({16 * self.factor}): the guidance image at 1/{self.factor} of it needs a whole "
+                             f"token grid")
         if crop > teacher_size:
             raise ValueError(f"AnyUpObjective: crop_size ({crop}) is larger than the training images ({teacher_size})")
 
