@@ -208,3 +208,14 @@ def test_demo_recipe_is_the_release_recipe_at_the_demos_4x():
     assert (release.model.teacher_size, release.model.student_size, release.model.upsampler.factor) == (448, 224, 2)
     assert release.train_dataloader.batch_size == 4 and release.param_scheduler == []
     assert cfg.optim_wrapper.optimizer.lr == 1e-3 and cfg.train_cfg.max_iters == 20
+
+
+def test_cosine_mse_is_the_release_formula():
+    torch.manual_seed(0)
+    t, p = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
+    lo, hi = t.amin(1, keepdim=True), t.amax(1, keepdim=True)
+    by_hand = (1 - torch.nn.functional.cosine_similarity(p, t, dim=1)).mean() + \
+        ((p - lo) / (hi - lo + 1e-6) - (t - lo) / (hi - lo + 1e-6)).square().mean()
+    assert torch.allclose(L.cosine_mse(p, t), by_hand, atol=1e-6)
+    assert float(L.cosine_mse(t, t.clone())) == pytest.approx(0.0, abs=1e-6)
+    assert float(L.cosine_mse(10 * p, 10 * t)) == pytest.approx(float(L.cosine_mse(p, t)), rel=1e-4)
