@@ -8,8 +8,8 @@ from . import data, hooks, losses, metrics, model, objectives, runner  # noqa: F
 from . import optim  # noqa: F401  (parameter groups, clipping schedules)
 from .data import ImageFolderDataset, ResumableSampler
 from .hooks import ExportUpsamplerHook, PhiSStatsHook, SkippedImagesHook
-from .objectives import (BrixelObjective, DistillObjective, FeatSharpObjective, FeatUpObjective, LiftObjective,
-                         MultiViewObjective)
+from .objectives import (AnyUpObjective, BrixelObjective, DistillObjective, FeatSharpObjective, FeatUpObjective,
+                         LiftObjective, MultiViewObjective)
 from .transforms import BrixelReleaseCanvas, ShortSideCentreCrop, SquashResize
 from .metrics import DistillMetric, fidelity, format_table, map_metrics
 from .model import DistillDataPreprocessor, DistillModel
@@ -19,6 +19,6 @@ from .runner import DistillDDP, DistillLoop, DistillRunner
 __all__ = ["ImageFolderDataset", "ResumableSampler", "ExportUpsamplerHook", "PhiSStatsHook", "SkippedImagesHook",
            "DistillObjective",
            "BrixelObjective", "LiftObjective", "MultiViewObjective", "FeatSharpObjective", "FeatUpObjective",
-           "BrixelReleaseCanvas", "ShortSideCentreCrop", "SquashResize", "DistillMetric", "fidelity",
+           "AnyUpObjective", "BrixelReleaseCanvas", "ShortSideCentreCrop", "SquashResize", "DistillMetric", "fidelity",
            "format_table", "map_metrics", "DistillDataPreprocessor", "DistillModel", "DistillDDP",
            "DistillLoop", "DistillRunner", "WarmupClipOptimWrapper"]

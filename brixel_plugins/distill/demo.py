@@ -38,7 +38,7 @@ STUDENT, TEACHER = 96, 384  # px: 6x6 tokens in, DINOv3's 24x24 map at 384 px ou
 HELD_OUT = ("chelsea.png", "coffee.png", "rocket.jpg")
 ARCH = "vits16"
 DEFAULT_WORK_DIR = osp.join("work_dirs", "demo")  # the demos' --work-dir, under the current directory
-METHODS = ("brixel", "lift", "jbu", "featsharp")  # the recipes configs/distill/demo/<method>.py, in table order
+METHODS = ("brixel", "lift", "jbu", "featsharp", "anyup")  # the recipes configs/distill/demo/<method>.py, in table order
 
 
 def photo_folders(root: str) -> Tuple[str, str]:
@@ -265,7 +265,14 @@ def distillation_demo(methods: Sequence[str] = METHODS, work: str = DEFAULT_WORK
     summary = osp.join(work, "summary.json")
     previous = json.loads(open(summary).read()).get("distill", {}) if osp.isfile(summary) else {}
     update_json(summary, "distill", {**previous, **results})
-    print(f"Summary: {summary} (key 'distill')")
+    if "anyup" in methods:  # AnyUp's claim: the same weights on another backbone / layer, no retraining
+        from .transfer import demo_transfer, transfer_lines
+
+        line = demo_transfer(runs[methods.index("anyup")][1])
+        print(f"\nAnyUp's best weights, unchanged, on another backbone and layer (held out, {line['seconds']:.0f} s):")
+        print(transfer_lines(line))
+        update_json(summary, "anyup_transfer", line)
+    print(f"Summary: {summary} (key 'distill'{', anyup_transfer' if 'anyup' in methods else ''})")
 
     path = pca_picture(runs, val_dir, osp.join(work, "demo_pca.png"))
     print(f"PCA picture: {path}")

@@ -141,6 +141,16 @@ def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(pred, target.detach(), dim=1, eps=1e-8)).mean()
 
 
+def cosine_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """AnyUp's ``Cosine_MSE``: the cosine distance plus the MSE of both maps rescaled per pixel by
+    the target's range over channels, ``(x - m) / (M - m + 1e-6)`` with m, M the target's min and
+    max: a magnitude term that is as scale-free as the cosine."""
+    pred, target = _fp32(pred, target.detach())
+    lo, hi = target.amin(dim=1, keepdim=True), target.amax(dim=1, keepdim=True)
+    span = hi - lo + 1e-6
+    return cosine_distance(pred, target) + F.mse_loss((pred - lo) / span, (target - lo) / span)
+
+
 # -- multi-view consistency (FeatUp / FeatSharp; the views: components/homography.py) ------------
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,12 @@ from .facets import LastBlockKeys, LastLayerTokens
 from .feature_space import ChannelNorm
 from .homography import FeatSharpJitter, HomographyJitter, HomographyViews, homography_grid, random_homographies, warp
 from .jitter import FeatUpJitter, JitterParams, ViewJitter
+from .photometric import PhotometricAugment
 from .projection import RandomProjection
 from .scales import AntialiasedResize, StridedSubsample
 from .uncertainty import UncertaintyWeighting
 
 __all__ = ["ColourJitter", "SampledCRFLoss", "AttentionDownsampler", "FEATSHARP", "FEATUP", "ChannelNorm",
            "FeatSharpJitter", "HomographyJitter", "HomographyViews", "homography_grid", "random_homographies", "warp",
-           "FeatUpJitter", "JitterParams", "ViewJitter", "RandomProjection", "UncertaintyWeighting",
+           "FeatUpJitter", "JitterParams", "PhotometricAugment", "ViewJitter", "RandomProjection", "UncertaintyWeighting",
            "LastBlockKeys", "LastLayerTokens", "AntialiasedResize", "StridedSubsample"]

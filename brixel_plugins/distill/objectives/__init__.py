@@ -1,11 +1,12 @@
 """Distillation objectives, registered in ``MODELS`` (``objective=dict(type='BrixelObjective')``).
 The contract every objective implements is in :mod:`.base`."""
+from .anyup import AnyUpObjective
 from .base import DistillObjective
 from .brixel import BrixelObjective
-from .lift import LiftObjective
-from .multiview import MultiViewObjective
 from .featsharp import FeatSharpObjective
 from .featup import FeatUpObjective
+from .lift import LiftObjective
+from .multiview import MultiViewObjective
 
 __all__ = ["DistillObjective", "BrixelObjective", "LiftObjective", "MultiViewObjective",
-           "FeatSharpObjective", "FeatUpObjective"]
+           "FeatSharpObjective", "FeatUpObjective", "AnyUpObjective"]

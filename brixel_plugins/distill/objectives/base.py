@@ -63,6 +63,8 @@ Recipes the objectives are written to carry (exact values in ``docs/recipes.md``
   downsampler, PHI-S space); ``FeatSharpObjective`` is its subclass with FeatSharp's release
   pieces (shared zoom and jitters with validity masks, seam weights on tile borders, a learned
   uncertainty ``exp(-s) * mse + s / 2``).
+- ``AnyUpObjective``: AnyUp's local crops (the output cut at a crop against the backbone run on
+  the crop), Cosine-MSE, a consistency term under photometric augmentation, a downsampling term.
 - ``FeatUpObjective``: FeatUp's JBU recipe (its jitter, ChannelNorm space, random 30-d
   projections, learned uncertainty, CRF term). The pieces the recipes share are one
   registered component each in :mod:`brixel_plugins.distill.components`. Anything such a component trains (uncertainty net, downsampler) is a submodule of the
