@@ -1,4 +1,6 @@
-# ADE20K linear probe, BRIXEL protocol (256 px, batch 32, 40 epochs): DINOv3 ViT-B/16 + lift (weights exported by tools/distill.py)
+# ADE20K linear probe, BRIXEL protocol (256 px, batch 32, 40 epochs): DINOv3 ViT-B/16 + lift
+# (weights exported by tools/distill.py)
 _base_ = ['../_base_/models/linear_vitb16.py', '../_base_/datasets/ade20k_256x256.py',
           '../_base_/schedules/linear_epochs.py']
-model = dict(backbone=dict(upsampler=dict(_delete_=True, type='lift', weights='work_dirs/lift_vitb16/best_upsampler.safetensors')))
+model = dict(backbone=dict(upsampler=dict(
+    _delete_=True, type='lift', weights='work_dirs/lift_vitb16/best_upsampler.safetensors')))

@@ -2,4 +2,5 @@
 # one release for every backbone, converted for this one by tools/convert_weights.py anyup)
 _base_ = ['../_base_/models/linear_vith16plus.py', '../_base_/datasets/ade20k_256x256.py',
           '../_base_/schedules/linear_epochs.py']
-model = dict(backbone=dict(upsampler=dict(_delete_=True, type='anyup', weights='checkpoints/anyup_vith16plus.safetensors')))
+model = dict(backbone=dict(upsampler=dict(
+    _delete_=True, type='anyup', weights='checkpoints/anyup_vith16plus.safetensors')))
