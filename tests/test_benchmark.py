@@ -10,18 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_DIMS
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from brixel_plugins.benchmark import (BenchConfig, MethodSpec, PeakMemory, check_methods, count_flops,
-                                      measure_backbone_row, measure_row, parse_method, parse_methods)
+from brixel_plugins.benchmark import BenchConfig, PeakMemory, count_flops, measure_backbone_row, measure_row
 from brixel_plugins.benchmark.runner import Prepared, build_backbone, time_rows
-from brixel_plugins.upsamplers.layers.layout import run_folded
 from brixel_plugins.upsamplers import build_upsampler
 from brixel_plugins.upsamplers.brixel import Brixel, reference_points
 from brixel_plugins.upsamplers.jbu import bicubic_padded, pad2d
-
-from conftest import TINY_DIMS
+from brixel_plugins.upsamplers.layers.layout import run_folded
+from brixel_plugins.upsamplers.method_spec import MethodSpec, check_methods, parse_method, parse_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--backbone-overrides", ",".join(f"{k}={v}" for k, v in TINY_DIMS.items())]

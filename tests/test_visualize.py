@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from brixel_plugins.images import denormalise
-from brixel_plugins.visualize.pca import PCABasis
-from brixel_plugins.visualize.figure import as_uint8_hwc, load_image, pca_figure, square_input
 from brixel_plugins.upsamplers import build_upsampler
+from brixel_plugins.visualize.figure import as_uint8_hwc, load_image, pca_figure, square_input
+from brixel_plugins.visualize.pca import PCABasis
 
 ROOT = Path(__file__).resolve().parents[1]
 PAD, TOP, LEFT = 4, 22, 110  # the grid's cell padding, column-label band, row-label band

@@ -20,10 +20,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from brixel_plugins.benchmark import (DEFAULT_METHODS, BenchConfig, configure_allocator, markdown_table, parse_kv,
-                                      parse_methods, plot_sweep, run_benchmark, write_csv)
+from brixel_plugins.benchmark import (
+    DEFAULT_METHODS,
+    BenchConfig,
+    configure_allocator,
+    markdown_table,
+    plot_sweep,
+    run_benchmark,
+    write_csv,
+)
 from brixel_plugins.cli.arguments import non_negative_int, positive_int, positive_int_list, torch_device
 from brixel_plugins.cli.errors import run_tool
+from brixel_plugins.upsamplers.method_spec import parse_kv, parse_methods
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,10 +31,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 
+from ..upsamplers.method_spec import MethodSpec, build_method, check_methods, prepare_upsampler
 from .flops import FlopCount, count_flops
 from .memory import PeakMemory, module_bytes
-from .methods import MethodSpec, build_method, check_methods, prepare_upsampler
+from .timing import timed
 
+DEFAULT_METHODS = ("bilinear", "jbu", "lift", "featsharp", "brixel", "brixel_lean")
 REFERENCE = "highres"
 BACKBONE = "backbone"
 
@@ -101,11 +102,6 @@ class _PassCounter:
         return total, text
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 @dataclass
 class Prepared:
     """A row ready to time: its ``forward`` and what one untimed call measured."""
@@ -159,7 +155,7 @@ def time_rows(rows: Sequence[Prepared], cfg: BenchConfig) -> None:
         return
     for k in range(cfg.runs):
         for r in rotated(rows, k):
-            r.times.append(_timed(r.forward, dev))
+            r.times.extend(timed(r.forward, dev))
     if not cfg.throughput_batch:
         return
     batches = {id(r): _image(cfg, r.fields["input_px"], cfg.throughput_batch) for r in rows if r.run is not None}
@@ -168,7 +164,7 @@ def time_rows(rows: Sequence[Prepared], cfg: BenchConfig) -> None:
         r.run(batches[id(r)])
     for k in range(cfg.runs):
         for r in rotated(batched, k):
-            r.batch_times.append(_timed(lambda: r.run(batches[id(r)]), dev))
+            r.batch_times.extend(timed(lambda: r.run(batches[id(r)]), dev))
 
 
 def rotated(rows: Sequence[Prepared], k: int) -> List[Prepared]:
@@ -177,14 +173,6 @@ def rotated(rows: Sequence[Prepared], k: int) -> List[Prepared]:
     others in a fixed order)."""
     k %= max(1, len(rows))
     return list(rows[k:]) + list(rows[:k])
-
-
-def _timed(forward: Callable[[], Any], dev: torch.device) -> float:
-    _sync(dev)
-    t0 = time.perf_counter()
-    forward()
-    _sync(dev)
-    return time.perf_counter() - t0
 
 
 def _row(p: Prepared, cfg: BenchConfig, backbone) -> Dict[str, Any]:
