@@ -196,7 +196,7 @@ class DenseFeaturizer(nn.Module):
     def compile(self, **kwargs) -> "DenseFeaturizer":
         """Compile the forward in place with ``torch.compile`` (``kwargs`` are its options; default
         inductor) and return the featurizer. The first call compiles: minutes on CPU, where
-        inductor also needs a C++ compiler. On CPU the compiled BRIXEL-lean featurizer takes ~20%
-        less time with the same output (relative error 4e-7); docs/benchmark.md has the numbers."""
+        inductor also needs a C++ compiler. The output is the same up to rounding; what it gains per
+        upsampler, and the compile time, are measured in docs/benchmark.md."""
         super().compile(**kwargs)
         return self

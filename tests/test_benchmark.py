@@ -10,19 +10,26 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_DIMS
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from brixel_plugins.benchmark import (BenchConfig, MethodSpec, PeakMemory, check_methods, count_flops,
-                                      measure_backbone_row, measure_row, parse_method, parse_methods)
+from brixel_plugins.benchmark import (
+    BenchConfig,
+    PeakMemory,
+    count_flops,
+    measure_backbone_row,
+    measure_row,
+    run_benchmark,
+)
+from brixel_plugins.benchmark.large_output import format_large_output, large_output_row
 from brixel_plugins.benchmark.runner import Prepared, build_backbone, time_rows
-from brixel_plugins.upsamplers.layers.layout import run_folded
 from brixel_plugins.upsamplers import build_upsampler
 from brixel_plugins.upsamplers.brixel import Brixel
 from brixel_plugins.upsamplers.layers.deform_attn import reference_points
 from brixel_plugins.upsamplers.jbu import bicubic_padded, pad2d
-
-from conftest import TINY_DIMS
+from brixel_plugins.upsamplers.layers.layout import run_folded
+from brixel_plugins.files.method_spec import MethodSpec, check_methods, parse_method, parse_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--backbone-overrides", ",".join(f"{k}={v}" for k, v in TINY_DIMS.items())]
@@ -294,3 +301,42 @@ def test_cli_meta_sweep_counts_every_default_method(tmp_path):
     assert all(float(row["gflops"]) > 0 for row in rows)
     assert "| featsharp | 4 |" in r.stdout and "nan" not in r.stdout
     assert (out / "benchmark_sweep.png").stat().st_size > 0
+
+
+def test_non_integer_scale_rows_and_refusals(tiny_backbone):
+    """``scale`` 2.5: a 10x10 map from a 4x4 grid (64 px) for the methods with any output size; a
+    factor-only method, or a target that is no whole grid at that scale, is refused before any timing."""
+    cfg = BenchConfig(scale=2.5, warmup=0, runs=1, throughput_batch=0)
+    for name in ("bilinear", "anyup", "jafar", "loftup"):
+        row = measure_row(MethodSpec(name), 10, cfg, tiny_backbone)
+        assert (row["factor"], row["input_px"], row["backbone_px"]) == (2.5, 64, "1x64"), name
+        assert row["upsampler_gflops"] >= 0 and row["latency_ms"] > 0
+    with pytest.raises(ValueError, match=r"lift upsamples by an integer factor only, not by 2.5"):
+        run_benchmark([MethodSpec("lift")], cfg, sizes=(10,))
+    with pytest.raises(ValueError, match=r"target 9 tokens at scale 2.5 is not a whole token grid"):
+        run_benchmark([MethodSpec("bilinear")], cfg, sizes=(9,))
+
+
+def test_large_output_line_counts_beyond_the_output(tiny_spec):
+    """The upsampler alone from a (1, D, 4, 4) map to 64x64: the output's own bytes are subtracted from
+    the peak; a factor-only method is refused naming the reason."""
+    row = large_output_row(MethodSpec("anyup"), tiny_spec, 64, isolate=False)
+    assert row["feature_shape"] == (1, tiny_spec.embed_dim, 4, 4)
+    assert row["output_bytes"] == 4 * tiny_spec.embed_dim * 64 * 64
+    assert row["beyond_output_bytes"] == row["peak_bytes"] - row["output_bytes"] and row["seconds"] > 0
+    assert "anyup peak" in format_large_output(row)
+    with pytest.raises(ValueError, match="lift gives only 4x its token grid, not a 64x64 output from 4x4 tokens"):
+        large_output_row(MethodSpec("lift"), tiny_spec, 64)
+
+
+def test_cli_scale_and_large_output(tmp_path):
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--methods", "bilinear,anyup",
+                        "--scale", "2.5", "--target", "10", "--large-output", "64", "--runs", "1", "--warmup", "0",
+                        "--throughput-batch", "0", "--device", "cpu", "--out-dir", str(out), *TINY_ARGS],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "| highres | 2.5 | 64 | 1x160 |" in r.stdout and "| anyup | 2.5 | 64 | 1x64 |" in r.stdout
+    assert "| backbone | 1 | 64 | 1x64 |" in r.stdout
+    assert "64x64 from (1, 64, 4, 4) on cpu: anyup peak" in r.stdout
+    assert "64x64 from (1, 64, 4, 4) on cpu: bilinear peak" in r.stdout

@@ -111,7 +111,7 @@ def test_none_is_the_registered_identity_everywhere(tiny_backbone):
 
 
 def test_fixed_factor_is_declared_and_used_by_the_benchmark(tiny_spec):
-    from brixel_plugins.benchmark import build_method, parse_method
+    from brixel_plugins.files.method_spec import build_method, parse_method
     from brixel_plugins.upsamplers import UPSAMPLERS
 
     assert UPSAMPLERS["brixel"].fixed_factor == UPSAMPLERS["brixel_lean"].fixed_factor == 4

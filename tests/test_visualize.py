@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from brixel_plugins.images import denormalise
-from brixel_plugins.visualize.pca import PCABasis
-from brixel_plugins.visualize.figure import as_uint8_hwc, load_image, pca_figure, square_input
 from brixel_plugins.upsamplers import build_upsampler
+from brixel_plugins.visualize.figure import as_uint8_hwc, load_image, pca_figure, square_input
+from brixel_plugins.visualize.pca import PCABasis
 
 ROOT = Path(__file__).resolve().parents[1]
 PAD, TOP, LEFT = 4, 22, 110  # the grid's cell padding, column-label band, row-label band
@@ -85,3 +85,18 @@ def test_cli_writes_png(tmp_path):
     im = np.asarray(Image.open(out).convert("RGB"))
     assert im.shape == (TOP + 2 * 68 + PAD, LEFT + 5 * 68 + PAD, 3)
     assert cell(im, 1, 2, 64).std() > 10  # row 2, the high-resolution PCA column: a picture
+
+
+def test_the_newest_upsamplers_build_by_name_and_say_they_are_untrained(tiny_backbone, tmp_path):
+    """AnyUp, JAFAR and LoftUp built by name (what a user without their files gets) run in the picture,
+    each column labelled untrained; the grid has a column each."""
+    from brixel_plugins.visualize.figure import build_upsamplers, compare_methods
+
+    ups = build_upsamplers(["anyup", "jafar", "loftup"], tiny_backbone.spec, 4)
+    assert [label for label, _ in ups] == ["anyup untrained", "jafar untrained", "loftup untrained"]
+    path = compare_methods(["coffee"], tiny_backbone, ["anyup", "jafar", "loftup"], tmp_path / "new.png",
+                           size=32, hr_size=128, cell=64)
+    im = np.asarray(Image.open(path).convert("RGB"))
+    assert im.shape == (TOP + 68 + PAD, LEFT + 6 * 68 + PAD, 3)
+    for col in (3, 4, 5):
+        assert cell(im, 0, col, 64).std() > 0  # a map, not a blank cell

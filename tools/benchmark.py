@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from brixel_plugins.benchmark import (
@@ -25,14 +26,15 @@ from brixel_plugins.benchmark import (
     BenchConfig,
     configure_allocator,
     markdown_table,
-    parse_kv,
-    parse_methods,
     plot_sweep,
     run_benchmark,
     write_csv,
 )
-from brixel_plugins.cli.arguments import non_negative_int, positive_int, positive_int_list, torch_device
+from brixel_plugins.benchmark.large_output import check_large_output, format_large_output, large_output_row
+from brixel_plugins.benchmark.runner import build_backbone
+from brixel_plugins.cli.arguments import non_negative_int, positive_float, positive_int, positive_int_list, torch_device
 from brixel_plugins.cli.errors import run_tool
+from brixel_plugins.files.method_spec import parse_kv, parse_methods
 
 
 def main(argv=None) -> int:
@@ -46,6 +48,13 @@ def main(argv=None) -> int:
     p.add_argument("--factor", type=positive_int, default=4,
                    help="upsampling factor; the low-resolution input is target/factor*16 px (default 4: 256 px "
                         "for 64x64)")
+    p.add_argument("--scale", type=positive_float, default=None,
+                   help="a non-integer upsampling instead of --factor, e.g. 3.5: every row gives the target from a "
+                        "target/scale token grid (--target 56: 16x16 tokens, 256 px); only methods with any output "
+                        "size (bilinear, bicubic, anyup, jafar, loftup); highres is DINOv3 at the output's resolution")
+    p.add_argument("--large-output", type=positive_int, default=None, metavar="PX",
+                   help="also print each method's peak memory beyond its output, from the (1, D, PX/16, PX/16) map of "
+                        "a PX px image to a PX x PX output, measured in a fresh process (e.g. 2048; minutes on CPU)")
     p.add_argument("--target", type=positive_int, default=64, help="output tokens per side of the table's rows")
     p.add_argument("--sizes", type=positive_int_list, default=None,
                    help="comma-separated targets for the sweep (CSV + plot), e.g. 16,32,48,64")
@@ -91,11 +100,15 @@ def main(argv=None) -> int:
         methods = [m for m in methods if m.path is not None or m.name not in missing]
     sizes = sorted({args.target, *(args.sizes or [])})
     cfg = BenchConfig(arch=args.arch, weights=args.weights, backbone_overrides=parse_kv(args.backbone_overrides),
-                      factor=args.factor, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                      factor=args.factor, scale=args.scale, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                       warmup=args.warmup, runs=args.runs, throughput_batch=args.throughput_batch,
                       compile=args.compile, keep_freed_memory=not args.default_allocator)
     if args.weights is None:
         print("note: random-init DINOv3 (no --weights): fine for cost, not for features", file=sys.stderr)
+    if args.large_output is not None:  # refused before the table's minutes, not after
+        spec = build_backbone(replace(cfg, device="meta")).spec
+        for m in methods:
+            check_large_output(m, spec, args.large_output)
     rows = run_benchmark(methods, cfg, sizes, isolate=args.isolate, log=lambda s: print(s, file=sys.stderr))
 
     out = Path(args.out_dir)
@@ -109,6 +122,12 @@ def main(argv=None) -> int:
           + ("" if "cuda" in str(cfg.device) else "; freed memory kept (glibc)" if configure_allocator(cfg)
              else "; default allocator") + "\n")
     print(table)
+    if args.large_output is not None:
+        print(f"\npeak memory beyond the output tensor, upsampler alone, {args.large_output}x{args.large_output} "
+              f"from a {args.large_output // 16}x{args.large_output // 16} token map, inference, fresh process:")
+        for m in methods:
+            print(format_large_output(large_output_row(m, spec, args.large_output, device=args.device, seed=cfg.seed)),
+                  flush=True)
     print(f"\nGFLOPs count a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2); 'over backbone' = the row / DINOv3 "
           f"alone at the same input size - 1; peak memory: {rows[0]['mem_method']}")
     print(f"csv: {csv_path}")

@@ -15,9 +15,9 @@ import argparse
 import sys
 import warnings
 
-from brixel_plugins.benchmark import parse_kv
 from brixel_plugins.cli.arguments import positive_int, torch_device
 from brixel_plugins.cli.errors import run_tool
+from brixel_plugins.files.method_spec import parse_kv
 from brixel_plugins.visualize.figure import EXAMPLE_PHOTOS, compare_methods
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,10 +31,14 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 
+from ..backbones.dinov3 import PATCH_SIZE
+from ..upsamplers import UPSAMPLERS
+from ..files.method_spec import MethodSpec, check_methods, method_config, prepare_upsampler
 from .flops import FlopCount, count_flops
 from .memory import PeakMemory, module_bytes
-from .methods import MethodSpec, check_methods, method_config, prepare_upsampler
+from .timing import timed
 
+DEFAULT_METHODS = ("bilinear", "jbu", "lift", "featsharp", "brixel", "brixel_lean")
 REFERENCE = "highres"
 BACKBONE = "backbone"
 
@@ -46,6 +49,9 @@ class BenchConfig:
     weights: Optional[str] = None
     backbone_overrides: Dict[str, Any] = field(default_factory=dict)
     factor: int = 4
+    # a non-integer upsampling (3.5): every row gives the target from a target/scale token grid, asked
+    # for as an output size (methods with any output size only); None: each method's factor
+    scale: Optional[float] = None
     device: str = "cpu"
     dtype: str = "fp32"
     batch_size: int = 1
@@ -62,6 +68,17 @@ class BenchConfig:
             raise ValueError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
         if self.runs < 1 or self.warmup < 0 or self.batch_size < 1 or self.throughput_batch < 0:
             raise ValueError("need runs >= 1, warmup >= 0, batch_size >= 1, throughput_batch >= 0")
+        if self.scale is not None and not float(self.scale) > 0:
+            raise ValueError(f"scale must be > 0, got {self.scale!r}")
+
+    def scaled_grid(self, target: int) -> int:
+        """The token grid a ``target`` output comes from at ``scale`` (a whole number of tokens)."""
+        grid = target / float(self.scale)
+        if grid != int(grid) or grid < 1:
+            raise ValueError(f"target {target} tokens at scale {self.scale:g} is not a whole token grid "
+                             f"({grid:g}); pick a target that is a multiple of the scale, e.g. "
+                             f"{max(1, round(grid)) * float(self.scale):g}")
+        return int(grid)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast around a whole forward (backbone and upsampler), else nothing."""
@@ -99,11 +116,6 @@ class _PassCounter:
         total = sum(self.sizes.values()) / batch
         text = " + ".join(f"{n // batch}x{h}" + (f"x{w}" if w != h else "") for (h, w), n in sorted(self.sizes.items()))
         return total, text
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 @dataclass
@@ -159,7 +171,7 @@ def time_rows(rows: Sequence[Prepared], cfg: BenchConfig) -> None:
         return
     for k in range(cfg.runs):
         for r in rotated(rows, k):
-            r.times.append(_timed(r.forward, dev))
+            r.times.extend(timed(r.forward, dev))
     if not cfg.throughput_batch:
         return
     batches = {id(r): _image(cfg, r.fields["input_px"], cfg.throughput_batch) for r in rows if r.run is not None}
@@ -168,7 +180,7 @@ def time_rows(rows: Sequence[Prepared], cfg: BenchConfig) -> None:
         r.run(batches[id(r)])
     for k in range(cfg.runs):
         for r in rotated(batched, k):
-            r.batch_times.append(_timed(lambda: r.run(batches[id(r)]), dev))
+            r.batch_times.extend(timed(lambda: r.run(batches[id(r)]), dev))
 
 
 def rotated(rows: Sequence[Prepared], k: int) -> List[Prepared]:
@@ -177,14 +189,6 @@ def rotated(rows: Sequence[Prepared], k: int) -> List[Prepared]:
     others in a fixed order)."""
     k %= max(1, len(rows))
     return list(rows[k:]) + list(rows[:k])
-
-
-def _timed(forward: Callable[[], Any], dev: torch.device) -> float:
-    _sync(dev)
-    t0 = time.perf_counter()
-    forward()
-    _sync(dev)
-    return time.perf_counter() - t0
 
 
 def _row(p: Prepared, cfg: BenchConfig, backbone) -> Dict[str, Any]:
@@ -218,12 +222,18 @@ def prepare_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone) -> 
     from ..featurizer import DenseFeaturizer
 
     dev = torch.device(cfg.device)
-    model = DenseFeaturizer.build(backbone, method_config(method, cfg.factor)).to(dev).eval()
+    sized = {} if cfg.scale is None else dict(output_size=(target, target))
+    model = DenseFeaturizer.build(backbone, method_config(method, cfg.factor), **sized).to(dev).eval()
     up = model.upsampler
-    f = up.factor
-    if target % f:
-        raise ValueError(f"{method.label}: target {target} tokens is not a multiple of its factor {f}")
-    px = target // f * backbone.patch_size
+    if cfg.scale is None:
+        f = up.factor
+        if target % f:
+            raise ValueError(f"{method.label}: target {target} tokens is not a multiple of its factor {f}")
+        grid = target // f
+    else:
+        check_scale(method.label, up.any_output_size, cfg.scale, up.factor)
+        f, grid = float(cfg.scale), cfg.scaled_grid(target)
+    px = grid * backbone.patch_size
     image = _image(cfg, px)
     if dev.type != "meta":  # on the meta device data statistics have no values to fit
         prepare_upsampler(up, backbone, image)
@@ -253,8 +263,18 @@ class LastLayer(torch.nn.Module):
         return self.backbone.last_layer_map(images)
 
 
-def prepare_backbone_row(px: int, target: int, cfg: BenchConfig, backbone) -> Prepared:
-    """DINOv3 alone on the ``px`` image (its last layer): what every upsampler row adds to."""
+def check_scale(label: str, any_output_size: bool, scale: float, factor: Optional[int] = None) -> None:
+    """Refuse a method that cannot give ``scale`` x its token grid (it gives ``factor`` x only)."""
+    if any_output_size or (factor is not None and float(scale) == factor):
+        return
+    raise ValueError(f"{label} upsamples by {f'its factor {factor}' if factor else 'an integer factor'} only, not by "
+                     f"{float(scale):g}; a non-integer scale needs a method with any output size (e.g. bilinear, "
+                     f"anyup, jafar, loftup)")
+
+
+def prepare_backbone_row(px: int, target: int, cfg: BenchConfig, backbone, label: str = BACKBONE) -> Prepared:
+    """DINOv3 alone on the ``px`` image (its last layer): what every upsampler row adds to (``label``
+    ``backbone``), or, at the output's resolution, the ``highres`` reference of a non-integer scale."""
     image = _image(cfg, px)
 
     model = LastLayer(backbone)
@@ -263,10 +283,12 @@ def prepare_backbone_row(px: int, target: int, cfg: BenchConfig, backbone) -> Pr
         with torch.no_grad(), cfg.autocast():
             return model(images)
 
-    # factor 1: no upsampling; all of it is backbone
-    p = _prepare(BACKBONE, lambda: run(image), backbone, cfg, module_bytes(backbone), model=model, target=target,
-                 factor=1, input_px=px, trainable_params=0)
-    p.run = run
+    # the floor: factor 1, no upsampling; the reference gives the target from the scaled rows' input size
+    fields = (dict(factor=1, input_px=px) if label == BACKBONE
+              else dict(factor=float(cfg.scale), input_px=cfg.scaled_grid(target) * backbone.patch_size))
+    p = _prepare(label, lambda: run(image), backbone, cfg, module_bytes(backbone), model=model, target=target,
+                 trainable_params=0, **fields)
+    p.run = run if label == BACKBONE else None
     p.backbone_flops = p.flops.total
     return p
 
@@ -279,12 +301,18 @@ def measure_row(method: MethodSpec, target: int, cfg: BenchConfig, backbone=None
     return _row(p, cfg, backbone)
 
 
-def measure_backbone_row(px: int, target: int, cfg: BenchConfig, backbone=None) -> Dict[str, Any]:
+def measure_backbone_row(px: int, target: int, cfg: BenchConfig, backbone=None, label: str = BACKBONE
+                         ) -> Dict[str, Any]:
     """DINOv3 alone on the ``px`` image, measured alone; a flat row dict."""
     backbone = backbone if backbone is not None else build_backbone(cfg)
-    p = prepare_backbone_row(px, target, cfg, backbone)
+    p = prepare_backbone_row(px, target, cfg, backbone, label)
     time_rows([p], cfg)
     return _row(p, cfg, backbone)
+
+
+def measure_reference_row(px: int, target: int, cfg: BenchConfig, backbone=None) -> Dict[str, Any]:
+    """``highres`` at a non-integer scale: DINOv3 alone at the output's resolution ``px``, measured alone."""
+    return measure_backbone_row(px, target, cfg, backbone, REFERENCE)
 
 
 def _isolated(args) -> Dict[str, Any]:
@@ -325,6 +353,12 @@ def run_benchmark(methods: Sequence[MethodSpec], cfg: BenchConfig, sizes: Iterab
     if not any(m.path is None and m.name == REFERENCE and not m.options for m in methods):
         methods.insert(0, MethodSpec(REFERENCE))
     check_methods(methods)
+    if cfg.scale is not None:  # before any timing: every target and every registered method
+        for t in sizes:
+            cfg.scaled_grid(int(t))
+        for m in methods:
+            if m.path is None and m.name != REFERENCE:
+                check_scale(m.label, UPSAMPLERS[m.name].any_output_size, cfg.scale)
     configure_allocator(cfg)
     rows: List[Dict[str, Any]] = []
     if isolate:
@@ -339,6 +373,12 @@ def run_benchmark(methods: Sequence[MethodSpec], cfg: BenchConfig, sizes: Iterab
         for m in methods:
             if log:
                 log(f"[benchmark] {m.label} -> {target}x{target} tokens")
+            if m.name == REFERENCE and cfg.scale is not None:  # DINOv3 at the output's resolution
+                px = target * PATCH_SIZE
+                p = (measure(measure_reference_row, px, target) if isolate
+                     else prepare_backbone_row(px, target, cfg, backbone, REFERENCE))
+                prepared.append(p)
+                continue
             p = measure(measure_row, m, target) if isolate else prepare_row(m, target, cfg, backbone)
             px = p["input_px"] if isolate else p.fields["input_px"]
             if m.name != REFERENCE and px not in floors:

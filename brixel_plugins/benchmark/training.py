@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .timing import timed
+
 __all__ = ["measure", "format_rows"]
 
 
@@ -43,22 +45,6 @@ def _photos(size: int, batch: int) -> torch.Tensor:
     return torch.cat(out).clamp(0, 255).round().to(torch.uint8)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device, runs: int) -> List[float]:
-    times = []
-    for _ in range(runs):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -71,9 +57,9 @@ def _worker(rank: int, world: int, port: int, config: str, options: Dict, batch:
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import DefaultScope
 
+    from ..distill.registry import MODELS
     from ..engine import FrozenBackboneDDP
     from ..images import normalise
-    from ..distill.registry import MODELS
 
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
     cuda = device_name == "cuda"
@@ -105,9 +91,9 @@ def _worker(rank: int, world: int, port: int, config: str, options: Dict, batch:
     def teacher():
         model.last_layer_map(teacher_input)
 
-    _timed(step, device, warmup)
-    steps = _timed(step, device, runs)
-    teachers = _timed(teacher, device, runs)
+    timed(step, device, warmup)
+    steps = timed(step, device, runs)
+    teachers = timed(teacher, device, runs)
     row = dict(rank=rank, step=statistics.median(steps), teacher=statistics.median(teachers),
                memory_mb=_peak_memory_mb(device))
     rows = [row]

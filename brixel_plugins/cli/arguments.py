@@ -26,6 +26,17 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (``3.5``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def positive_int_list(text: str) -> List[int]:
     """An argparse type: comma-separated positive integers, e.g. ``16,32,48``."""
     parts = [p.strip() for p in text.split(",") if p.strip()]

@@ -5,9 +5,8 @@ threshold (128 KiB at start, raised on its own only as far as the largest block 
 with a fresh ``mmap`` and unmaps it when the tensor is freed, and it trims the heap top as soon as
 128 KiB there are free. A model whose intermediate maps are large then touches fresh pages at every
 forward and pays a page fault per 4 KiB: the upsamplers' maps are such blocks (a 64x64 map of 384
-channels in fp32 is 6 MiB), DINOv3's token arrays at 256 px (0.4 MiB) hardly. Measured on a 2-core
-VM, 2 threads, ViT-S at 256 px -> 64x64: BRIXEL ~5,800 page faults per image (90 -> 76 ms),
-BRIXEL-lean ~3,000, DINOv3 alone none.
+channels in fp32 is 6 MiB), DINOv3's token arrays at 256 px (0.4 MiB) hardly. The page faults
+per image and the time they cost are measured in docs/benchmark.md ("Kept freed memory").
 
 :func:`keep_freed_memory` sets, for this process, what the environment variables
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` would set before

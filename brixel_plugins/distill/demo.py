@@ -268,7 +268,7 @@ def distillation_demo(methods: Sequence[str] = METHODS, work: str = DEFAULT_WORK
     if "anyup" in methods:  # AnyUp's claim: the same weights on another backbone / layer, no retraining
         from .transfer import demo_transfer, transfer_lines
 
-        line = demo_transfer(runs[methods.index("anyup")][1])
+        line = demo_transfer(runs[methods.index("anyup")][1], STUDENT)
         print(f"\nAnyUp's best weights, unchanged, on another backbone and layer (held out, {line['seconds']:.0f} s):")
         print(transfer_lines(line))
         update_json(summary, "anyup_transfer", line)

@@ -85,15 +85,14 @@ def transfer_lines(results: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def demo_transfer(runner, other_arch: str = "vitb16", weights: Optional[str] = None) -> dict:
+def demo_transfer(runner, student_size: int, other_arch: str = "vitb16", weights: Optional[str] = None) -> dict:
     """The demo's cross-backbone line for its AnyUp run ``runner`` (trained on the demo's ViT-S last
     layer): its best weights applied unchanged to (a) a ``other_arch`` DINOv3's last layer (random
     init from the same seed as the demo's backbone; ``weights``: a real file instead) and (b) the
-    middle layer of the run's own backbone, each scored on the run's held-out photos at the demo's
-    sizes against bilinear on that backbone / layer. Returns ``{case: {'upsampler', 'bilinear',
+    middle layer of the run's own backbone, each scored on the run's held-out photos at
+    ``student_size`` px (the demo's student size) against bilinear on that backbone / layer. Returns ``{case: {'upsampler', 'bilinear',
     'layer', 'embed_dim'}, 'seconds': ...}``."""
     from ..files.upsampler_file import load_upsampler
-    from .demo import STUDENT
 
     t0 = time.time()
     model = runner.model
@@ -108,7 +107,7 @@ def demo_transfer(runner, other_arch: str = "vitb16", weights: Optional[str] = N
     init = "" if weights else " (random init)"
     for case, backbone, layer in ((f"{other_arch}{init}, last layer", other, -1),
                                   (f"{source.spec.arch}, layer {middle + 1} of {source.depth}", source, middle)):
-        scores = score_transfer(transfer(trained, backbone, layer), backbone, images, STUDENT)
+        scores = score_transfer(transfer(trained, backbone, layer), backbone, images, student_size)
         out[case] = dict(scores, layer=layer % backbone.depth, embed_dim=backbone.embed_dim)
     # a random-init DINOv3's residual branches start near zero: its layers can be the same map
     with torch.no_grad():

@@ -136,8 +136,8 @@ class LastProjection(NamedTuple):
     to ``x`` (B, H, W, C) (pixel-major, contiguous). :meth:`Upsampler.compose` applies it onto
     the base as one matrix multiply-accumulate, so the D-wide output is written once: ``base +
     bias`` in one pass, then the product added in place, instead of a bias broadcast, the product
-    and the addition of the base (three passes over the largest map of a forward; on CPU ~4 ms of
-    BRIXEL's time at 64x64 for ViT-S)."""
+    and the addition of the base (three passes over the largest map of a forward; what that costs
+    on CPU is measured in docs/benchmark.md)."""
 
     x: torch.Tensor
     conv: nn.Conv2d

@@ -103,8 +103,8 @@ class LiFT(Upsampler):
 
     def step(self, feats: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """The detail of one 2x application: feats (B,C,h,w), image (B,3,p*h,p*w) -> (B,C,2h,2w)."""
-        # channels-last throughout (brixel_plugins.upsamplers.layers.layout): on CPU the max pooling alone runs
-        # ~20x faster there, and the convolutions skip oneDNN's reorders of NCHW maps
+        # channels-last throughout (brixel_plugins.upsamplers.layers.layout): on CPU the max pooling is
+        # vectorised there (docs/benchmark.md), and the convolutions skip oneDNN's reorders of NCHW maps
         imgs_1 = self.scale_adapter(run_folded(self.image_convs_1, channels_last(image)))
         imgs_2 = run_folded(self.image_convs_2, imgs_1)
         if imgs_2.shape[-2:] != feats.shape[-2:]:

@@ -17,8 +17,9 @@ import torch
 
 from ..backbones import FrozenDINOv3
 from ..images import load_rgb, normalise, resize, to_tensor
-from .pca import pca_row, save_grid
 from ..upsamplers import Upsampler
+from ..files.method_spec import build_method, check_methods, parse_method, prepare_upsampler
+from .pca import pca_row, save_grid
 
 EXAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea")  # scikit-image photo names: tools/visualize.py's default
 Picture = Union[str, Path, np.ndarray, torch.Tensor]
@@ -121,8 +122,6 @@ def pca_figure(pictures: Sequence[Picture], backbone: FrozenDINOv3,
 
 def build_upsamplers(methods: Sequence[str], spec, factor: int) -> List[Tuple[str, Upsampler]]:
     """Names (``lift``, ``lift:factor=2``) built at ``factor`` unless given, or upsampler weight files."""
-    from ..benchmark import build_method, check_methods, parse_method
-
     specs = [parse_method(m) for m in methods]
     check_methods(specs)
     out = []
@@ -142,8 +141,6 @@ def compare_methods(pictures: Sequence[Picture], backbone: FrozenDINOv3, methods
     """:func:`pca_figure` for upsamplers given by registry name (``name:key=value``) or weight
     file, built at ``hr_size // size``; untrained ones that need data statistics get them from
     the first picture."""
-    from ..benchmark import prepare_upsampler
-
     device = torch.device(device)
     backbone = backbone.to(device)
     ups = [(label, up.to(device)) for label, up in build_upsamplers(methods, backbone.spec, max(1, hr_size // size))]

@@ -1,6 +1,8 @@
-"""What a benchmark row measures: a registered upsampler with options, or a weight file.
+"""An upsampler named on a command line: a registered name with options, or a weight file.
 
-``lift``, ``lift:factor=2`` (options as Python literals) or ``path/to/upsampler.safetensors``.
+``lift``, ``lift:factor=2`` (options as Python literals) or ``path/to/upsampler.safetensors``:
+what ``tools/benchmark.py --methods`` and ``tools/visualize.py --methods`` take, parsed, checked and
+built here for both.
 """
 from __future__ import annotations
 
@@ -11,10 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from ..files.upsampler_file import upsampler_from_config
 from ..upsamplers import UPSAMPLERS, Upsampler, UpsamplerConfig, list_upsamplers
-
-DEFAULT_METHODS = ("bilinear", "jbu", "lift", "featsharp", "brixel", "brixel_lean")
+from .upsampler_file import upsampler_from_config
 
 
 @dataclass
