@@ -141,6 +141,16 @@ def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(pred, target.detach(), dim=1, eps=1e-8)).mean()
 
 
+def cosine_mse(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """JAFAR's / AnyUp's ``Cosine_MSE``: mean over pixels of 1 - cos(pred, target), plus the MSE of
+    both maps rescaled per pixel by the target's range over channels, ``(x - m) / (M - m + eps)``
+    (m, M: the target's per-pixel min and max; the magnitude term, free of each pixel's scale)."""
+    pred, target = _fp32(pred, target.detach())
+    m, top = target.amin(dim=1, keepdim=True), target.amax(dim=1, keepdim=True)
+    span = top - m + eps
+    return cosine_distance(pred, target) + F.mse_loss((pred - m) / span, (target - m) / span)
+
+
 # -- multi-view consistency (FeatUp / FeatSharp; the views: components/homography.py) ------------
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

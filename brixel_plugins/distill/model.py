@@ -28,16 +28,17 @@ from .registry import MODELS
 
 
 def run_upsampler(backbone: FrozenDINOv3, upsampler: Upsampler, image: torch.Tensor,
-                  image_hr: Optional[torch.Tensor] = None, last: Optional[torch.Tensor] = None):
+                  image_hr: Optional[torch.Tensor] = None, last: Optional[torch.Tensor] = None,
+                  output_size: Optional[Tuple[int, int]] = None):
     """(the upsampler's map of ``image``, the backbone's last layer of ``image`` if it was
     computed, else None): the backbone runs (without gradient) for the layers the upsampler reads,
-    except the last layer when ``last`` holds it already."""
+    except the last layer when ``last`` holds it already; ``output_size`` as ``Upsampler.forward``'s."""
     last_i = backbone.depth - 1
     known = {} if last is None else {last_i: last}
     wanted = sorted(set(upsampler.layer_indices) - set(known))
     with torch.no_grad():
         layers = {**known, **(backbone.layers(image, wanted) if wanted else {})}
-    return upsampler(image, layers, backbone, image_hr=image_hr), layers.get(last_i)
+    return upsampler(image, layers, backbone, image_hr=image_hr, output_size=output_size), layers.get(last_i)
 
 
 @torch.no_grad()
@@ -105,11 +106,12 @@ class DistillModel(BaseModel):
         return self.upsampler.target_transform(self.last_layer_map(image) if feats is None else feats)
 
     def student(self, image: torch.Tensor, image_hr: Optional[torch.Tensor] = None,
-                last: Optional[torch.Tensor] = None) -> torch.Tensor:
+                last: Optional[torch.Tensor] = None, output_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """The upsampler's map of ``image`` (B, 3, H, W) -> (B, D, f*H/16, f*W/16); ``image_hr``
         is the same picture at a higher resolution (for methods that read real pixels);
-        ``last`` the backbone's last layer of ``image`` if already computed (not recomputed)."""
-        return run_upsampler(self.backbone, self.upsampler, image, image_hr, last)[0]
+        ``last`` the backbone's last layer of ``image`` if already computed (not recomputed);
+        ``output_size`` another output grid (methods with ``any_output_size`` only)."""
+        return run_upsampler(self.backbone, self.upsampler, image, image_hr, last, output_size)[0]
 
     # -- calibration (statistics fitted from data before training) ---------------------------
     def calibration_targets(self) -> List[nn.Module]:

@@ -6,6 +6,7 @@ from .lift import LiftObjective
 from .multiview import MultiViewObjective
 from .featsharp import FeatSharpObjective
 from .featup import FeatUpObjective
+from .jafar import JafarObjective
 
 __all__ = ["DistillObjective", "BrixelObjective", "LiftObjective", "MultiViewObjective",
-           "FeatSharpObjective", "FeatUpObjective"]
+           "FeatSharpObjective", "FeatUpObjective", "JafarObjective"]
