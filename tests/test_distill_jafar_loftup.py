@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = dict(TINY, autocast=None)
 
 
-def run_distill(config, folder, work_dir, iters=3):
-    opts = tiny_distill_options(2, train_cfg__max_iters=iters, train_cfg__val_interval=iters)
+def run_distill(config, folder, work_dir, iters=3, **extra):
+    opts = tiny_distill_options(2, train_cfg__max_iters=iters, train_cfg__val_interval=iters, **extra)
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env.pop("DINOV3_WEIGHTS", None)
     cmd = [sys.executable, "tools/distill.py", config, "--data-root", str(folder), "--work-dir", str(work_dir),
@@ -107,3 +107,75 @@ def read_scalars_keys(work_dir):
 
     log = sorted(Path(work_dir).glob("*/vis_data/scalars.json"))[-1]
     return {k for line in log.read_text().splitlines() for k in json.loads(line)}
+
+
+# -- LoftUp --------------------------------------------------------------------------------------
+def loftup_model(**objective):
+    return DistillModel(backbone=TINY_BACKBONE, upsampler=dict(type="loftup", factor=4, zero_start=True),
+                        objective=dict(type="LoftUpObjective", **objective), teacher_size=64, student_size=32)
+
+
+def test_loftup_stage_choice_is_stage_one_and_stage_two_is_refused_with_the_reason():
+    obj = loftup_model().objective
+    assert obj.stage == 1 and obj.num_jitters == 4 and obj.projection.dim == 64
+    with pytest.raises(ValueError, match="only stage 1 is implemented.*SAM"):
+        loftup_model(stage=2)
+
+
+def test_loftup_pseudo_target_pulls_each_superpixel_to_its_mean(photo):
+    from brixel_plugins.distill.objectives.loftup import mask_adjust, superpixels
+
+    labels = superpixels(photo, 12, (16, 24))
+    assert labels.shape == (1, 16, 24) and 4 <= int(labels.max()) + 1 <= 40
+    feats = torch.randn(1, 5, 16, 24, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(mask_adjust(feats, labels, 0.0), feats)
+    flat = mask_adjust(feats, labels, 1.0)
+    for r in labels.unique():
+        inside = labels[0] == r
+        region = feats[0][:, inside]
+        assert torch.allclose(flat[0][:, inside], region.mean(1, keepdim=True).expand_as(region), atol=1e-6)
+    half = mask_adjust(feats, labels, 0.8)
+    assert torch.allclose(half, 0.2 * feats + 0.8 * flat, atol=1e-6)
+
+
+def test_loftup_step_has_the_release_terms_and_only_the_training_images_fit_the_readout(photo):
+    torch.manual_seed(0)
+    model = loftup_model(superpixels=8)
+    image = photo[..., :64].repeat(2, 1, 1, 1)
+    out = model.objective.losses(model, image)
+    assert set(out) == {"loss_rec", "loss_tv", "loss_pseudo"} and all(torch.isfinite(v) for v in out.values())
+    assert int(model.objective.readout_steps) == 1
+    # the readout is the least-squares per-channel affine map from the pooled output to F(x)
+    obj = loftup_model(readout_momentum=0.0).objective
+    g = torch.Generator().manual_seed(1)
+    t = torch.randn(2, 64, 3, 3, generator=g)
+    scale, shift = torch.rand(64, generator=g) + 0.5, torch.randn(64, generator=g)
+    p = (t - shift.view(1, -1, 1, 1)) / scale.view(1, -1, 1, 1)  # LoftUp's space: an affine map of F's
+    obj.update_readout(p, t)
+    assert torch.allclose(obj.readout(p), t, atol=1e-4)
+    # validation scores the readout of the prediction, never refits on the held-out image
+    before = obj.readout_stats.clone()
+    model.objective = obj
+    model.eval()
+    row = model._predict(image[:1])[0]
+    assert torch.equal(obj.readout_stats, before)
+    from brixel_plugins.distill.metrics import map_metrics
+    from brixel_plugins.distill.model import held_out_maps
+
+    pred, _, target = held_out_maps(model.backbone, model.upsampler, image[:1], 32)
+    assert row["upsampler"] == pytest.approx(map_metrics(obj.readout(pred), target))
+    assert row["upsampler"] != pytest.approx(map_metrics(pred, target))
+
+
+def test_loftup_release_config_trains_and_its_weights_load(small_photo_folder, tmp_path):
+    from brixel_plugins.backbones.dinov3 import FrozenDINOv3
+
+    opts = dict(model__upsampler__factor=4)  # 64 px validation target instead of 256
+    run_distill("configs/distill/loftup_vits16.py", small_photo_folder, tmp_path, iters=4, **opts)
+    for key in ("loss_rec", "loss_tv", "loss_pseudo"):
+        vals = logged_losses(tmp_path, key)
+        assert len(vals) == 4 and all(torch.isfinite(torch.tensor(vals))), key
+    meta = read_upsampler_file(tmp_path / "upsampler.safetensors")[1]
+    assert meta["method"] == "loftup" and meta["extra"]["objective"]["type"] == "LoftUpObjective"
+    up = load_upsampler(tmp_path / "upsampler.safetensors", FrozenDINOv3(**TINY_BACKBONE).spec)
+    assert type(up).__name__ == "LoftUp"

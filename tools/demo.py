@@ -32,7 +32,7 @@ import warnings
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 RECIPES = osp.join(ROOT, "configs", "distill", "demo")
-METHODS = ("brixel", "lift", "jbu", "featsharp")
+METHODS = ("brixel", "lift", "jbu", "featsharp", "jafar", "loftup")
 
 from brixel_plugins.cli import run_tool
 

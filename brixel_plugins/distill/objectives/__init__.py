@@ -7,6 +7,8 @@ from .multiview import MultiViewObjective
 from .featsharp import FeatSharpObjective
 from .featup import FeatUpObjective
 from .jafar import JafarObjective
+from .loftup import LoftUpObjective
 
 __all__ = ["DistillObjective", "BrixelObjective", "LiftObjective", "MultiViewObjective",
-           "FeatSharpObjective", "FeatUpObjective", "JafarObjective"]
+           "FeatSharpObjective", "FeatUpObjective", "JafarObjective",
+           "LoftUpObjective"]
