@@ -13,4 +13,4 @@ model = dict(
     objective=dict(superpixels=16))
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 
-demo = dict(label='LoftUp', iters=60, batch_size=2)
+demo = dict(label='LoftUp', iters=40, batch_size=2)
