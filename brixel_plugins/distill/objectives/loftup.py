@@ -83,7 +83,8 @@ class LoftUpObjective(DistillObjective):
 
     def __init__(self, embed_dim: int, factor: int, stage: int = 1, num_jitters: int = 4,
                  jitter: Optional[dict] = None, downsampler: Optional[dict] = None,
-                 feature_space: Optional[dict] = None, projection: Optional[dict] = dict(type="RandomProjection", dim=64),
+                 feature_space: Optional[dict] = None,
+                 projection: Optional[dict] = dict(type="RandomProjection", dim=64),
                  tv_weight: float = 0.001, pseudo_weight: float = 1.0, alpha: float = 0.8, superpixels: int = 64,
                  readout_momentum: float = 0.9):
         super().__init__(embed_dim, factor)
@@ -149,7 +150,8 @@ class LoftUpObjective(DistillObjective):
                                        mode="bicubic", align_corners=False)
                 if self.superpixels and self.alpha:
                     pseudo = mask_adjust(pseudo, superpixels(image, self.superpixels, hr.shape[-2:]), self.alpha)
-            out["loss_pseudo"] = self.pseudo_weight * (self.project(pseudo, proj) - self.project(hr, proj)).square().mean()
+            err = (self.project(pseudo, proj) - self.project(hr, proj)).square().mean()
+            out["loss_pseudo"] = self.pseudo_weight * err
         return out
 
     # -- the held-out readout ------------------------------------------------------------------
