@@ -144,12 +144,12 @@ def test_loftup_step_has_the_release_terms_and_only_the_training_images_fit_the_
     out = model.objective.losses(model, image)
     assert set(out) == {"loss_rec", "loss_tv", "loss_pseudo"} and all(torch.isfinite(v) for v in out.values())
     assert int(model.objective.readout_steps) == 1
-    # the readout is the least-squares per-channel affine map from the pooled output to F(x)
+    # the readout is the least-squares per-channel affine map from the pooled ChannelNorm'd output to F(x)
     obj = loftup_model(readout_momentum=0.0).objective
     g = torch.Generator().manual_seed(1)
-    t = torch.randn(2, 64, 3, 3, generator=g)
+    p = torch.randn(2, 64, 3, 3, generator=g) * (torch.rand(2, 1, 3, 3, generator=g) + 0.5)  # any pixel scale
     scale, shift = torch.rand(64, generator=g) + 0.5, torch.randn(64, generator=g)
-    p = (t - shift.view(1, -1, 1, 1)) / scale.view(1, -1, 1, 1)  # LoftUp's space: an affine map of F's
+    t = obj.space(p) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)  # F: an affine map of LoftUp's space
     obj.update_readout(p, t)
     assert torch.allclose(obj.readout(p), t, atol=1e-4)
     # validation scores the readout of the prediction, never refits on the held-out image

@@ -65,9 +65,9 @@ class LoftUpObjective(DistillObjective):
       ``superpixels`` SLIC regions (0: none, the pseudo-target is the bicubic enlargement).
 
     The output of LoftUp is LayerNorm'd per pixel (with a learned per-channel affine), which this
-    objective leaves free: its comparisons are in ChannelNorm space. :meth:`readout` maps it to the
-    backbone's space for the held-out scores, per channel ``a x + b`` fitted by least squares on
-    the training steps (exponential averages, ``readout_momentum``, of the output average-pooled to
+    objective leaves free: it trains ``S(output)`` only. :meth:`readout` maps that to the backbone's
+    space for the held-out scores, per channel ``a S(output) + b`` fitted by least squares on the
+    training steps (exponential averages, ``readout_momentum``, of ``S(output)`` average-pooled to
     the token grid against F(x) of the same training images); the held-out images never enter it.
 
     ``val_loss``: MSE in ChannelNorm space (deterministic: no views, no projection).
@@ -157,7 +157,7 @@ class LoftUpObjective(DistillObjective):
     # -- the held-out readout ------------------------------------------------------------------
     @torch.no_grad()
     def update_readout(self, out: torch.Tensor, feats: torch.Tensor) -> None:
-        p = F.adaptive_avg_pool2d(out.float(), feats.shape[-2:]).transpose(0, 1).flatten(1)  # (D, B*h*w)
+        p = F.adaptive_avg_pool2d(self.space(out), feats.shape[-2:]).transpose(0, 1).flatten(1)  # (D, B*h*w)
         t = feats.float().transpose(0, 1).flatten(1)
         stats = torch.stack([p.mean(1), t.mean(1), p.square().mean(1), (p * t).mean(1)])
         if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank scores alike
@@ -173,7 +173,7 @@ class LoftUpObjective(DistillObjective):
         mp, mt, pp, pt = self.readout_stats
         a = (pt - mp * mt) / (pp - mp * mp).clamp_min(1e-6)
         b = mt - a * mp
-        return pred.float() * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+        return self.space(pred) * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
 
     def val_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (self.space(pred) - self.space(target)).square().mean()
