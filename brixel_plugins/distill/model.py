@@ -134,7 +134,7 @@ class DistillModel(BaseModel):
         pred, base, target = held_out_maps(self.backbone, self.upsampler, img, self.student_size)
         out = []
         for i in range(img.shape[0]):
-            p, t, q = self.objective.readout(pred[i:i + 1]), target[i:i + 1], base[i:i + 1]
+            p, t, q = pred[i:i + 1], target[i:i + 1], base[i:i + 1]
             out.append(dict(loss=float(self.objective.val_loss(p, t)), upsampler=map_metrics(p, t),
                             bilinear=map_metrics(q, t), bilinear_loss=float(self.objective.val_loss(q, t))))
         return out

@@ -41,11 +41,6 @@ The contract (shapes: B images, D channels, h x w = token grid of the student im
     "val loss" is comparable between the upsampler and bilinear. It must not depend on
     randomness (no jitters, no dropout) and must not train anything.
 
-``readout(pred) -> pred``
-    What the held-out scores see of the student's map (1, D, f*h, f*w): the identity, except for
-    objectives that leave the output outside the backbone's feature space (LoftUp's LayerNorm'd
-    output), which map it there with something fitted on TRAINING images only.
-
 ``check_sizes(teacher_size, student_size)``
     Raise ``ValueError`` (saying what is wrong) for resolutions the objective cannot use.
 
@@ -102,10 +97,6 @@ class DistillObjective(nn.Module):
 
     def val_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def readout(self, pred: torch.Tensor) -> torch.Tensor:
-        """The student's map in the backbone's feature space, for the held-out scores (identity)."""
-        return pred
 
     def check_sizes(self, teacher_size: int, student_size: int) -> None:
         """Training images arrive at ``teacher_size``; validation compares the student at

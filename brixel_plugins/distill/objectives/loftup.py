@@ -64,11 +64,9 @@ class LoftUpObjective(DistillObjective):
       ``adj`` pulling each mask's features to its mean by ``alpha`` (0.8); the masks are
       ``superpixels`` SLIC regions (0: none, the pseudo-target is the bicubic enlargement).
 
-    The output of LoftUp is LayerNorm'd per pixel (with a learned per-channel affine), which this
-    objective leaves free: it trains ``S(output)`` only. :meth:`readout` maps that to the backbone's
-    space for the held-out scores, per channel ``a S(output) + b`` fitted by least squares on the
-    training steps (exponential averages, ``readout_momentum``, of ``S(output)`` average-pooled to
-    the token grid against F(x) of the same training images); the held-out images never enter it.
+    LoftUp's output is LayerNorm'd per pixel (with a learned per-channel affine) and this objective
+    compares in ChannelNorm space, so that affine is not pinned to the backbone's space; the
+    held-out scores read the output as it is (docs/distillation.md says why).
 
     ``val_loss``: MSE in ChannelNorm space (deterministic: no views, no projection).
 
@@ -78,15 +76,13 @@ class LoftUpObjective(DistillObjective):
             (the release: 4 views, reflect pad <= 8 px, zoom up to 1.1, P 64-d).
         tv_weight: the TV term's weight (0.001, the documented command; the yaml's 0.01).
         pseudo_weight, alpha, superpixels: the pseudo-ground-truth term (1.0, 0.8, 64 regions).
-        readout_momentum: the exponential average's memory per step (0.9: about the last 10 steps).
     """
 
     def __init__(self, embed_dim: int, factor: int, stage: int = 1, num_jitters: int = 4,
                  jitter: Optional[dict] = None, downsampler: Optional[dict] = None,
                  feature_space: Optional[dict] = None,
                  projection: Optional[dict] = dict(type="RandomProjection", dim=64),
-                 tv_weight: float = 0.001, pseudo_weight: float = 1.0, alpha: float = 0.8, superpixels: int = 64,
-                 readout_momentum: float = 0.9):
+                 tv_weight: float = 0.001, pseudo_weight: float = 1.0, alpha: float = 0.8, superpixels: int = 64):
         super().__init__(embed_dim, factor)
         if int(stage) != 1:
             raise ValueError(f"LoftUpObjective: stage {stage!r} is not available; only stage 1 is implemented "
@@ -94,9 +90,8 @@ class LoftUpObjective(DistillObjective):
                              f"896 px crops, and this package ships no SAM; see docs/recipes.md)")
         if int(num_jitters) < 1:
             raise ValueError(f"LoftUpObjective: num_jitters must be >= 1, got {num_jitters!r}")
-        if not 0 <= float(alpha) <= 1 or not 0 <= float(readout_momentum) < 1:
-            raise ValueError(f"LoftUpObjective: need 0 <= alpha <= 1 and 0 <= readout_momentum < 1, got "
-                             f"{alpha!r}, {readout_momentum!r}")
+        if not 0 <= float(alpha) <= 1:
+            raise ValueError(f"LoftUpObjective: alpha must be in [0, 1], got {alpha!r}")
         self.stage, self.num_jitters = int(stage), int(num_jitters)
         self.jitter = TRANSFORMS.build(jitter or dict(type="FeatUpJitter", max_pad=8, max_zoom=1.1))
         self.downsampler = MODELS.build(downsampler or dict(type="AttentionDownsampler", **FEATUP_DOWNSAMPLER),
@@ -105,10 +100,6 @@ class LoftUpObjective(DistillObjective):
         self.projection = MODELS.build(projection) if projection else None
         self.tv_weight, self.pseudo_weight, self.alpha = float(tv_weight), float(pseudo_weight), float(alpha)
         self.superpixels = int(superpixels)
-        self.readout_momentum = float(readout_momentum)
-        # E[p], E[t], E[p^2], E[p t] per channel (p: the output pooled to the tokens, t: F(x)); count
-        self.register_buffer("readout_stats", torch.zeros(4, self.embed_dim))
-        self.register_buffer("readout_steps", torch.zeros((), dtype=torch.long))
 
     def check_sizes(self, teacher_size: int, student_size: int) -> None:
         """Training needs images at the student size or larger (no high-resolution teacher);
@@ -127,9 +118,7 @@ class LoftUpObjective(DistillObjective):
     def losses(self, distiller, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         img = resize(image, distiller.student_size)
         last = distiller.last_layer_map(img)
-        out_raw = distiller.student(img, image_hr=image, last=last)
-        self.update_readout(out_raw.detach(), distiller.target(img, feats=last))
-        hr = self.space(out_raw)
+        hr = self.space(distiller.student(img, image_hr=image, last=last))
         proj = self.projection.sample(*hr.shape[:2], device=hr.device) if self.projection else None
         rec = tv = None
         for v in range(self.num_jitters):
@@ -153,27 +142,6 @@ class LoftUpObjective(DistillObjective):
             err = (self.project(pseudo, proj) - self.project(hr, proj)).square().mean()
             out["loss_pseudo"] = self.pseudo_weight * err
         return out
-
-    # -- the held-out readout ------------------------------------------------------------------
-    @torch.no_grad()
-    def update_readout(self, out: torch.Tensor, feats: torch.Tensor) -> None:
-        p = F.adaptive_avg_pool2d(self.space(out), feats.shape[-2:]).transpose(0, 1).flatten(1)  # (D, B*h*w)
-        t = feats.float().transpose(0, 1).flatten(1)
-        stats = torch.stack([p.mean(1), t.mean(1), p.square().mean(1), (p * t).mean(1)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank scores alike
-            torch.distributed.all_reduce(stats)
-            stats /= torch.distributed.get_world_size()
-        m = self.readout_momentum if int(self.readout_steps) else 0.0
-        self.readout_stats.mul_(m).add_((1 - m) * stats)
-        self.readout_steps.add_(1)
-
-    def readout(self, pred: torch.Tensor) -> torch.Tensor:
-        if not int(self.readout_steps):
-            return pred
-        mp, mt, pp, pt = self.readout_stats
-        a = (pt - mp * mt) / (pp - mp * mp).clamp_min(1e-6)
-        b = mt - a * mp
-        return self.space(pred) * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
 
     def val_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (self.space(pred) - self.space(target)).square().mean()
