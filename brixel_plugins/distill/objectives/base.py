@@ -62,6 +62,10 @@ Recipes the objectives are written to carry (exact values in ``docs/recipes.md``
   downsampler, PHI-S space); ``FeatSharpObjective`` is its subclass with FeatSharp's release
   pieces (shared zoom and jitters with validity masks, seam weights on tile borders, a learned
   uncertainty ``exp(-s) * mse + s / 2``).
+- ``JafarObjective``: JAFAR's recipe without a high-resolution teacher (the backbone's own map of
+  the training image as the target, the input downscaled 2x to 4x, Cosine_MSE + consistency).
+- ``LoftUpObjective``: LoftUp's stage 1 (multi-view reconstruction, TV, a superpixel-refined
+  bicubic pseudo-target; stage 2 is refused).
 - ``FeatUpObjective``: FeatUp's JBU recipe (its jitter, ChannelNorm space, random 30-d
   projections, learned uncertainty, CRF term). The pieces the recipes share are one
   registered component each in :mod:`brixel_plugins.distill.components`. Anything such a component trains (uncertainty net, downsampler) is a submodule of the
