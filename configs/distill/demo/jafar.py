@@ -4,8 +4,8 @@
 # to 2x, so 4x, the demo's ratio, is the hardest case of every step). Departures: factor 4 (the
 # demo's ratio) from bilinear interpolation (zero start); the guidance pixels at 96 px (0.25 x the
 # crop, 4x the target grid; the release: 0.5, 7x) and no consistency term: JAFAR's encoders run at
-# every guidance pixel, and the release's settings cost ~5x this row's CPU time; AdamW lr 1e-3 (the
-# release's 2e-4 is for 100k steps).
+# every guidance pixel (4x as many at 192 px) and the consistency term adds two passes at that size,
+# more than a CPU schedule affords; AdamW lr 1e-3 (the release's 2e-4 is for 100k steps).
 _base_ = ['../jafar_vits16.py']
 
 model = dict(
