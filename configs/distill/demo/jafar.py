@@ -1,7 +1,7 @@
 # The distillation demo's JAFAR (tools/demo.py, protocol in brixel_plugins/distill/demo.py): the
 # release's objective (jafar_vits16.py) on the demo's 384 px training crops: the target is DINOv3's
 # own map of the 384 px crop (24x24 tokens), the input the crop at 96-192 px (s ~ U(0.25, 0.5): 4x
-# to 2x, so 4x, the demo's ratio, is the hardest case of every step). Departures: factor 4 (the
+# to 2x; 4x, the demo's ratio, is the hard end of the range). Departures: factor 4 (the
 # demo's ratio) from bilinear interpolation (zero start); the guidance pixels at 96 px (0.25 x the
 # crop, 4x the target grid; the release: 0.5, 7x) and no consistency term: JAFAR's encoders run at
 # every guidance pixel (4x as many at 192 px) and the consistency term adds two passes at that size,
