@@ -86,3 +86,34 @@ def test_featurizer_refuses_sizes_the_method_cannot_give(tiny_backbone, photo):
         f(photo)
     with pytest.raises(ValueError, match="output_size must be"):
         DenseFeaturizer(tiny_backbone, brixel, output_size=(0, 3))
+
+
+@pytest.mark.parametrize("name, trained", [("anyup", 2), ("jafar", 2), ("loftup", 16)])
+def test_an_any_size_file_serves_a_config_at_another_factor(tiny_backbone, photo, tmp_path, name, trained):
+    """The frameworks' configs ask for their stride's factor (Detectron2: 2 or 4) while a recipe trains
+    another (LoftUp 16x): an upsampler that gives any output size has no weight tied to its factor, so
+    the file serves at the config's factor, with the output of the same weights asked for that size."""
+    from brixel_plugins.files.upsampler_file import save_upsampler, upsampler_from_config
+    from brixel_plugins.upsamplers import build_upsampler
+
+    torch.manual_seed(0)
+    up = build_upsampler(dict(type=name, factor=trained), tiny_backbone.spec).eval()
+    path = save_upsampler(tmp_path / f"{name}.safetensors", up)
+    at4 = upsampler_from_config(dict(type=name, weights=str(path), factor=4), tiny_backbone.spec).eval()
+    assert at4.factor == 4 and at4.file_metadata["trained_at_factor"] == trained
+    layers = tiny_backbone.layers(photo, sorted(set(up.layer_indices)))
+    h, w = (4 * s // 16 for s in photo.shape[-2:])
+    with torch.no_grad():
+        want = up(photo, layers, tiny_backbone, image_hr=photo, output_size=(h, w))
+        got = at4(photo, layers, tiny_backbone, image_hr=photo)
+    assert got.shape[-2:] == (h, w) and torch.equal(got, want)
+
+
+def test_a_factor_only_file_at_another_factor_is_still_refused(tiny_backbone, tmp_path):
+    from brixel_plugins.backbones.weights import WeightFileError
+    from brixel_plugins.files.upsampler_file import save_upsampler, upsampler_from_config
+    from brixel_plugins.upsamplers import build_upsampler
+
+    path = save_upsampler(tmp_path / "lift.safetensors", build_upsampler(dict(type="lift", factor=2), tiny_backbone.spec))
+    with pytest.raises(WeightFileError, match="factor=4 in the config, 2 in the file"):
+        upsampler_from_config(dict(type="lift", weights=str(path), factor=4), tiny_backbone.spec)

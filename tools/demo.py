@@ -1,9 +1,9 @@
-"""The distillation demo (``make demo-distill``): BRIXEL, LiFT, JBU, FeatSharp and AnyUp distilled for DINOv3 ViT-S
-on the photos bundled with scikit-image, on CPU, then ONE held-out table (each upsampler beside
-bilinear interpolation), a PCA picture with one column per upsampler, and
+"""The distillation demo (``make demo-distill``): BRIXEL, LiFT, JBU, FeatSharp, AnyUp, JAFAR and
+LoftUp distilled for DINOv3 ViT-S on the photos bundled with scikit-image, on CPU, then ONE held-out
+table (each upsampler beside bilinear interpolation), a PCA picture with one column per upsampler, and
 ``work_dirs/demo/summary.json`` (``--work-dir``, default ``work_dirs/demo`` under the current directory).
 
-    python tools/demo.py                          # brixel, lift, jbu, featsharp, anyup
+    python tools/demo.py                          # brixel, lift, jbu, featsharp, anyup, jafar, loftup
     python tools/demo.py --methods brixel         # one method (the segmentation/detection demos)
     python tools/demo.py --methods lift --iters 50
 

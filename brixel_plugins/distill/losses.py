@@ -142,7 +142,7 @@ def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """AnyUp's ``Cosine_MSE``: the cosine distance plus the MSE of both maps rescaled per pixel by
+    """AnyUp's and JAFAR's ``Cosine_MSE``: the cosine distance plus the MSE of both maps rescaled per pixel by
     the target's range over channels, ``(x - m) / (M - m + 1e-6)`` with m, M the target's min and
     max: a magnitude term that is as scale-free as the cosine."""
     pred, target = _fp32(pred, target.detach())

@@ -324,7 +324,17 @@ class Upsampler(nn.Module, Calibration):
 
     def at_factor(self, factor: int, source: str = "this upsampler") -> "Upsampler":
         """This trained upsampler at another ``factor``, where the method can derive one from its
-        weights (a JBU stack keeps its first layers); by default refused with :class:`WeightFileError`."""
+        weights: a method that gives any output size (``any_output_size``, no ``fixed_factor``) has
+        no weight that depends on the factor, which only sets its default output grid, so the same
+        weights serve; a JBU stack keeps its first layers. Otherwise refused with :class:`WeightFileError`."""
+        if self.any_output_size and self.fixed_factor is None and int(factor) == factor and factor >= 1:
+            config = {k: v for k, v in self.config.items() if k != "factor"}
+            out = type(self)(self.spec, factor=int(factor), **config)
+            out.load_state_dict(self.state_dict(), strict=True)
+            out.weight_file = self.weight_file
+            out.file_metadata = {**self.file_metadata, "trained_at_factor": self.factor}
+            device = next((t.device for t in self.state_dict().values()), torch.device("cpu"))
+            return out.to(device).train(self.training)
         raise WeightFileError(f"{source}: factor={factor} in the config, {self.factor} in the file; a "
                               f"{self.method} upsampler works at the factor it was trained at: drop 'factor' "
                               f"from the config or use a file trained at factor {factor}")

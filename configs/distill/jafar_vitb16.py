@@ -1,5 +1,4 @@
-# JAFAR (2x) for DINOv3 vitb16: the STAND-IN recipe of jafar_vits16.py (not the authors'; see there), for the
-# segmentation and detection configs of this backbone.
+# JAFAR (2x) for DINOv3 vitb16, the authors' release recipe (no high-resolution teacher):
 #   python tools/distill.py configs/distill/jafar_vitb16.py --data-root DIR --weights FILE
-_base_ = ['./jafar_vits16.py']
+_base_ = ['./_base_/methods/jafar.py']
 model = dict(backbone=dict(arch='vitb16'))

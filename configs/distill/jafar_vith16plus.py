@@ -1,5 +1,4 @@
-# JAFAR (2x) for DINOv3 vith16plus: the STAND-IN recipe of jafar_vits16.py (not the authors'; see there), for the
-# segmentation and detection configs of this backbone.
+# JAFAR (2x) for DINOv3 vith16plus, the authors' release recipe (no high-resolution teacher):
 #   python tools/distill.py configs/distill/jafar_vith16plus.py --data-root DIR --weights FILE
-_base_ = ['./jafar_vits16.py']
+_base_ = ['./_base_/methods/jafar.py']
 model = dict(backbone=dict(arch='vith16plus'))

@@ -5,8 +5,11 @@ from .base import DistillObjective
 from .brixel import BrixelObjective
 from .featsharp import FeatSharpObjective
 from .featup import FeatUpObjective
+from .jafar import JafarObjective
 from .lift import LiftObjective
+from .loftup import LoftUpObjective
 from .multiview import MultiViewObjective
 
 __all__ = ["DistillObjective", "BrixelObjective", "LiftObjective", "MultiViewObjective",
-           "FeatSharpObjective", "FeatUpObjective", "AnyUpObjective"]
+           "FeatSharpObjective", "FeatUpObjective", "AnyUpObjective", "JafarObjective",
+           "LoftUpObjective"]

@@ -65,6 +65,10 @@ Recipes the objectives are written to carry (exact values in ``docs/recipes.md``
   uncertainty ``exp(-s) * mse + s / 2``).
 - ``AnyUpObjective``: AnyUp's local crops (the output cut at a crop against the backbone run on
   the crop), Cosine-MSE, a consistency term under photometric augmentation, a downsampling term.
+- ``JafarObjective``: JAFAR's recipe without a high-resolution teacher (the backbone's own map of
+  the training image as the target, the input downscaled 2x to 4x, Cosine_MSE + consistency).
+- ``LoftUpObjective``: LoftUp's stage 1 (multi-view reconstruction, TV, a superpixel-refined
+  bicubic pseudo-target; stage 2 is refused).
 - ``FeatUpObjective``: FeatUp's JBU recipe (its jitter, ChannelNorm space, random 30-d
   projections, learned uncertainty, CRF term). The pieces the recipes share are one
   registered component each in :mod:`brixel_plugins.distill.components`. Anything such a component trains (uncertainty net, downsampler) is a submodule of the

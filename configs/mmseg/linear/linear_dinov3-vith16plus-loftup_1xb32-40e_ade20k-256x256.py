@@ -1,5 +1,5 @@
 # ADE20K linear probe, BRIXEL protocol (256 px, batch 32, 40 epochs): DINOv3 ViT-H+/16 + loftup
-# (weights exported by tools/distill.py, stand-in recipe)
+# (weights exported by tools/distill.py)
 _base_ = ['../_base_/models/linear_vith16plus.py', '../_base_/datasets/ade20k_256x256.py',
           '../_base_/schedules/linear_epochs.py']
 model = dict(backbone=dict(upsampler=dict(
