@@ -15,7 +15,7 @@ from conftest import TINY, tiny_distill_options
 import brixel_plugins.distill  # noqa: F401  (registers the objectives)
 from brixel_plugins.distill import losses as L
 from brixel_plugins.distill.model import DistillModel
-from brixel_plugins.io import load_upsampler, read_upsampler_file
+from brixel_plugins.files.upsampler_file import load_upsampler, read_upsampler_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = dict(TINY, autocast=None)

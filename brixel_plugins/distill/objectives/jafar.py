@@ -8,7 +8,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ...images import resize
-from ...ops.attention_downsampler import gaussian_blur
+from ..components.attention_downsampler import gaussian_blur
 from .. import losses as L
 from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective

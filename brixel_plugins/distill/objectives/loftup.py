@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ...images import resize
-from ...ops.attention_downsampler import FEATUP as FEATUP_DOWNSAMPLER
+from ..components.attention_downsampler import FEATUP as FEATUP_DOWNSAMPLER
 from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective
 
@@ -122,10 +122,10 @@ class LoftUpObjective(DistillObjective):
         proj = self.projection.sample(*hr.shape[:2], device=hr.device) if self.projection else None
         rec = tv = None
         for v in range(self.num_jitters):
-            view = self.jitter.sample(img.shape[-2:])
+            view = self.jitter.sample(img)
             with torch.no_grad():
-                target = self.space(distiller.target(self.jitter.apply(img, view)))
-            hr_v = self.jitter.apply(hr, view)
+                target = self.space(distiller.target(self.jitter.apply(img, view)[0]))
+            hr_v = self.jitter.apply(hr, view)[0]
             err = (self.project(self.downsampler(hr_v), proj) - self.project(target, proj)).square().mean()
             rec = err / self.num_jitters if rec is None else rec + err / self.num_jitters
             if v == 0 and self.tv_weight:
