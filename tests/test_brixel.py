@@ -122,8 +122,8 @@ def test_state_dict_keys_follow_released_layout():
     assert shapes["adapter.interactions.0.extractor.ffn.dwconv.dwconv.weight"] == (96, 1, 3, 3)
     assert shapes["head.mix.weight"] == (64, 16, 3, 3)
     assert "adapter.spm.stem.1.num_batches_tracked" in shapes  # BN buffers travel with the weights
-    assert sum(k.endswith("extractor.query_norm.weight") or ".extra_extractors." in k and k.endswith("query_norm.weight")
-               for k in sd) == 6
+    assert sum(k.endswith("extractor.query_norm.weight")
+               or ".extra_extractors." in k and k.endswith("query_norm.weight") for k in sd) == 6
 
 
 # -- forward -----------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ def weight_files(tmp_path_factory):
     files = {"dir": root, "dinov3": root / "tiny_dinov3.pth"}
     for method in ("lift", "brixel"):
         torch.manual_seed(0)
-        files[method] = save_upsampler(root / f"{method}.safetensors", build_upsampler(dict(type=method), backbone.spec))
+        files[method] = save_upsampler(root / f"{method}.safetensors",
+                                       build_upsampler(dict(type=method), backbone.spec))
     return files
 
 
@@ -121,8 +122,8 @@ def test_no_unsafe_loads_in_package_tools_or_configs():
             if re.search(r"\btorch\.load\(", code) and "weights_only=True" not in code \
                     and not (safe_arg and safe_arg in code):
                 bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
-            if re.search(r"\b(pickle|cloudpickle|dill|joblib)\.loads?\(|yaml\.unsafe_load|np\.load\(.*allow_pickle=True",
-                         code):
+            if re.search(r"\b(pickle|cloudpickle|dill|joblib)\.loads?\(|yaml\.unsafe_load"
+                         r"|np\.load\(.*allow_pickle=True", code):
                 bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not bad, "\n".join(bad)
     setup = (ROOT / "setup.py").read_text()
@@ -198,7 +199,8 @@ def test_stock_mmseg_train_then_init_model_and_stock_test(tmp_path, toy_root, mo
     weights_only default, from another working directory."""
     work = tmp_path / "work"
     code, log = run([STOCK_TOOLS / "train.py", TOY, "--work-dir", work, "--cfg-options", "train_cfg.max_iters=2",
-                     "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2", *toy_options(toy_root)], cwd=ROOT)
+                     "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2", *toy_options(toy_root)],
+                    cwd=ROOT)
     assert code == 0, log[-3000:]
     ckpt = work / "iter_2.pth"
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == []  # tensors and plain data
@@ -311,7 +313,8 @@ def test_mmseg_checkpoint_moves_with_its_weight_files(tmp_path, monkeypatch, wei
     load_checkpoint(build(cfg), str(there / "ckpt.pth"), map_location="cpu", strict=True)
 
     (there / "tiny_dinov3.pth").rename(there / "gone.pth")
-    with pytest.raises(WeightFileError, match=r"weight file not found: tiny_dinov3.pth \(set by model.backbone.weights\)"):
+    with pytest.raises(WeightFileError,
+                       match=r"weight file not found: tiny_dinov3.pth \(set by model.backbone.weights\)"):
         build(cfg)
     other = make_tiny_backbone(seed=1)  # another DINOv3 of the same shape under the same name
     torch.save(other.model.state_dict(), there / "tiny_dinov3.pth")
@@ -328,9 +331,8 @@ def test_mmseg_export_loads_elsewhere_and_predicts_the_same(trained, tmp_path, m
     cfg.dump(str(tmp_path / "config.py"))
     model = build(cfg)
     torch.nn.init.normal_(model.decode_head.conv_seg.weight)
-    torch.save({"state_dict": model.state_dict(), "meta": {"dataset_meta": {"classes": list("abcde"),
-                                                                             "palette": [[i, i, i] for i in range(5)]}}},
-               tmp_path / "ckpt.pth")
+    meta = {"dataset_meta": {"classes": list("abcde"), "palette": [[i, i, i] for i in range(5)]}}
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp_path / "ckpt.pth")
     code, log = run([ROOT / "tools" / "export_model.py", tmp_path / "config.py", tmp_path / "ckpt.pth",
                      tmp_path / "model.safetensors"], cwd=weight_files["dir"])
     assert code == 0, log[-3000:]
@@ -452,7 +454,8 @@ def test_d2_checkpoint_moves_and_exports(tmp_path, d2_files, monkeypatch):
     again = engine.build_model(moved).eval()
     FrozenBackboneCheckpointer(again).load(str(tmp_path / "ckpt.pth"))
     config = ROOT / "configs" / "d2" / "toy" / "mask_rcnn_dinov3_vits16_brixel_toy.py"
-    opts = [f"model.backbone.net.weights={d2_files['dinov3']}", f"model.backbone.net.upsampler.weights={d2_files['brixel']}",
+    opts = [f"model.backbone.net.weights={d2_files['dinov3']}",
+            f"model.backbone.net.upsampler.weights={d2_files['brixel']}",
             "model.backbone.net.overrides={" + ",".join(f"{k}:{v}" for k, v in TINY.items() if k != "arch") + "}",
             "model.backbone.square_pad=64"]
     out = export_checkpoint(config, tmp_path / "ckpt.pth", tmp_path / "model.safetensors", opts=opts)

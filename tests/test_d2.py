@@ -263,7 +263,8 @@ def toy_cfg(files, upsampler, output_dir=None, max_iter=2):
     cfg.dataloader.test.dataset.names.update(data)
     cfg.dataloader.train.total_batch_size = 2
     cfg.model.backbone.square_pad = 64
-    cfg.model.roi_heads.box_predictor.update(test_score_thresh=0.0, test_topk_per_image=5)  # an untrained detector predicts
+    # an untrained detector predicts
+    cfg.model.roi_heads.box_predictor.update(test_score_thresh=0.0, test_topk_per_image=5)
     cfg.model.proposal_generator.post_nms_topk = (32, 16)
     cfg.model.roi_heads.batch_size_per_image = 16
     cfg.train.update(device="cpu", max_iter=max_iter, eval_period=max_iter, output_dir=str(output_dir or ""),
@@ -354,7 +355,8 @@ def test_resume_falls_back_to_newest_loadable_checkpoint(toy_files, tmp_path, ca
 def test_tool_stops_on_nonfinite_loss(toy_files, tmp_path):
     """tools/d2_train.py (its command line, as a user runs it) on a diverging lr."""
     overrides = [
-        f"model.backbone.net.weights={toy_files['dinov3']}", "model.backbone.net.overrides={" + ",".join(f"{k}:{v}" for k, v in TINY_DIMS.items()) + "}",
+        f"model.backbone.net.weights={toy_files['dinov3']}",
+        "model.backbone.net.overrides={" + ",".join(f"{k}:{v}" for k, v in TINY_DIMS.items()) + "}",
         f"dataloader.train.dataset.names.root={toy_files['data']}", "dataloader.train.dataset.names.num_train=4",
         "dataloader.train.dataset.names.num_val=2", "dataloader.train.dataset.names.size=64",
         f"dataloader.test.dataset.names.root={toy_files['data']}", "dataloader.test.dataset.names.num_train=4",

@@ -91,7 +91,8 @@ def test_gradients_flow_to_value_locations_and_weights():
         assert t.grad is not None and torch.isfinite(t.grad).all(), name
         assert t.grad.abs().sum() > 0, name
     # exact analytic gradients (away from the kinks at pixel centres, which random points avoid)
-    v, l_, w_ = (t.detach().clone().requires_grad_(True) for t in (value[:1, :, :2], locs[:1, :2, :2], weights[:1, :2, :2]))
+    v, l_, w_ = (t.detach().clone().requires_grad_(True)
+                 for t in (value[:1, :, :2], locs[:1, :2, :2], weights[:1, :2, :2]))
     assert torch.autograd.gradcheck(lambda a, b, c: multi_scale_deformable_attn(a, shapes, b, c), (v, l_, w_))
 
 

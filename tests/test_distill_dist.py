@@ -25,8 +25,9 @@ def run_tool(cmd, timeout=300):
 
 
 def test_cli_single_process_then_resume(small_photo_folder, tmp_path):
-    base = [sys.executable, "tools/distill.py", "configs/distill/brixel_vits16.py", "--data-root", str(small_photo_folder),
-            "--work-dir", str(tmp_path), "--amp", "off", "--cfg-options", *TINY_OPTS]
+    base = [sys.executable, "tools/distill.py", "configs/distill/brixel_vits16.py",
+            "--data-root", str(small_photo_folder), "--work-dir", str(tmp_path), "--amp", "off",
+            "--cfg-options", *TINY_OPTS]
     out = run_tool(base)
     assert "Iter(train) [3/3]" in out and "eta:" in out and "loss_spectral" in out
     assert "bilinear" in out and "fidelity" in out  # the held-out table

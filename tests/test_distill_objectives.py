@@ -40,7 +40,8 @@ def test_every_objective_is_zero_for_identical_maps():
         assert all(float(v) == 0.0 for v in terms.values()), terms
         assert float(obj.val_loss(t, t.clone())) == 0.0
     assert float(LiftObjective(embed_dim=D, factor=2).val_loss(t, 3 * t)) == pytest.approx(0.0, abs=1e-6)
-    assert float(LiftObjective(embed_dim=D, factor=2, lambda_l1=1.0).val_loss(t, t.clone())) == pytest.approx(0.0, abs=1e-6)
+    objective = LiftObjective(embed_dim=D, factor=2, lambda_l1=1.0)
+    assert float(objective.val_loss(t, t.clone())) == pytest.approx(0.0, abs=1e-6)
     mv = MultiViewObjective(embed_dim=D, factor=2, phi_s=True)
     mv.calibrate(maps(1, b=4))
     mv.finish_calibration()
@@ -66,7 +67,8 @@ def test_scale_free_terms_do_not_change_when_features_are_multiplied_by_ten():
     lift = LiftObjective(embed_dim=D, factor=2, lambda_l1=1.0)
     assert float(lift.val_loss(10 * p, 10 * t)) == pytest.approx(float(lift.val_loss(p, t)), rel=1e-5)
     # the release's raw terms follow the scale: L1 x10, edge MSE x100, spectral (a log ratio) ~unchanged
-    once, tenfold = brixel(release=True).terms(p, t, exact_pca=True), brixel(release=True).terms(10 * p, 10 * t, exact_pca=True)
+    once = brixel(release=True).terms(p, t, exact_pca=True)
+    tenfold = brixel(release=True).terms(10 * p, 10 * t, exact_pca=True)
     assert float(tenfold["loss_l1"]) == pytest.approx(10 * float(once["loss_l1"]), rel=1e-4)
     assert float(tenfold["loss_edge"]) == pytest.approx(100 * float(once["loss_edge"]), rel=1e-3)
 

@@ -63,7 +63,8 @@ ROWS = [
     (r"^torchrun --nproc-per-node 8 tools/train\.py", "covered", "tests/test_distributed.py::test_mmseg_two_processes"),
     (r"^torchrun --nproc-per-node 8 tools/d2_train\.py", "covered",
      "tests/test_distributed.py::test_d2_torchrun_two_processes"),
-    (r"^python tools/distill\.py .*--resume", "covered", "tests/test_distill_dist.py::test_cli_single_process_then_resume"),
+    (r"^python tools/distill\.py .*--resume", "covered",
+     "tests/test_distill_dist.py::test_cli_single_process_then_resume"),
     (r"^python tools/distill\.py ", "covered", "tests/test_distill_dist.py::test_cli_single_process_then_resume"),
     (r"^python tools/convert_weights\.py (brixel|lift|anyup|jafar|loftup) ", "run", "convert_weights"),
     (r"tools/benchmark\.py .*--device cuda", "skip", "needs CUDA"),
@@ -291,7 +292,8 @@ def handle_mmseg_resume(cmd, work):
 def handle_mmseg_test(cmd, work):
     need(work, "mmseg_train")
     out = run(cmd.replace("[--show-dir vis]", "--show-dir vis").replace("[--out preds]", "--out preds"), work["root"],
-              replace=[("CONFIG", work["seg_config"]), ("work_dirs/<config>/best_mIoU_epoch_40.pth", seg_checkpoint(work))])
+              replace=[("CONFIG", work["seg_config"]),
+                       ("work_dirs/<config>/best_mIoU_epoch_40.pth", seg_checkpoint(work))])
     assert re.search(r"mIoU", out), out[-2000:]
     assert list((work["root"] / "vis" / "vis_data" / "vis_image").glob("*.png")), "no --show-dir pictures"
     assert list((work["root"] / "preds").rglob("*.png")), "no --out predictions"
@@ -301,7 +303,8 @@ def handle_mmseg_infer(cmd, work):
     need(work, "mmseg_train")
     run(cmd, work["root"], replace=[("CONFIG", work["seg_config"]),
                                     ("work_dirs/<config>/best_mIoU_epoch_40.pth", seg_checkpoint(work))])
-    assert sorted(p.name for p in (work["root"] / "preds" / "overlays").rglob("*.png")) == ["a.png", "b.png", "photo.png"]
+    overlays = sorted(p.name for p in (work["root"] / "preds" / "overlays").rglob("*.png"))
+    assert overlays == ["a.png", "b.png", "photo.png"]
 
 
 def handle_export_model(cmd, work):

@@ -20,7 +20,8 @@ def test_core_works_without_mmseg_and_detectron2():
     code = BLOCK_FRAMEWORKS + textwrap.dedent("""
         import warnings, torch
         warnings.simplefilter("ignore")
-        import brixel_plugins, brixel_plugins.files.upsampler_file, brixel_plugins.visualize.figure, brixel_plugins.benchmark
+        import brixel_plugins, brixel_plugins.files.upsampler_file
+        import brixel_plugins.visualize.figure, brixel_plugins.benchmark
         from brixel_plugins.featurizer import DenseFeaturizer
         from brixel_plugins.upsamplers import list_upsamplers
         f = DenseFeaturizer.build(dict(arch="vits16", depth=2, embed_dim=64, num_heads=2), dict(type="brixel")).eval()

@@ -182,7 +182,8 @@ def test_spectral_reparam_is_baked_at_export(tmp_path, tiny_backbone, tiny_spec,
             torch.testing.assert_close(lin.weight, lin.parametrizations.weight.original, rtol=1e-3, atol=1e-5)
     keys = sr.state_dict()
     assert "block.attn.qkv.parametrizations.weight.0.parts.2.sn_scale" in keys  # named as the release names it
-    assert "block.mlp.w3.parametrizations.weight.0.sn_scale" in keys and "block.mlp.w3.parametrizations.weight.0._sn_version" in keys
+    assert "block.mlp.w3.parametrizations.weight.0.sn_scale" in keys
+    assert "block.mlp.w3.parametrizations.weight.0._sn_version" in keys
     perturbed(sr).eval()
     exported = sr.for_export()
     assert exported.config["spectral_reparam"] is False and "block.attn.qkv.weight" in exported.state_dict()
@@ -232,7 +233,8 @@ def release_model_state(c: int, u: int, grid: Tuple[int, int], spectral: bool, d
         sd.update({jbu + "range_temp": rnd(std=0.5), jbu + "sigma_spatial": rnd(std=0.2, mean=1.0),
                    jbu + "range_alpha": rnd(), jbu + "spatial_alpha": rnd(),
                    jbu + "range_proj.0.weight": rnd(32, 3, 1, 1, std=0.5), jbu + "range_proj.0.bias": rnd(32, std=0.1),
-                   jbu + "range_proj.2.weight": rnd(32, 32, 1, 1, std=0.2), jbu + "range_proj.2.bias": rnd(32, std=0.1)})
+                   jbu + "range_proj.2.weight": rnd(32, 32, 1, 1, std=0.2),
+                   jbu + "range_proj.2.bias": rnd(32, std=0.1)})
     linears = {"attn.qkv": (3 * heads * head_pad, two_c, 3, False), "attn.proj": (two_c, two_c, 1, True),
                "mlp.w12": (2 * hidden, two_c, 2, True), "mlp.w3": (c, hidden, 1, True)}
     blk = lvl + "block."
@@ -291,7 +293,8 @@ def release_jbu_level(p: dict, source: torch.Tensor, guidance: torch.Tensor, rad
     range_k = p["range_alpha"].exp() * torch.softmax(temp * torch.einsum("bcphw,bchw->bphw", queries, proj), dim=1)
     t = torch.linspace(-1, 1, d)
     y, x = torch.meshgrid(t, t, indexing="ij")
-    spatial = p["spatial_alpha"].exp() * torch.exp(-(x ** 2 + y ** 2) / (2 * p["sigma_spatial"] ** 2)).view(1, d * d, 1, 1)
+    spatial = (p["spatial_alpha"].exp()
+               * torch.exp(-(x ** 2 + y ** 2) / (2 * p["sigma_spatial"] ** 2)).view(1, d * d, 1, 1))
     kernel = range_k * spatial
     kernel = kernel / kernel.sum(1, keepdim=True).clamp(1e-7)
     hr = F.interpolate(source, (gh, gw), mode="bilinear", align_corners=False)
@@ -462,7 +465,8 @@ def test_recipe_gives_the_spectral_scales_their_own_learning_rate(tiny_spec):
     assert fs.config["spectral_reparam"]
     picked = [n for n, _ in fs.named_parameters() if re.search(group["pattern"], "upsampler." + n)]
     assert picked and all(n.endswith("sn_scale") for n in picked)
-    assert len(picked) == sum(n.endswith("sn_scale") for n, _ in fs.named_parameters()) == 7  # q, k, v, proj, 2 x w12, w3
+    # q, k, v, proj, 2 x w12, w3
+    assert len(picked) == sum(n.endswith("sn_scale") for n, _ in fs.named_parameters()) == 7
 
 
 def test_bake_reads_the_release_versions_and_unnormalised_chunks():

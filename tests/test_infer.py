@@ -116,8 +116,8 @@ def test_infer_tool_refuses_what_it_cannot_do(mmseg_checkpoint, tmp_path, tool_e
     with pytest.raises(SystemExit):  # argparse: no pictures
         tool.main([config, checkpoint, "--out-dir", str(tmp_path)])
     (tmp_path / "broken.png").write_text("not a picture")
-    assert re.search("cannot read .*broken.png", tool_error(tool.main, [config, checkpoint, str(tmp_path / "broken.png"),
-                                                                        "--out-dir", str(tmp_path)]))
+    error = tool_error(tool.main, [config, checkpoint, str(tmp_path / "broken.png"), "--out-dir", str(tmp_path)])
+    assert re.search("cannot read .*broken.png", error)
 
 
 def test_tta_averages_flips_of_the_whole_picture(mmseg_checkpoint):
@@ -223,8 +223,9 @@ def d2_checkpoint(tmp_path_factory, dinov3_file):
     work = tmp_path_factory.mktemp("d2")
     data = dict(root=str(write_toy_instances(work / "data", num_train=4, num_val=2, size=64)), num_train=4,
                 num_val=2, size=64)
-    overrides = D2_OVERRIDES + [f"model.backbone.net.weights={dinov3_file}",
-                                "model.backbone.net.overrides={" + ",".join(f"{k}:{v}" for k, v in TINY_DIMS.items()) + "}"]
+    overrides = D2_OVERRIDES + [
+        f"model.backbone.net.weights={dinov3_file}",
+        "model.backbone.net.overrides={" + ",".join(f"{k}:{v}" for k, v in TINY_DIMS.items()) + "}"]
     overrides += [f"dataloader.{split}.dataset.names.{k}={v}" for split in ("train", "test") for k, v in data.items()]
     cfg = LazyConfig.apply_overrides(LazyConfig.load(str(D2_TOY)), overrides)
     del cfg.dataloader.evaluator

@@ -88,7 +88,8 @@ def test_release_conversion_round_trip(tiny_backbone, photo, tmp_path):
     # Like the authors' files: a DataParallel "module." prefix, no BatchNorm counters.
     release = {f"module.{k}": v for k, v in src.state_dict().items() if "num_batches_tracked" not in k}
     torch.save(release, tmp_path / "lift_release.pth")
-    dst = convert_release(tmp_path / "lift_release.pth", tmp_path / "lift.safetensors", "lift", tiny_backbone.spec, factor=4)
+    dst = convert_release(tmp_path / "lift_release.pth", tmp_path / "lift.safetensors", "lift", tiny_backbone.spec,
+                          factor=4)
     up = load_upsampler(dst, tiny_backbone.spec, method="lift").eval()
     assert up.factor == 4 and up.file_metadata["converted_from"] == "lift_release.pth"
     layers = backbone_layers(tiny_backbone, photo, [up])

@@ -100,9 +100,10 @@ def test_torchrun_reaches_the_tool_with_its_launcher(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    p = subprocess.run([torchrun, "--nproc-per-node", "1", "--master-port", str(port), "-m", "brixel_plugins.cli.commands",
-                        "train", f"brixel_plugins::{TOY}", "--launcher", "pytorch", "--work-dir", str(tmp_path / "w"),
-                        "--cfg-options", *opts], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    p = subprocess.run([torchrun, "--nproc-per-node", "1", "--master-port", str(port),
+                        "-m", "brixel_plugins.cli.commands", "train", f"brixel_plugins::{TOY}", "--launcher", "pytorch",
+                        "--work-dir", str(tmp_path / "w"), "--cfg-options", *opts],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
     log = p.stdout + p.stderr
     assert p.returncode == 0, log[-4000:]

@@ -1,6 +1,7 @@
 """The Python examples of README.md and docs/python_api.md run as written: every ```python block of
-a page, in order, in one namespace per page, in a folder holding the files they name (a real-size random DINOv3 ViT-S/16 in timm's layout, the
-upsampler exports tools/distill.py would write, a photo)."""
+a page, in order, in one namespace per page, in a folder holding the files they name (a real-size
+random DINOv3 ViT-S/16 in timm's layout, the upsampler exports tools/distill.py would write, a
+photo)."""
 from __future__ import annotations
 
 import re

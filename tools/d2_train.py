@@ -11,8 +11,9 @@ options every tool here shares (``--resume [CHECKPOINT]``, ``--amp``, ``--launch
 torchrun); the loop is brixel_plugins.d2.engine (detectron2's trainer, hooks and COCOEvaluator;
 bfloat16 autocast on CUDA; checkpoints without the frozen backbone, written atomically; ``--resume``
 continues from the newest checkpoint that loads). ``--num-gpus N`` without CUDA starts N CPU
-processes (gloo). One training run at a time per ``train.output_dir``: a second is refused. Run it as a script: the detectron2 wheel installs a top-level ``tools`` package
-that shadows this folder for ``import tools``.
+processes (gloo). One training run at a time per ``train.output_dir``: a second is refused. Run it
+as a script: the detectron2 wheel installs a top-level ``tools`` package that shadows this folder
+for ``import tools``.
 """
 import argparse
 import contextlib

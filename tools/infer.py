@@ -6,8 +6,8 @@
 
 CONFIG and CHECKPOINT as for tools/test.py (the checkpoint holds what trained; DINOv3 and a frozen
 upsampler load from the files the config names), or the one file tools/export_model.py writes
-(model, pipelines and class names; DINOv3 found by its recorded name and sha256). For every picture (any size, any number of
-them; folders are searched recursively) it writes
+(model, pipelines and class names; DINOv3 found by its recorded name and sha256). For every
+picture (any size, any number of them; folders are searched recursively) it writes
 
     DIR/maps/<name>.png       class ids as a paletted PNG in the dataset's colours, picture-sized
     DIR/overlays/<name>.png   the map over the picture, with a legend of the classes present

@@ -187,7 +187,8 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
         if self.max_to_keep is None:
             return
         pattern = re.compile(rf"^{re.escape(self.file_prefix)}_(\d+)\.pth$")
-        found = sorted((int(m.group(1)), os.path.join(folder, n)) for n in os.listdir(folder) if (m := pattern.match(n)))
+        found = sorted((int(m.group(1)), os.path.join(folder, n))
+                       for n in os.listdir(folder) if (m := pattern.match(n)))
         self.recent_checkpoints = [p for _, p in found]
         while len(self.recent_checkpoints) > self.max_to_keep:
             old = self.recent_checkpoints.pop(0)

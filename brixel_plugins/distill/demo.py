@@ -38,7 +38,8 @@ STUDENT, TEACHER = 96, 384  # px: 6x6 tokens in, DINOv3's 24x24 map at 384 px ou
 HELD_OUT = ("chelsea.png", "coffee.png", "rocket.jpg")
 ARCH = "vits16"
 DEFAULT_WORK_DIR = osp.join("work_dirs", "demo")  # the demos' --work-dir, under the current directory
-METHODS = ("brixel", "lift", "jbu", "featsharp", "anyup", "jafar", "loftup")  # the recipes configs/distill/demo/<method>.py, in table order
+# the recipes configs/distill/demo/<method>.py, in table order
+METHODS = ("brixel", "lift", "jbu", "featsharp", "anyup", "jafar", "loftup")
 
 
 def photo_folders(root: str) -> Tuple[str, str]:

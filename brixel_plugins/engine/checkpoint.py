@@ -73,7 +73,8 @@ class SafeCheckpointHook(CheckpointHook):
         # by name: a work dir moved or copied before the resume keeps its tracked best
         keep = {osp.basename(p) for p in (getattr(self, "best_ckpt_path", None),
                                           *getattr(self, "best_ckpt_path_dict", {}).values()) if p}
-        return [osp.join(self.out_dir, n) for n in sorted(os.listdir(self.out_dir)) if pattern.match(n) and n not in keep]
+        return [osp.join(self.out_dir, n) for n in sorted(os.listdir(self.out_dir))
+                if pattern.match(n) and n not in keep]
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         # the lowest priority of all hooks: what the others added is converted too

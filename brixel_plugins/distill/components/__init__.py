@@ -18,5 +18,6 @@ from .uncertainty import UncertaintyWeighting
 
 __all__ = ["ColourJitter", "SampledCRFLoss", "AttentionDownsampler", "FEATSHARP", "FEATUP", "ChannelNorm",
            "FeatSharpJitter", "HomographyJitter", "HomographyViews", "homography_grid", "random_homographies", "warp",
-           "FeatUpJitter", "JitterParams", "PhotometricAugment", "ViewJitter", "RandomProjection", "UncertaintyWeighting",
+           "FeatUpJitter", "JitterParams", "PhotometricAugment", "ViewJitter", "RandomProjection",
+           "UncertaintyWeighting",
            "LastBlockKeys", "LastLayerTokens", "AntialiasedResize", "StridedSubsample"]

@@ -17,7 +17,8 @@ class SampledCRFLoss(nn.Module):
     ``n_samples`` random pixels (the same for the batch); for every pair (i, j) with
     normalised positions p (row / h, col / w) and guidance colours I::
 
-        k_ij = w1 exp(-|p_i - p_j|^2 / (2 alpha) - |I_i - I_j|^2 / (2 beta)) + w2 exp(-|p_i - p_j|^2 / (2 gamma)) - shift
+        k_ij = w1 exp(-|p_i - p_j|^2 / (2 alpha) - |I_i - I_j|^2 / (2 beta))
+               + w2 exp(-|p_i - p_j|^2 / (2 gamma)) - shift
         loss = mean_ij k_ij |f_i - f_j|^2
 
     Pixels close in place and colour are pulled to similar features. A guidance image of another

@@ -67,7 +67,8 @@ class FeatUpJitter(ViewJitter):
         if max_pad < 0 or max_zoom < 1 or not 0 <= zoom_prob <= 1:
             raise ValueError(f"FeatUpJitter: need max_pad >= 0, max_zoom >= 1, 0 <= zoom_prob <= 1; got "
                              f"{max_pad}, {max_zoom}, {zoom_prob}")
-        self.max_pad, self.max_zoom, self.zoom_prob, self.flip = int(max_pad), float(max_zoom), float(zoom_prob), bool(flip)
+        self.max_pad, self.max_zoom = int(max_pad), float(max_zoom)
+        self.zoom_prob, self.flip = float(zoom_prob), bool(flip)
 
     def sample(self, x: torch.Tensor) -> JitterParams:
         h, w = int(x.shape[-2]), int(x.shape[-1])

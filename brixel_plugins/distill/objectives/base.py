@@ -71,8 +71,9 @@ Recipes the objectives are written to carry (exact values in ``docs/recipes.md``
   bicubic pseudo-target; stage 2 is refused).
 - ``FeatUpObjective``: FeatUp's JBU recipe (its jitter, ChannelNorm space, random 30-d
   projections, learned uncertainty, CRF term). The pieces the recipes share are one
-  registered component each in :mod:`brixel_plugins.distill.components`. Anything such a component trains (uncertainty net, downsampler) is a submodule of the
-  objective, so the optimizer sees it (``DistillOptimWrapperConstructor`` takes every trainable
+  registered component each in :mod:`brixel_plugins.distill.components`. Anything such a
+  component trains (uncertainty net, downsampler) is a submodule of the objective, so the
+  optimizer sees it (``DistillOptimWrapperConstructor`` takes every trainable
   parameter outside the backbone) and checkpoints hold it; what the upsampler exports stays
   the upsampler alone.
 """

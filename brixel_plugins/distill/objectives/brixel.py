@@ -54,7 +54,8 @@ class BrixelObjective(DistillObjective):
                  spectral_bins: int = 24, spectral_min_radius: float = 0.3):
         super().__init__(embed_dim, factor)
         self.release = bool(release)
-        self.lambda_l1, self.lambda_edge, self.lambda_spectral = float(lambda_l1), float(lambda_edge), float(lambda_spectral)
+        self.lambda_l1, self.lambda_edge = float(lambda_l1), float(lambda_edge)
+        self.lambda_spectral = float(lambda_spectral)
         self.pca_k = int(pca_k)
         self.bins, self.min_radius = int(spectral_bins), float(spectral_min_radius)
 

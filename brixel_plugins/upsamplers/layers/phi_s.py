@@ -1,7 +1,8 @@
 """PHI-S: PCA-Hadamard isotropic standardisation of feature channels (used by FeatSharp).
 
 Fitted once from data: mean mu and the unbiased covariance Sigma = V diag(lambda) V^T
-(float64 streaming sums, divided by n - 1; ``eigh``). Then ``x' = alpha * R (x - mu)`` with ``R = H V^T``, ``alpha = 1/sqrt(mean lambda)``.
+(float64 streaming sums, divided by n - 1; ``eigh``). Then ``x' = alpha * R (x - mu)`` with
+``R = H V^T``, ``alpha = 1/sqrt(mean lambda)``.
 Rotating the PCA basis by a normalised Hadamard matrix H (entries +-1/sqrt(C)) gives every
 output channel the same variance mean(lambda): cov(x') = alpha^2 H diag(lambda) H^T has unit
 diagonal. The transform is orthogonal up to the scalar alpha, hence exactly invertible.

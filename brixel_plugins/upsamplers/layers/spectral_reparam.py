@@ -128,14 +128,16 @@ def _baked(weight: torch.Tensor, params: Dict[str, torch.Tensor], prefix: str) -
         raise SpectralStateError(f"unknown spectral parametrisation entry {prefix + unknown[0]!r} "
                                  f"(expected {sorted(_ENTRIES)})")
     if "sn_scale" not in params:
-        raise SpectralStateError(f"no learned spectral scale {prefix + 'sn_scale'!r} among {sorted(prefix + k for k in params)}")
+        raise SpectralStateError(f"no learned spectral scale {prefix + 'sn_scale'!r} "
+                                 f"among {sorted(prefix + k for k in params)}")
     if ("_u" in params) != ("_v" in params):
         raise SpectralStateError(f"{prefix}: power-iteration vectors '_u' and '_v' must come together")
     w = weight.double()
     if "_u" in params:
         u, v = params["_u"].double().reshape(-1), params["_v"].double().reshape(-1)
         if (u.numel(), v.numel()) != tuple(w.shape):
-            raise SpectralStateError(f"{prefix}_u/_v have {u.numel()}/{v.numel()} entries for a weight {tuple(w.shape)}")
+            raise SpectralStateError(f"{prefix}_u/_v have {u.numel()}/{v.numel()} entries "
+                                     f"for a weight {tuple(w.shape)}")
         sigma = u @ (w @ v) + SPECTRAL_EPS
     else:
         sigma = torch.linalg.matrix_norm(w, ord=2) + SPECTRAL_EPS

@@ -4,8 +4,9 @@ Data: brixel_plugins.toydata.instances (written on first use under work_dirs/toy
 64 training and 16 validation images of 128 x 128 px, four categories of textured shapes, half of
 them 5-12 px across, and 2-4 px wide bars. Model: the COCO configs' detector with the anchors
 scaled to the small images (8-128 px instead of 32-512 px), fewer proposals and ROI samples, and
-a pyramid and heads of the same structure at a quarter of the width, so a CPU trains it in minutes. Schedule: ViTDet's shape over ``train.max_iter`` iterations,
-AdamW at a higher lr (1e-3) than COCO's 1e-4 for the short run, batch 4.
+a pyramid and heads of the same structure at a quarter of the width, so a CPU trains it in
+minutes. Schedule: ViTDet's shape over ``train.max_iter`` iterations, AdamW at a higher lr (1e-3)
+than COCO's 1e-4 for the short run, batch 4.
 """
 import torch
 import detectron2.data.transforms as T

@@ -5,5 +5,6 @@ _base_ = ['../_base_/models/linear_vits16.py', '../_base_/datasets/ade20k_512x51
 crop_size = (512, 512)
 model = dict(
     data_preprocessor=dict(size=crop_size),  # pad every training crop to 512 x 512 for batching
-    backbone=dict(upsampler=dict(_delete_=True, type='brixel', weights='work_dirs/brixel_vits16/best_upsampler.safetensors')),
+    backbone=dict(upsampler=dict(
+        _delete_=True, type='brixel', weights='work_dirs/brixel_vits16/best_upsampler.safetensors')),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))

@@ -3,5 +3,6 @@
 _base_ = ['../_base_/models/linear_vits16.py', '../_base_/datasets/voc12_256x256.py',
           '../_base_/schedules/linear_epochs.py']
 model = dict(backbone=dict(upsampler=dict(
-    _delete_=True, type='brixel', weights='work_dirs/brixel_vits16/best_upsampler.safetensors')), decode_head=dict(num_classes=21))
+    _delete_=True, type='brixel', weights='work_dirs/brixel_vits16/best_upsampler.safetensors')),
+    decode_head=dict(num_classes=21))
 train_cfg = dict(max_epochs=20)

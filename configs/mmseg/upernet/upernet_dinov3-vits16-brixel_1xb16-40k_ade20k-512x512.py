@@ -6,6 +6,8 @@ _base_ = ['../_base_/models/dinov3_upernet.py', '../_base_/datasets/ade20k_512x5
 crop_size = (512, 512)
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(weights='checkpoints/dinov3_vits16_pretrain_lvd1689m-08c60483.pth', upsampler=dict(_delete_=True, type='brixel', weights='work_dirs/brixel_vits16/best_upsampler.safetensors')),
+    backbone=dict(
+        weights='checkpoints/dinov3_vits16_pretrain_lvd1689m-08c60483.pth',
+        upsampler=dict(_delete_=True, type='brixel', weights='work_dirs/brixel_vits16/best_upsampler.safetensors')),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))
 optim_wrapper = dict(optimizer=dict(lr=1e-4, weight_decay=0.01))

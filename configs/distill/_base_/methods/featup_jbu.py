@@ -34,8 +34,10 @@ model = dict(
     teacher_size=student_size,  # training needs no high-resolution teacher
     student_size=student_size)
 
-train_dataloader = dict(batch_size=4, dataset=dict(size=student_size, crop=dict(_delete_=True, type='ShortSideCentreCrop')))
-val_dataloader = dict(batch_size=1, dataset=dict(size=student_size * factor, crop=dict(_delete_=True, type='ShortSideCentreCrop')))
+train_dataloader = dict(
+    batch_size=4, dataset=dict(size=student_size, crop=dict(_delete_=True, type='ShortSideCentreCrop')))
+val_dataloader = dict(
+    batch_size=1, dataset=dict(size=student_size * factor, crop=dict(_delete_=True, type='ShortSideCentreCrop')))
 
 # one learning rate for upsampler, downsampler and uncertainty net; clip 1e-4 for 10 steps, then none
 optim_wrapper = dict(type='WarmupClipOptimWrapper', constructor='TrainableOptimWrapperConstructor',

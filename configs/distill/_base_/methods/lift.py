@@ -18,7 +18,8 @@ model = dict(
     teacher_size=448,
     student_size=224)
 
-train_dataloader = dict(batch_size=256, num_workers=8, dataset=dict(size=448, crop=dict(_delete_=True, type='SquashResize')))
+train_dataloader = dict(
+    batch_size=256, num_workers=8, dataset=dict(size=448, crop=dict(_delete_=True, type='SquashResize')))
 val_dataloader = dict(batch_size=16, dataset=dict(size=448, crop=dict(_delete_=True, type='SquashResize')))
 
 optim_wrapper = dict(type='OptimWrapper', constructor='TrainableOptimWrapperConstructor',
