@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from .backbones.dinov3 import IMAGENET_MEAN, IMAGENET_STD
 
-
 # single-channel integer modes Pillow opens 16-bit files in (PNG, TIFF); "I" is how older Pillow
 # versions open a 16-bit PNG
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")

@@ -16,12 +16,12 @@ from mmengine.config import Config
 
 import brixel_plugins.distill  # noqa: F401  (registers the objectives)
 from brixel_plugins.backbones import FrozenDINOv3
-from brixel_plugins.files.checkpoints import load_checkpoint_file
 from brixel_plugins.distill import losses as L
 from brixel_plugins.distill.model import DistillModel
 from brixel_plugins.distill.transfer import held_out_layer_maps, score_transfer, transfer, transfer_lines
-from brixel_plugins.images import SKIMAGE_PHOTOS, normalise, skimage_photos
+from brixel_plugins.files.checkpoints import load_checkpoint_file
 from brixel_plugins.files.upsampler_file import load_upsampler
+from brixel_plugins.images import SKIMAGE_PHOTOS, normalise, skimage_photos
 from brixel_plugins.upsamplers import build_upsampler
 
 ROOT = Path(__file__).resolve().parents[1]

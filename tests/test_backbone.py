@@ -5,9 +5,9 @@ import warnings
 
 import pytest
 import torch
+from conftest import TINY, make_tiny_backbone
 
 from brixel_plugins.backbones import ARCHS, FrozenDINOv3, WeightFileError, timm_to_meta
-from conftest import TINY, make_tiny_backbone
 
 
 def _randomise_biases(model):

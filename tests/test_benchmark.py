@@ -24,12 +24,12 @@ from brixel_plugins.benchmark import (
 )
 from brixel_plugins.benchmark.large_output import format_large_output, large_output_row
 from brixel_plugins.benchmark.runner import Prepared, build_backbone, time_rows
+from brixel_plugins.files.method_spec import MethodSpec, check_methods, parse_method, parse_methods
 from brixel_plugins.upsamplers import build_upsampler
 from brixel_plugins.upsamplers.brixel import Brixel
-from brixel_plugins.upsamplers.layers.deform_attn import reference_points
 from brixel_plugins.upsamplers.jbu import bicubic_padded, pad2d
+from brixel_plugins.upsamplers.layers.deform_attn import reference_points
 from brixel_plugins.upsamplers.layers.layout import run_folded
-from brixel_plugins.files.method_spec import MethodSpec, check_methods, parse_method, parse_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--backbone-overrides", ",".join(f"{k}={v}" for k, v in TINY_DIMS.items())]
@@ -260,7 +260,8 @@ def test_brixel_channels_last_forward_equals_plain_flow(tiny_backbone):
             torch.testing.assert_close(m(x, layers), brixel_plain_flow(m, x, layers), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("hw,size,pad", [((5, 7), (10, 14), 3), ((4, 6), (12, 18), 3), ((1, 2), (2, 4), 3), ((3, 3), (6, 6), 0)])
+@pytest.mark.parametrize("hw,size,pad", [((5, 7), (10, 14), 3), ((4, 6), (12, 18), 3), ((1, 2), (2, 4), 3),
+                                         ((3, 3), (6, 6), 0)])
 def test_bicubic_padded_equals_interpolate_then_pad(hw, size, pad):
     """JBU's enlargement as two matrix products, reflect padding (replicate below 4 pixels) folded in."""
     x = torch.randn(2, 5, *hw, dtype=torch.float64)

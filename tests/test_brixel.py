@@ -10,9 +10,8 @@ import torch.nn.functional as F
 
 from brixel_plugins.backbones import BackboneSpec, WeightFileError
 from brixel_plugins.featurizer import DenseFeaturizer
-from brixel_plugins.files.upsampler_file import load_upsampler, save_upsampler
+from brixel_plugins.files.upsampler_file import convert_release, load_upsampler, save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
-from brixel_plugins.files.upsampler_file import convert_release
 from brixel_plugins.upsamplers.brixel import Brixel, release_only_shapes
 from brixel_plugins.upsamplers.brixel_lean import BrixelLean
 from brixel_plugins.upsamplers.layers.deform_attn import reference_points

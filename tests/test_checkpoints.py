@@ -14,14 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, TINY_DIMS, make_tiny_backbone
 
 from brixel_plugins.backbones.weights import WeightFileError, file_sha256
-from brixel_plugins.files.checkpoints import (CheckpointError, CheckpointMismatchError, restricted_pickle_loads,
-                                        state_dict_problems)
+from brixel_plugins.files.checkpoints import (
+    CheckpointError,
+    CheckpointMismatchError,
+    restricted_pickle_loads,
+    state_dict_problems,
+)
+from brixel_plugins.files.lookup import WEIGHTS_DIR_ENV, config_folder, find_weight_file
 from brixel_plugins.files.upsampler_file import save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
-from brixel_plugins.files.lookup import WEIGHTS_DIR_ENV, config_folder, find_weight_file
-from conftest import TINY, TINY_DIMS, make_tiny_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,8 +250,8 @@ def build(cfg):
 
 
 def test_mmseg_checkpoint_of_another_model_is_refused(trained, tmp_path, monkeypatch, weight_files):
-    from mmengine.runner import load_checkpoint
     from mmengine.registry import RUNNERS
+    from mmengine.runner import load_checkpoint
 
     cfg, work = trained
     ckpt = str(work / "iter_2.pth")

@@ -15,6 +15,7 @@ import torch
 if os.environ.get("BRIXEL_REQUIRE_STACK") != "1":
     pytest.importorskip("detectron2", reason="scripts/setup_env.sh installs detectron2")
 
+from conftest import TINY_DIMS, make_tiny_backbone  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool  # noqa: E402
 from detectron2.modeling.backbone.vit import SimpleFeaturePyramid  # noqa: E402
@@ -22,12 +23,17 @@ from detectron2.structures import ImageList  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 
 from brixel_plugins.backbones.dinov3 import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from brixel_plugins.d2 import (DINOv3Backbone, FrozenBackboneCheckpointer, UpsampledFeaturePyramid,  # noqa: E402
-                               ViTDetFeaturePyramid, add_dinov3_config, engine)
+from brixel_plugins.d2 import (  # noqa: E402
+    DINOv3Backbone,
+    FrozenBackboneCheckpointer,
+    UpsampledFeaturePyramid,
+    ViTDetFeaturePyramid,
+    add_dinov3_config,
+    engine,
+)
 from brixel_plugins.files.upsampler_file import save_upsampler  # noqa: E402
 from brixel_plugins.toydata.instances import polygon_mask, write_toy_instances  # noqa: E402
 from brixel_plugins.upsamplers import build_upsampler  # noqa: E402
-from conftest import TINY_DIMS, make_tiny_backbone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}

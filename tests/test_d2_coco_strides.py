@@ -14,13 +14,13 @@ import torch
 if os.environ.get("BRIXEL_REQUIRE_STACK") != "1":
     pytest.importorskip("detectron2", reason="scripts/setup_env.sh installs detectron2")
 
+from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
 from brixel_plugins.backbones import ARCHS  # noqa: E402
 from brixel_plugins.files.upsampler_file import save_upsampler  # noqa: E402
 from brixel_plugins.upsamplers import build_upsampler  # noqa: E402
-from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COCO = sorted((ROOT / "configs" / "d2" / "COCO").glob("*.py"))

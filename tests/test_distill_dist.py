@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import tiny_distill_options
 
 from brixel_plugins.files.upsampler_file import read_upsampler_file
-
-from conftest import tiny_distill_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_OPTS = tiny_distill_options(2, train_cfg__max_iters=3, train_cfg__val_interval=3)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 from mmengine.hooks import Hook
+from test_distill_train import photos, run, tiny_cfg  # noqa: F401  (photos: the fixture)
 
 from brixel_plugins.files.upsampler_file import read_upsampler_file
-from test_distill_train import photos, run, tiny_cfg  # noqa: F401  (photos: the fixture)
 
 
 class Killed(Exception):

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, learned_upsamplers, normalise
 
 import brixel_plugins.distill  # noqa: F401  (registers the objectives)
 from brixel_plugins.distill.model import DistillModel
 from brixel_plugins.distill.objectives import BrixelObjective, LiftObjective, MultiViewObjective
 from brixel_plugins.distill.registry import MODELS
 from brixel_plugins.upsamplers import build_upsampler
-
-from conftest import TINY, learned_upsamplers, normalise
 
 D = 16
 TINY_BACKBONE = dict(TINY, autocast=None)

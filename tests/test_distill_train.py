@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from brixel_plugins.backbones.weights import WeightFileError
 from brixel_plugins.distill.runner import DistillRunner
 from brixel_plugins.files.upsampler_file import load_upsampler, read_upsampler_file
-
-from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = dict(TINY, autocast=None)
@@ -34,8 +33,7 @@ METHODS = {
 def photos(tmp_path_factory):
     """8 small real photos (scikit-image) in nested folders, plus one unreadable file."""
 
-    from brixel_plugins.images import skimage_photo_files
-    from brixel_plugins.images import load_rgb
+    from brixel_plugins.images import load_rgb, skimage_photo_files
 
     root = tmp_path_factory.mktemp("photos")
     for i, f in enumerate(skimage_photo_files()[:8]):

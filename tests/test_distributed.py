@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, TINY_DIMS, make_tiny_backbone, tiny_cfg_options, tiny_distill_options
 
 from brixel_plugins.files.upsampler_file import save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
-from conftest import TINY, TINY_DIMS, make_tiny_backbone, tiny_cfg_options, tiny_distill_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))

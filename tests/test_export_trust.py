@@ -16,9 +16,10 @@ if os.environ.get("BRIXEL_REQUIRE_STACK") != "1":
     pytest.importorskip("mmseg", reason="install with the [mmseg] extra (make test does)")
     pytest.importorskip("detectron2", reason="scripts/setup_env.sh installs detectron2")
 
+from test_infer import D2_OVERRIDES, D2_TOY, ROOT, d2_checkpoint, dinov3_file, mmseg_checkpoint, run  # noqa: E402,F401
+
 from brixel_plugins.backbones.weights import WeightFileError  # noqa: E402
 from brixel_plugins.files.export import OLD_FORMATS, load_exported_model, model_digest  # noqa: E402
-from test_infer import D2_OVERRIDES, D2_TOY, ROOT, d2_checkpoint, dinov3_file, mmseg_checkpoint, run  # noqa: E402,F401
 
 POPEN = {"type": "subprocess.Popen", "args": "touch M", "shell": True}
 D2_POPEN = {"_target_": "detectron2.utils.collect_env.subprocess.Popen", "args": "touch M", "shell": True}

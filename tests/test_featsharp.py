@@ -9,16 +9,15 @@ from typing import Tuple
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_tiny_backbone, normalise
 
 from brixel_plugins.backbones.dinov3 import BackboneSpec
 from brixel_plugins.backbones.weights import WeightFileError, read_state_dict
 from brixel_plugins.featurizer import DenseFeaturizer
 from brixel_plugins.files.upsampler_file import load_upsampler, save_upsampler
-from brixel_plugins.upsamplers.layers.local_attention import alibi_slopes
 from brixel_plugins.upsamplers import build_upsampler
 from brixel_plugins.upsamplers.featsharp import FeatSharp, FusionBlock, swiglu_hidden
-
-from conftest import make_tiny_backbone, normalise
+from brixel_plugins.upsamplers.layers.local_attention import alibi_slopes
 
 
 def fitted(spec, backbone, factor=2, seed=0, **kw) -> FeatSharp:

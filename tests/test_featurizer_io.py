@@ -2,14 +2,18 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_tiny_backbone
 
 from brixel_plugins.backbones import WeightFileError
-from brixel_plugins.featurizer import DenseFeaturizer
-from brixel_plugins.files.upsampler_file import (load_upsampler, read_upsampler_file, save_upsampler,
-                                                upsampler_from_config)
-from brixel_plugins.upsamplers import Upsampler, build_upsampler, register_upsampler
 from brixel_plugins.common.filesystem import atomic_path
-from conftest import make_tiny_backbone
+from brixel_plugins.featurizer import DenseFeaturizer
+from brixel_plugins.files.upsampler_file import (
+    load_upsampler,
+    read_upsampler_file,
+    save_upsampler,
+    upsampler_from_config,
+)
+from brixel_plugins.upsamplers import Upsampler, build_upsampler, register_upsampler
 
 
 def test_unknown_type_names_registered_ones(tiny_spec):

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from brixel_plugins.backbones import FrozenDINOv3
 from brixel_plugins.files.checkpoints import RECORD_FORMAT, CheckpointMismatchError, decode_record, encode_record
-from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,8 @@ import torch.nn.functional as F
 
 from brixel_plugins.backbones import BackboneSpec, WeightFileError
 from brixel_plugins.featurizer import DenseFeaturizer, backbone_layers
-from brixel_plugins.files.upsampler_file import load_upsampler
+from brixel_plugins.files.upsampler_file import convert_release, load_upsampler
 from brixel_plugins.upsamplers import build_upsampler, list_upsamplers
-from brixel_plugins.files.upsampler_file import convert_release
 from brixel_plugins.upsamplers.lift import LiFT
 
 

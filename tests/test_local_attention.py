@@ -9,9 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from brixel_plugins.distill.components.attention_downsampler import AttentionDownsampler, gaussian_blur
-from brixel_plugins.upsamplers.layers.local_attention import (LocalAttention2d, alibi_bias, alibi_slopes,
-                                                               flex_attention_available, flex_local_attention,
-                                                               local_attention)
+from brixel_plugins.upsamplers.layers.local_attention import (
+    LocalAttention2d,
+    alibi_bias,
+    alibi_slopes,
+    flex_attention_available,
+    flex_local_attention,
+    local_attention,
+)
 
 
 def brute_force(q, k, v, window, bias, scale=None):

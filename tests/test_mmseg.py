@@ -17,6 +17,7 @@ import torch
 if os.environ.get("BRIXEL_REQUIRE_STACK") != "1":
     pytest.importorskip("mmseg", reason="install with the [mmseg] extra (make test does)")
 
+from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS, DefaultScope  # noqa: E402
 from mmengine.structures import PixelData  # noqa: E402
@@ -29,7 +30,6 @@ from brixel_plugins.engine import trusted_checkpoint_globals  # noqa: E402
 from brixel_plugins.files.upsampler_file import save_upsampler  # noqa: E402
 from brixel_plugins.mmseg import DINOv3Featurizer  # noqa: E402
 from brixel_plugins.upsamplers import build_upsampler  # noqa: E402
-from conftest import TINY, TINY_DIMS, make_tiny_backbone  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "mmseg"

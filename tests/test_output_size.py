@@ -114,6 +114,7 @@ def test_a_factor_only_file_at_another_factor_is_still_refused(tiny_backbone, tm
     from brixel_plugins.files.upsampler_file import save_upsampler, upsampler_from_config
     from brixel_plugins.upsamplers import build_upsampler
 
-    path = save_upsampler(tmp_path / "lift.safetensors", build_upsampler(dict(type="lift", factor=2), tiny_backbone.spec))
+    lift = build_upsampler(dict(type="lift", factor=2), tiny_backbone.spec)
+    path = save_upsampler(tmp_path / "lift.safetensors", lift)
     with pytest.raises(WeightFileError, match="factor=4 in the config, 2 in the file"):
         upsampler_from_config(dict(type="lift", weights=str(path), factor=4), tiny_backbone.spec)

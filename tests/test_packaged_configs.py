@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from brixel_plugins.common import packaged
-from brixel_plugins.cli.commands import COMMANDS, main, tool_argv
 from conftest import TINY, TINY_DIMS
+
+from brixel_plugins.cli.commands import COMMANDS, main, tool_argv
+from brixel_plugins.common import packaged
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = "mmseg/linear/linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.py"

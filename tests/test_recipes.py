@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from mmengine.config import Config
 from PIL import Image
 
 from brixel_plugins.distill.components import UncertaintyWeighting
 from brixel_plugins.distill.registry import MODELS, TRANSFORMS
-
-from conftest import TINY
-
 
 # -- learned uncertainty ------------------------------------------------------------------------
 

@@ -24,11 +24,11 @@ from mmengine.fileio import register_backend
 from brixel_plugins.backbones import FrozenDINOv3
 from brixel_plugins.backbones.weights import WeightFileError
 from brixel_plugins.common.checks import first_non_finite
+from brixel_plugins.common.filesystem import atomic_path
 from brixel_plugins.distill.runner import DistillRunner
 from brixel_plugins.engine import AtomicLocalBackend, CheckpointError, trusted_checkpoint_globals
 from brixel_plugins.files.upsampler_file import load_upsampler, read_upsampler_file, save_upsampler
 from brixel_plugins.upsamplers import build_upsampler
-from brixel_plugins.common.filesystem import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "distill" / "brixel_vits16.py"

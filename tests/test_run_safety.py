@@ -20,14 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from brixel_plugins.files.checkpoints import CheckpointError, load_checkpoint_file
-from brixel_plugins.cli.errors import run_tool
-from brixel_plugins.engine.files import LOCK_FILE, WorkDirBusyError, work_dir_lock
-from brixel_plugins.toydata.instances import write_toy_instances
-from brixel_plugins.common.filesystem import atomic_path, write_text_atomic
-
 from conftest import tiny_distill_options
+
+from brixel_plugins.cli.errors import run_tool
+from brixel_plugins.common.filesystem import atomic_path, write_text_atomic
+from brixel_plugins.engine.files import LOCK_FILE, WorkDirBusyError, work_dir_lock
+from brixel_plugins.files.checkpoints import CheckpointError, load_checkpoint_file
+from brixel_plugins.toydata.instances import write_toy_instances
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/distill/brixel_vits16.py"

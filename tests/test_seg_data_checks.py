@@ -15,12 +15,12 @@ import pytest
 if os.environ.get("BRIXEL_REQUIRE_STACK") != "1":
     pytest.importorskip("mmseg", reason="install with the [mmseg] extra (make test does)")
 
+from conftest import TINY  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS, DefaultScope  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import brixel_plugins.mmseg  # noqa: E402,F401  registers the components
-from conftest import TINY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs" / "mmseg" / "linear" / "linear_dinov3-vits16-bilinear_1xb8-60it_toy-shapes-128x128.py"

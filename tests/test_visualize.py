@@ -67,7 +67,8 @@ def test_figure_cells_hold_their_maps(tiny_backbone, tmp_path):
         low, ref = tiny_backbone.last_layer_map(lr)[0], tiny_backbone.last_layer_map(hi)[0]
         basis = PCABasis(ref)
         want = [np.asarray(Image.fromarray(denormalise(lr[0])).resize((px, px))), basis.rgb(low, (px, px)),
-                basis.rgb(ref, (px, px)), basis.rgb(F.interpolate(low[None], scale_factor=4, mode="bilinear")[0], (px, px))]
+                basis.rgb(ref, (px, px)),
+                basis.rgb(F.interpolate(low[None], scale_factor=4, mode="bilinear")[0], (px, px))]
         for col, w in enumerate(want):
             assert np.array_equal(cell(im, row, col, px), w), (name, col)
         assert cell(im, row, 2, px).std() > 10  # a picture, not a blank cell

@@ -19,7 +19,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, TINY_DIMS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import learned_upsamplers
 
 from brixel_plugins.upsamplers import UPSAMPLERS, Upsampler, build_upsampler
-from conftest import learned_upsamplers
 
 
 def test_every_learned_upsampler_uses_the_template_and_enlarges_once(tiny_backbone, photo):

@@ -100,7 +100,8 @@ def main(argv=None) -> int:
         methods = [m for m in methods if m.path is not None or m.name not in missing]
     sizes = sorted({args.target, *(args.sizes or [])})
     cfg = BenchConfig(arch=args.arch, weights=args.weights, backbone_overrides=parse_kv(args.backbone_overrides),
-                      factor=args.factor, scale=args.scale, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                      factor=args.factor, scale=args.scale, device=args.device, dtype=args.dtype,
+                      batch_size=args.batch_size,
                       warmup=args.warmup, runs=args.runs, throughput_batch=args.throughput_batch,
                       compile=args.compile, keep_freed_memory=not args.default_allocator)
     if args.weights is None:

@@ -47,8 +47,8 @@ def main(argv=None):
     hide_stack_notices()
     import torch
 
-    from brixel_plugins.distill import demo
     from brixel_plugins.common.filesystem import update_json
+    from brixel_plugins.distill import demo
 
     weights = os.environ.get("DINOV3_WEIGHTS")
     torch.set_num_threads(max(1, args.threads))

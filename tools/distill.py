@@ -15,9 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 
-from brixel_plugins.engine.tool import (add_amp_argument, add_resume_argument, add_runner_arguments, apply_amp,
-                                        apply_resume, load_config, parse_runner_args, work_dir_run)
 from brixel_plugins.cli.errors import run_tool
+from brixel_plugins.engine.tool import (
+    add_amp_argument,
+    add_resume_argument,
+    add_runner_arguments,
+    apply_amp,
+    apply_resume,
+    load_config,
+    parse_runner_args,
+    work_dir_run,
+)
 
 
 def parse_args(argv=None):

@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     for name, px in (("--size", args.size), ("--hr-size", args.hr_size)):
         if px % 16:
-            p.error(f"argument {name}: {px} px is not a multiple of 16 (DINOv3's patch size), e.g. {max(16, px // 16 * 16)}")
+            p.error(f"argument {name}: {px} px is not a multiple of 16 (DINOv3's patch size), "
+                    f"e.g. {max(16, px // 16 * 16)}")
     if args.hr_size <= args.size:
         p.error(f"--hr-size ({args.hr_size}) must be larger than --size ({args.size}): it is the high-resolution "
                 f"reference the upsampled low-resolution features are compared with")

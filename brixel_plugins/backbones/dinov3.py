@@ -16,8 +16,15 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .weights import (WeightFileError, check_shapes, describe_state_dict, is_meta_layout, meta_to_timm,
-                      read_state_dict, verify_hash_suffix)
+from .weights import (
+    WeightFileError,
+    check_shapes,
+    describe_state_dict,
+    is_meta_layout,
+    meta_to_timm,
+    read_state_dict,
+    verify_hash_suffix,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ Conventions:
 - Counted by torch: mm/addmm/bmm/baddbmm (Linear, einsum, matmul), convolutions (transposed
   too) and the CUDA attention kernels (flash / efficient / cuDNN).
 - Added here (:data:`EXTRA_FLOPS`), because they matter for these models and torch does not
-  count them: the in-place ``addmm_`` / ``baddbmm_`` (counted like ``addmm`` / ``baddbmm``), CPU fused attention (without it a CPU run would miss all of DINOv3's attention),
+  count them: the in-place ``addmm_`` / ``baddbmm_`` (counted like ``addmm`` / ``baddbmm``), CPU fused
+  attention (without it a CPU run would miss all of DINOv3's attention),
   bilinear / bicubic interpolation (2 FLOPs per tap per output value; antialiased downsampling
   has more taps, so that is a lower bound) and ``grid_sample`` (bilinear: 4 taps, the sampling
   of deformable attention).

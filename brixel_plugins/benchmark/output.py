@@ -44,7 +44,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], r["factor"], r["input_px"], r["backbone_px"], f"{r['trainable_params'] / 1e6:.3f}",
-                 f"{r['gflops']:.3g}", _pct(r["flop_overhead_pct"]), _num(r["latency_ms"], ".1f"), _num(r["iqr_ms"], ".1f"),
+                 f"{r['gflops']:.3g}", _pct(r["flop_overhead_pct"]), _num(r["latency_ms"], ".1f"),
+                 _num(r["iqr_ms"], ".1f"),
                  _pct(r["latency_overhead_pct"]), f"{r['flop_ratio']:.1f}x", _num(r["speedup"], ".2f", "x"),
                  _num(r.get("images_per_s", float("nan"))), _num(r["peak_mib"], ".0f")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")

@@ -32,8 +32,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 
 from ..backbones.dinov3 import PATCH_SIZE
-from ..upsamplers import UPSAMPLERS
 from ..files.method_spec import MethodSpec, check_methods, method_config, prepare_upsampler
+from ..upsamplers import UPSAMPLERS
 from .flops import FlopCount, count_flops
 from .memory import PeakMemory, module_bytes
 from .timing import timed

@@ -18,8 +18,8 @@ import sys
 from typing import List, Optional, Sequence
 
 from ..common import packaged
-from .errors import DEBUG_ENV, DEBUG_FLAG, run_tool
 from ..version import __version__
+from .errors import DEBUG_ENV, DEBUG_FLAG, run_tool
 
 # subcommand: (script in tools/, one line of help)
 COMMANDS = {

@@ -2,23 +2,31 @@
 
 Importing this package registers everything configs name under ``default_scope='brixel_plugins'``.
 """
-from . import registry  # noqa: F401  (first: the registries)
-from . import components, transforms  # noqa: F401  (the recipes' registered building blocks)
-from . import data, hooks, losses, metrics, model, objectives, runner  # noqa: F401
-from . import optim  # noqa: F401  (parameter groups, clipping schedules)
+# importing the modules registers their components (registry: the registries themselves; optim: parameter
+# groups and clipping schedules; components, transforms: the recipes' building blocks)
+from . import components, data, hooks, losses, metrics, model, objectives, optim, registry, runner, transforms  # noqa: F401,E501
 from .data import ImageFolderDataset, ResumableSampler
 from .hooks import ExportUpsamplerHook, PhiSStatsHook, SkippedImagesHook
-from .objectives import (AnyUpObjective, BrixelObjective, DistillObjective, FeatSharpObjective, FeatUpObjective,
-                         LiftObjective, MultiViewObjective)
-from .transforms import BrixelReleaseCanvas, ShortSideCentreCrop, SquashResize
 from .metrics import DistillMetric, fidelity, format_table, map_metrics
 from .model import DistillDataPreprocessor, DistillModel
+from .objectives import (
+    AnyUpObjective,
+    BrixelObjective,
+    DistillObjective,
+    FeatSharpObjective,
+    FeatUpObjective,
+    JafarObjective,
+    LiftObjective,
+    LoftUpObjective,
+    MultiViewObjective,
+)
 from .optim import WarmupClipOptimWrapper
 from .runner import DistillDDP, DistillLoop, DistillRunner
+from .transforms import BrixelReleaseCanvas, ShortSideCentreCrop, SquashResize
 
 __all__ = ["ImageFolderDataset", "ResumableSampler", "ExportUpsamplerHook", "PhiSStatsHook", "SkippedImagesHook",
-           "DistillObjective",
-           "BrixelObjective", "LiftObjective", "MultiViewObjective", "FeatSharpObjective", "FeatUpObjective",
-           "AnyUpObjective", "BrixelReleaseCanvas", "ShortSideCentreCrop", "SquashResize", "DistillMetric", "fidelity",
+           "DistillObjective", "BrixelObjective", "LiftObjective", "MultiViewObjective", "FeatSharpObjective",
+           "FeatUpObjective", "AnyUpObjective", "JafarObjective", "LoftUpObjective", "BrixelReleaseCanvas",
+           "ShortSideCentreCrop", "SquashResize", "DistillMetric", "fidelity",
            "format_table", "map_metrics", "DistillDataPreprocessor", "DistillModel", "DistillDDP",
            "DistillLoop", "DistillRunner", "WarmupClipOptimWrapper"]

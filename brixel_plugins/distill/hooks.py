@@ -14,13 +14,12 @@ from mmengine.dist import all_gather_object, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from ..engine import unwrap_model
-from ..images import normalise, resize
-from ..files.upsampler_file import save_upsampler
 from ..common.filesystem import atomic_path
+from ..engine import unwrap_model
+from ..files.upsampler_file import save_upsampler
+from ..images import normalise, resize
 from .metrics import format_table
 from .registry import HOOKS
-
 
 # message-hub key (saved in checkpoints): {path: reason} of training images that failed to decode
 UNDECODABLE = "distill_undecodable_images"

@@ -90,8 +90,8 @@ def demo_transfer(runner, student_size: int, other_arch: str = "vitb16", weights
     layer): its best weights applied unchanged to (a) a ``other_arch`` DINOv3's last layer (random
     init from the same seed as the demo's backbone; ``weights``: a real file instead) and (b) the
     middle layer of the run's own backbone, each scored on the run's held-out photos at
-    ``student_size`` px (the demo's student size) against bilinear on that backbone / layer. Returns ``{case: {'upsampler', 'bilinear',
-    'layer', 'embed_dim'}, 'seconds': ...}``."""
+    ``student_size`` px (the demo's student size) against bilinear on that backbone / layer.
+    Returns ``{case: {'upsampler', 'bilinear', 'layer', 'embed_dim'}, 'seconds': ...}``."""
     from ..files.upsampler_file import load_upsampler
 
     t0 = time.time()

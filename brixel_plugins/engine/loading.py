@@ -24,9 +24,19 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-from ..files.checkpoints import (CheckpointError, CheckpointMismatchError, check_records, checkpoint_globals,  # noqa: F401
-                           is_zip_checkpoint, load_checkpoint_file, refuse_or_warn, resume_newest, state_dict_problems,
-                           trusted_checkpoint_globals, unloadable_reason)
+from ..files.checkpoints import (  # noqa: F401
+    CheckpointError,
+    CheckpointMismatchError,
+    check_records,
+    checkpoint_globals,
+    is_zip_checkpoint,
+    load_checkpoint_file,
+    refuse_or_warn,
+    resume_newest,
+    state_dict_problems,
+    trusted_checkpoint_globals,
+    unloadable_reason,
+)
 from ..files.checkpoints import resume_candidates as _candidates
 from ..files.lookup import config_folder
 from .parallel import unwrap_model

@@ -42,8 +42,8 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from .layers.layout import pointwise
 from .base import DetailGate, Upsampler, register_upsampler
+from .layers.layout import pointwise
 
 __all__ = ["AnyUp", "checkpoint_filter_fn", "release_shapes"]
 

@@ -34,8 +34,8 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from .layers.layout import channels_last, pointwise
 from .base import CoreUpsampler, register_upsampler
+from .layers.layout import channels_last, pointwise
 from .release_files import read_release_file
 
 QK_DIM = 128

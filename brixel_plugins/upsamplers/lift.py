@@ -26,8 +26,8 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from .layers.layout import channels_last, pointwise, run_folded
 from .base import Upsampler, register_upsampler, zero_init
+from .layers.layout import channels_last, pointwise, run_folded
 
 IMAGE_WIDTH = 32  # channels of the image branch (fixed in the release)
 

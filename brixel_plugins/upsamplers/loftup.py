@@ -37,8 +37,8 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from .layers.layout import run_folded
 from .base import CoreUpsampler, register_upsampler
+from .layers.layout import run_folded
 from .release_files import read_release_file
 
 # attention weights held at once per chunk of pixels (B * heads * chunk * keys floats: 64 MB fp32)

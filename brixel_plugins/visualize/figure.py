@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from ..backbones import FrozenDINOv3
+from ..files.method_spec import build_method, check_methods, parse_method, prepare_upsampler
 from ..images import load_rgb, normalise, resize, to_tensor
 from ..upsamplers import Upsampler
-from ..files.method_spec import build_method, check_methods, parse_method, prepare_upsampler
 from .pca import pca_row, save_grid
 
 EXAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea")  # scikit-image photo names: tools/visualize.py's default

@@ -8,8 +8,8 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ...images import resize
-from ..components.attention_downsampler import gaussian_blur
 from .. import losses as L
+from ..components.attention_downsampler import gaussian_blur
 from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective
 

@@ -8,8 +8,8 @@ a pyramid and heads of the same structure at a quarter of the width, so a CPU tr
 minutes. Schedule: ViTDet's shape over ``train.max_iter`` iterations, AdamW at a higher lr (1e-3)
 than COCO's 1e-4 for the short run, batch 4.
 """
-import torch
 import detectron2.data.transforms as T
+import torch
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
