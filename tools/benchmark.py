@@ -18,20 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
-from pathlib import Path
 
-from brixel_plugins.benchmark import (
-    DEFAULT_METHODS,
-    BenchConfig,
-    configure_allocator,
-    markdown_table,
-    plot_sweep,
-    run_benchmark,
-    write_csv,
-)
-from brixel_plugins.benchmark.large_output import check_large_output, format_large_output, large_output_row
-from brixel_plugins.benchmark.runner import build_backbone
+from brixel_plugins.benchmark import DEFAULT_METHODS, BenchConfig
+from brixel_plugins.benchmark.report import benchmark_report
 from brixel_plugins.cli.arguments import non_negative_int, positive_float, positive_int, positive_int_list, torch_device
 from brixel_plugins.cli.errors import run_tool
 from brixel_plugins.files.method_spec import parse_kv, parse_methods
@@ -104,36 +93,8 @@ def main(argv=None) -> int:
                       batch_size=args.batch_size,
                       warmup=args.warmup, runs=args.runs, throughput_batch=args.throughput_batch,
                       compile=args.compile, keep_freed_memory=not args.default_allocator)
-    if args.weights is None:
-        print("note: random-init DINOv3 (no --weights): fine for cost, not for features", file=sys.stderr)
-    if args.large_output is not None:  # refused before the table's minutes, not after
-        spec = build_backbone(replace(cfg, device="meta")).spec
-        for m in methods:
-            check_large_output(m, spec, args.large_output)
-    rows = run_benchmark(methods, cfg, sizes, isolate=args.isolate, log=lambda s: print(s, file=sys.stderr))
-
-    out = Path(args.out_dir)
-    csv_path = write_csv(rows, out / "benchmark.csv")
-    table = markdown_table([r for r in rows if r["target"] == args.target])
-    (out / "benchmark.md").write_text(table + "\n")
-    print(f"DINOv3 {rows[0]['arch']}, {args.target}x{args.target} tokens, {cfg.device}, {cfg.dtype}, "
-          f"batch {cfg.batch_size}, {cfg.runs} runs after {cfg.warmup} warm-ups"
-          + (f"; images/s at batch {cfg.throughput_batch}" if cfg.throughput_batch else "")
-          + ("; torch.compile" if cfg.compile else "")
-          + ("" if "cuda" in str(cfg.device) else "; freed memory kept (glibc)" if configure_allocator(cfg)
-             else "; default allocator") + "\n")
-    print(table)
-    if args.large_output is not None:
-        print(f"\npeak memory beyond the output tensor, upsampler alone, {args.large_output}x{args.large_output} "
-              f"from a {args.large_output // 16}x{args.large_output // 16} token map, inference, fresh process:")
-        for m in methods:
-            print(format_large_output(large_output_row(m, spec, args.large_output, device=args.device, seed=cfg.seed)),
-                  flush=True)
-    print(f"\nGFLOPs count a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2); 'over backbone' = the row / DINOv3 "
-          f"alone at the same input size - 1; peak memory: {rows[0]['mem_method']}")
-    print(f"csv: {csv_path}")
-    if len(sizes) > 1:
-        print(f"plot: {plot_sweep(rows, out / 'benchmark_sweep.png')}")
+    benchmark_report(methods, cfg, sizes, args.target, args.out_dir, isolate=args.isolate,
+                     large_output=args.large_output)
     return 0
 
 

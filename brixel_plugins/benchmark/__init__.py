@@ -7,6 +7,8 @@ The package, one module per job (the way mmengine's analysis package is split):
 - :mod:`.memory`: peak memory on CUDA and CPU
 - :mod:`.runner`: measuring rows (``highres``, ``backbone`` alone, each method) and their ratios
 - :mod:`.output`: CSV, Markdown table, sweep plot
+- :mod:`.large_output`: peak memory beyond the output at a large output size
+- :mod:`.report`: what ``tools/benchmark.py`` runs once its arguments are parsed
 
 What a row measures (``--methods``: registry names with options, weight files) is parsed and
 built by :mod:`brixel_plugins.files.method_spec`, as for the PCA picture.
@@ -17,16 +19,16 @@ from .flops import EXTRA_FLOPS, FlopCount, count_flops
 from .memory import PeakMemory, module_bytes
 from .output import CSV_FIELDS, markdown_table, plot_sweep, write_csv
 from .runner import (
-                     BACKBONE,
-                     DEFAULT_METHODS,
-                     REFERENCE,
-                     BenchConfig,
-                     add_ratios,
-                     build_backbone,
-                     configure_allocator,
-                     measure_backbone_row,
-                     measure_row,
-                     run_benchmark,
+    BACKBONE,
+    DEFAULT_METHODS,
+    REFERENCE,
+    BenchConfig,
+    add_ratios,
+    build_backbone,
+    configure_allocator,
+    measure_backbone_row,
+    measure_row,
+    run_benchmark,
 )
 from .timing import timed
 
