@@ -42,8 +42,8 @@ from torch import nn
 
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
-from .layers.layout import pointwise
 from .base import DetailGate, Upsampler, register_upsampler
+from .layers.layout import pointwise
 
 __all__ = ["AnyUp", "checkpoint_filter_fn", "release_shapes"]
 
@@ -68,16 +68,23 @@ class ResBlock(nn.Module):
         GroupNorm are gathered over the whole map first (the inner map is computed twice rather than
         stored), so no second full-size map is ever held."""
         gn1, _, conv1, gn2, _, conv2 = self.block
-        stats1 = group_stats(x, GROUPS, rows)
+        return residual_banded_(x, rows, gn1, conv1, gn2, conv2)
 
-        def inner(band: torch.Tensor) -> torch.Tensor:
-            return pointwise(conv1, F.silu(group_norm_with(band, stats1, gn1)))
 
-        stats2 = group_stats(x, GROUPS, rows, inner)
-        for r in range(0, x.shape[-2], rows):
-            band = x[:, :, r:r + rows]
-            band += pointwise(conv2, F.silu(group_norm_with(inner(band), stats2, gn2)))
-        return x
+def residual_banded_(x: torch.Tensor, rows: int, gn1: nn.GroupNorm, conv1: nn.Conv2d, gn2: nn.GroupNorm,
+                     conv2: nn.Conv2d) -> torch.Tensor:
+    """``x += conv2(SiLU(gn2(conv1(SiLU(gn1(x))))))`` (1x1 convolutions) in place, ``rows`` rows at a time
+    (see :meth:`ResBlock.forward_banded_`)."""
+    stats1 = group_stats(x, gn1.num_groups, rows)
+
+    def inner(band: torch.Tensor) -> torch.Tensor:
+        return pointwise(conv1, F.silu(group_norm_with(band, stats1, gn1)))
+
+    stats2 = group_stats(x, gn2.num_groups, rows, inner)
+    for r in range(0, x.shape[-2], rows):
+        band = x[:, :, r:r + rows]
+        band += pointwise(conv2, F.silu(group_norm_with(inner(band), stats2, gn2)))
+    return x
 
 
 def group_stats(x: torch.Tensor, groups: int, rows: int, fn=None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -96,14 +103,14 @@ def group_stats(x: torch.Tensor, groups: int, rows: int, fn=None) -> Tuple[torch
 
 
 def group_norm_with(x: torch.Tensor, stats: Tuple[torch.Tensor, torch.Tensor], gn: nn.GroupNorm) -> torch.Tensor:
-    """``gn`` applied to ``x`` (B, C, r, W), a band of a map whose group statistics are ``stats``."""
+    """``gn`` (affine or not) applied to ``x`` (B, C, r, W), a band of a map whose group statistics are ``stats``."""
     mean, var = stats
     b, c, r, w = x.shape
     g = gn.num_groups
     rstd = (var + gn.eps).rsqrt()
     pixels = x.permute(0, 2, 3, 1).reshape(b, -1, g, c // g)  # a view of a channels-last band
-    y = (pixels - mean.to(x.dtype)[:, None, :, None]) * rstd.to(x.dtype)[:, None, :, None]
-    return torch.addcmul(gn.bias, y.reshape(b, r, w, c), gn.weight).permute(0, 3, 1, 2)
+    y = ((pixels - mean.to(x.dtype)[:, None, :, None]) * rstd.to(x.dtype)[:, None, :, None]).reshape(b, r, w, c)
+    return (y if gn.weight is None else torch.addcmul(gn.bias, y, gn.weight)).permute(0, 3, 1, 2)
 
 
 class FeatureUnification(nn.Module):
