@@ -16,7 +16,11 @@ What we compute differently from the release (same numbers): the release runs
 once ((B*4, H'W', hw) floats: 3.3 GB at 448x448 from 32x32 tokens) and computes a value path
 (``norm_v``, ``v_proj_weight``, the v third of ``in_proj_bias``, ``out_proj``: 66,176 parameters
 at C=384) whose result it throws away. Here the queries run in chunks (:attr:`JafarCore.query_chunk`),
-so memory grows with the output, not with output x keys, and the value path is not built:
+so memory grows with the output, not with output x keys; at inference, full-resolution 128-channel
+maps above :attr:`JafarCore.stream_bytes` are computed in bands of rows (the image-size encoders in
+place in one buffer, their GroupNorm statistics gathered over the whole map first, the encoding
+computed twice rather than held twice; the output-size query path band by band with the row of
+halo its 3x3 convolution needs), the same numbers to float rounding. The value path is not built:
 :func:`checkpoint_filter_fn` checks that the released file holds it with the release's shapes
 and drops it, as timm's filter functions do. The release creates its RoPE coordinates on CUDA
 (``create_coordinate(device="cuda")``); here they are made on the input's device, so CPU works.
