@@ -157,6 +157,31 @@ def test_chunked_attention_equals_one_chunk():
     assert torch.allclose(chunked, whole, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("image_hw, grid, out_hw, kernel_size, rows", [
+    ((45, 38), (3, 5), (29, 31), 1, 1), ((45, 38), (3, 5), (29, 31), 3, 2), ((37, 22), (3, 2), (37, 22), 3, 1)])
+def test_banded_full_resolution_maps_equal_the_whole_computation(image_hw, grid, out_hw, kernel_size, rows):
+    """Image-size encoders and the output-size query path in bands of 1-2 rows (odd sizes, a non-integer
+    output, the reflect halo of a 3x3 first convolution, an output at the image's size, whose pooling is
+    skipped): the whole computation's numbers (GroupNorm statistics in float64: <= 1e-6 relative)."""
+    sd = seeded_release(k=kernel_size)
+    image, feats = torch.randn(2, 3, *image_hw), torch.randn(2, C, *grid)
+    whole = loaded_core(sd, kernel_size=kernel_size)
+    banded = loaded_core(sd, kernel_size=kernel_size)
+    banded.stream_bytes = 8 * 2 * 128 * image_hw[1] * 4 * rows  # `rows` rows per band of the image-size maps
+    with torch.no_grad():
+        assert banded.band_rows(2, *image_hw, 4) == rows and whole.band_rows(2, *image_hw, 4) is None
+        assert banded.band_rows(2, *out_hw, 4) is not None  # the output-size queries go in bands too
+        ref, out = whole(image, feats, out_hw), banded(image, feats, out_hw)
+    assert out.shape == ref.shape == (2, C, *out_hw)
+    assert rel_err(out, ref) <= 1e-6
+    # under autograd (training) the maps are computed whole: the same numbers as whole, with gradients
+    image.requires_grad_(True)
+    trained = banded(image, feats, out_hw)
+    assert torch.equal(trained.detach(), whole(image, feats, out_hw).detach())
+    trained.sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
 def test_runs_where_the_input_is():
     """The release builds its coordinates on CUDA; ours are made on the input's device."""
     core = loaded_core(seeded_release())

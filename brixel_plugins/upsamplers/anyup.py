@@ -43,6 +43,7 @@ from torch import nn
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from .base import DetailGate, Upsampler, register_upsampler
+from .layers.banded import residual_banded_
 from .layers.layout import pointwise
 
 __all__ = ["AnyUp", "checkpoint_filter_fn", "release_shapes"]
@@ -68,42 +69,7 @@ class ResBlock(nn.Module):
         GroupNorm are gathered over the whole map first (the inner map is computed twice rather than
         stored), so no second full-size map is ever held."""
         gn1, _, conv1, gn2, _, conv2 = self.block
-        stats1 = group_stats(x, GROUPS, rows)
-
-        def inner(band: torch.Tensor) -> torch.Tensor:
-            return pointwise(conv1, F.silu(group_norm_with(band, stats1, gn1)))
-
-        stats2 = group_stats(x, GROUPS, rows, inner)
-        for r in range(0, x.shape[-2], rows):
-            band = x[:, :, r:r + rows]
-            band += pointwise(conv2, F.silu(group_norm_with(inner(band), stats2, gn2)))
-        return x
-
-
-def group_stats(x: torch.Tensor, groups: int, rows: int, fn=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-(sample, group) mean and variance of ``fn(x)`` (default ``x``), (B, G) each, gathered over
-    bands of ``rows`` rows in float64 (the population variance, as GroupNorm takes it)."""
-    total = total_sq = None
-    b, c = x.shape[:2]
-    for r in range(0, x.shape[-2], rows):
-        band = x[:, :, r:r + rows]
-        band = (band if fn is None else fn(band)).permute(0, 2, 3, 1).reshape(b, -1, groups, c // groups).double()
-        s, sq = band.sum((1, 3)), band.square().sum((1, 3))
-        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
-    n = x[0].numel() // groups
-    mean = total / n
-    return mean, (total_sq / n - mean.square()).clamp_min(0)
-
-
-def group_norm_with(x: torch.Tensor, stats: Tuple[torch.Tensor, torch.Tensor], gn: nn.GroupNorm) -> torch.Tensor:
-    """``gn`` applied to ``x`` (B, C, r, W), a band of a map whose group statistics are ``stats``."""
-    mean, var = stats
-    b, c, r, w = x.shape
-    g = gn.num_groups
-    rstd = (var + gn.eps).rsqrt()
-    pixels = x.permute(0, 2, 3, 1).reshape(b, -1, g, c // g)  # a view of a channels-last band
-    y = (pixels - mean.to(x.dtype)[:, None, :, None]) * rstd.to(x.dtype)[:, None, :, None]
-    return torch.addcmul(gn.bias, y.reshape(b, r, w, c), gn.weight).permute(0, 3, 1, 2)
+        return residual_banded_(x, rows, gn1, conv1, gn2, conv2)
 
 
 class FeatureUnification(nn.Module):

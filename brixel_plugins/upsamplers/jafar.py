@@ -16,7 +16,11 @@ What we compute differently from the release (same numbers): the release runs
 once ((B*4, H'W', hw) floats: 3.3 GB at 448x448 from 32x32 tokens) and computes a value path
 (``norm_v``, ``v_proj_weight``, the v third of ``in_proj_bias``, ``out_proj``: 66,176 parameters
 at C=384) whose result it throws away. Here the queries run in chunks (:attr:`JafarCore.query_chunk`),
-so memory grows with the output, not with output x keys, and the value path is not built:
+so memory grows with the output, not with output x keys; at inference, full-resolution 128-channel
+maps above :attr:`JafarCore.stream_bytes` are computed in bands of rows (the image-size encoders in
+place in one buffer, their GroupNorm statistics gathered over the whole map first, the encoding
+computed twice rather than held twice; the output-size query path band by band with the row of
+halo its 3x3 convolution needs), the same numbers to float rounding. The value path is not built:
 :func:`checkpoint_filter_fn` checks that the released file holds it with the release's shapes
 and drops it, as timm's filter functions do. The release creates its RoPE coordinates on CUDA
 (``create_coordinate(device="cuda")``); here they are made on the input's device, so CPU works.
@@ -35,6 +39,7 @@ from torch import nn
 from ..backbones.dinov3 import BackboneSpec
 from ..backbones.weights import WeightFileError
 from .base import CoreUpsampler, register_upsampler
+from .layers.banded import group_norm_with, group_stats, residual_banded_
 from .layers.layout import channels_last, pointwise
 from .release_files import read_release_file
 
@@ -58,6 +63,10 @@ class ResBlock(nn.Module):
         y = pointwise(self.conv1, F.silu(self.norm1(x)))
         return x + pointwise(self.conv2, F.silu(self.norm2(y)))
 
+    def forward_banded_(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """The same, in place, ``rows`` rows at a time (GroupNorm statistics over the whole map)."""
+        return residual_banded_(x, rows, self.norm1, self.conv1, self.norm2, self.conv2)
+
 
 class Encoder(nn.Sequential):
     """conv k x k (reflect padding, no bias) cin -> 128, then 2 ResBlocks: keys ``0``, ``1.*``, ``2.*``.
@@ -74,6 +83,28 @@ class Encoder(nn.Sequential):
         x = channels_last(x)
         x = pointwise(self[0], x) if self[0].kernel_size == (1, 1) else self[0](x)
         return self[2](self[1](x))
+
+    def first_band(self, x: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+        """The first convolution's rows ``r0:r1`` of ``x`` (B, cin, H, W): the rows its kernel reaches,
+        reflected at the map's borders as its padding is."""
+        conv = self[0]
+        p = conv.kernel_size[0] // 2
+        if p == 0:
+            return pointwise(conv, x[:, :, r0:r1])
+        h = x.shape[-2]
+        idx = torch.arange(r0 - p, r1 + p, device=x.device).abs()
+        idx = torch.where(idx > h - 1, 2 * (h - 1) - idx, idx)
+        band = F.pad(x.index_select(2, idx), (p, p, 0, 0), mode="reflect")
+        return F.conv2d(band, conv.weight)
+
+    def forward_banded_(self, x: torch.Tensor, buf: torch.Tensor, rows: int) -> torch.Tensor:
+        """``self(x)`` written into ``buf`` (B, 128, H, W), ``rows`` rows at a time; ``buf`` may be ``x``
+        when the first convolution is 1x1 (each band is read before it is overwritten)."""
+        for r in range(0, x.shape[-2], rows):
+            buf[:, :, r:r + rows] = self.first_band(x, r, min(r + rows, x.shape[-2]))
+        for block in (self[1], self[2]):
+            block.forward_banded_(buf, rows)
+        return buf
 
 
 class RoPE(nn.Module):
@@ -92,9 +123,11 @@ class RoPE(nn.Module):
         freqs[1, dim // 2:] = f
         self.freqs = nn.Parameter(freqs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, row0: int = 0, height: Optional[int] = None) -> torch.Tensor:
+        """``x`` holds rows ``row0..`` of a map ``height`` rows high (default: all of it)."""
         h, w = x.shape[-2:]
-        r = torch.linspace(0, 1, h, device=x.device, dtype=self.freqs.dtype)
+        r = torch.linspace(0, 1, h if height is None else height, device=x.device, dtype=self.freqs.dtype)
+        r = r[row0:row0 + h]
         c = torch.linspace(0, 1, w, device=x.device, dtype=self.freqs.dtype)
         angle = (r[:, None, None] * self.freqs[0] + c[None, :, None] * self.freqs[1]).permute(2, 0, 1)  # (128,h,w)
         half = x.shape[1] // 2
@@ -114,6 +147,9 @@ class JafarCore(nn.Module):
         num_heads: attention heads over the 128 query/key channels (4 released).
         query_chunk: queries per attention chunk; None picks one from :data:`ATTENTION_BUDGET`.
     """
+
+    # full-resolution maps above this many bytes are computed in bands of rows (inference only)
+    stream_bytes: int = 256 << 20
 
     def __init__(self, dim: int, kernel_size: int = 1, num_heads: int = 4, query_chunk: Optional[int] = None):
         super().__init__()
@@ -152,21 +188,69 @@ class JafarCore(nn.Module):
         if out_h < 1 or out_w < 1:
             raise ValueError(f"JAFAR: output_size must be positive, got {tuple(output_size)}")
         b, _, h, w = feats.shape
-        e = self.rope(self.image_encoder(image))
-        q = F.adaptive_avg_pool2d(self.query_encoder(e), (out_h, out_w))
-        q = self.query_conv(F.group_norm(q, 8))
-        k = F.group_norm(F.adaptive_avg_pool2d(self.key_encoder(e), (h, w)), 8)
+        q, k = self.encodings(image, (out_h, out_w), (h, w))
         kf = self.key_features_encoder(F.normalize(feats, dim=1))
-        k = self.sft_key["gamma"](kf) * k + self.sft_key["beta"](kf)
-        q, k = self.heads(q, self.q_proj, self.norm_q), self.heads(k, self.k_proj, self.norm_k)
-        values = feats.flatten(2).transpose(1, 2).to(q.dtype)  # (B, hw, C): the raw features
-        scale = q.shape[-1] ** -0.5
+        k = self.sft_key["gamma"](kf) * F.group_norm(k, 8) + self.sft_key["beta"](kf)
+        k = self.heads(k, self.k_proj, self.norm_k)
+        values = feats.flatten(2).transpose(1, 2).to(k.dtype)  # (B, hw, C): the raw features
+        scale = k.shape[-1] ** -0.5
         out = values.new_empty(b, out_h * out_w, self.dim)
         step = self.chunk_size(b, h * w)
-        for s in range(0, out_h * out_w, step):
-            attn = torch.softmax((q[:, :, s:s + step] * scale) @ k.transpose(-1, -2), dim=-1).mean(1)
-            out[:, s:s + step] = attn @ values
+        for s0, qb in self.query_bands(q):
+            n = qb.shape[2]
+            for s in range(0, n, step):
+                attn = torch.softmax((qb[:, :, s:s + step] * scale) @ k.transpose(-1, -2), dim=-1).mean(1)
+                out[:, s0 + s:s0 + min(n, s + step)] = attn @ values
         return out.transpose(1, 2).reshape(b, self.dim, out_h, out_w)
+
+    def band_rows(self, b: int, hh: int, ww: int, itemsize: int) -> Optional[int]:
+        """Rows per band for a (b, 128, hh, ww) full-resolution map, or None to compute it whole: whole
+        under autograd (the bands run in place) or when it fits in :attr:`stream_bytes`."""
+        row = b * QK_DIM * ww * itemsize
+        if torch.is_grad_enabled() or row * hh <= self.stream_bytes:
+            return None
+        # a band's temporaries: a few 128-channel maps of its rows
+        return max(1, self.stream_bytes // (8 * row))
+
+    def encodings(self, image: torch.Tensor, out_hw: Tuple[int, int], grid: Tuple[int, int]
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The pooled query encoding (B, 128, H', W') and the pooled key encoding (B, 128, h, w)."""
+        b, _, hh, ww = image.shape
+        rows = self.band_rows(b, hh, ww, image.element_size())
+        if rows is None:
+            e = self.rope(self.image_encoder(image))
+            return (F.adaptive_avg_pool2d(self.query_encoder(e), out_hw),
+                    F.adaptive_avg_pool2d(self.key_encoder(e), grid))
+        # in bands, in place: one image-resolution map at a time (the encoding is computed twice
+        # rather than held twice: the key and the query encoders both start from it)
+        buf = torch.empty(b, QK_DIM, hh, ww, dtype=image.dtype, device=image.device,
+                          memory_format=torch.channels_last)  # a band of rows is one block of memory
+        maps = []
+        for enc, size in ((self.key_encoder, grid), (self.query_encoder, out_hw)):
+            self.image_encoder.forward_banded_(image, buf, rows)
+            for r in range(0, hh, rows):
+                buf[:, :, r:r + rows] = self.rope(buf[:, :, r:r + rows], r, hh)
+            enc.forward_banded_(buf, buf, rows)
+            # pooling to the map's own size is the identity: no second image-size map
+            maps.append(buf if size == (hh, ww) and enc is self.query_encoder else F.adaptive_avg_pool2d(buf, size))
+        return maps[1], maps[0]
+
+    def query_bands(self, q: torch.Tensor):
+        """``(first pixel, (B, heads, n, 32) queries)`` for bands of output rows of the pooled query
+        encoding ``q`` (B, 128, H', W'): GroupNorm, the 3x3 convolution, RMSNorm and projection."""
+        b, _, oh, ow = q.shape
+        rows = self.band_rows(b, oh, ow, q.element_size())
+        if rows is None:
+            yield 0, self.heads(self.query_conv(F.group_norm(q, 8)), self.q_proj, self.norm_q)
+            return
+        stats = group_stats(q, 8, rows)
+        gn = nn.GroupNorm(8, QK_DIM, affine=False)
+        for i0 in range(0, oh, rows):
+            i1 = min(oh, i0 + rows)
+            # the 3x3 convolution of these rows needs one row either side (zeros outside the map)
+            top, bottom = max(0, i0 - 1), min(oh, i1 + 1)
+            band = F.pad(group_norm_with(q[:, :, top:bottom], stats, gn), (0, 0, 1 - (i0 - top), 1 - (bottom - i1)))
+            yield i0 * ow, self.heads(F.conv2d(band, self.query_conv.weight, padding=(0, 1)), self.q_proj, self.norm_q)
 
 
 # -- the authors' files ----------------------------------------------------------------------------
