@@ -100,10 +100,11 @@ def resolve_config_name(text: str) -> str:
 
 
 def _register(config_utils) -> None:
-    # a module of the package rather than the distribution's name: mmengine then takes the folder of
-    # the package Python imports (a wheel, an editable install or PYTHONPATH alike); from the
-    # distribution it would guess site-packages/brixel_plugins, which an editable install lacks
-    config_utils.MODULE2PACKAGE.setdefault(PACKAGE, __name__)
+    # a module directly in the package rather than the distribution's name: mmengine then takes the
+    # folder of that module, the package Python imports (a wheel, an editable install or PYTHONPATH
+    # alike); from the distribution it would guess site-packages/brixel_plugins, which an editable
+    # install lacks. Not this module: it sits in common/, one folder too deep.
+    config_utils.MODULE2PACKAGE.setdefault(PACKAGE, PACKAGE + ".version")
 
 
 def register_with_mmengine() -> None:
