@@ -14,8 +14,24 @@ from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective
 
 
+class ViewReconstruction:
+    """What FeatUp's multi-view reconstruction needs of an objective (FeatUp's, LoftUp's stage 1): the
+    training images at the student size or larger (there is no high-resolution teacher), and maps
+    compared through the optional random ``projection``."""
+
+    def check_sizes(self, teacher_size: int, student_size: int) -> None:
+        """Training needs images at the student size or larger (no high-resolution teacher);
+        validation compares with the backbone at ``student_size * factor``."""
+        if teacher_size < student_size:
+            raise ValueError(f"{type(self).__name__}: teacher_size ({teacher_size}) must be at least student_size "
+                             f"({student_size}): training images arrive at teacher_size")
+
+    def project(self, x: torch.Tensor, proj: Optional[torch.Tensor]) -> torch.Tensor:
+        return x.float() if proj is None else self.projection(x, proj)
+
+
 @MODELS.register_module()
-class FeatUpObjective(DistillObjective):
+class FeatUpObjective(ViewReconstruction, DistillObjective):
     """``losses``: ``x`` = the batch at ``student_size`` (224 in the release), ``F`` = the
     backbone's last layer, ``S`` = ``feature_space`` (ChannelNorm). For each of ``num_jitters``
     views (the upsampler re-run every view, so its dropout differs):
@@ -72,16 +88,6 @@ class FeatUpObjective(DistillObjective):
         self.uncertainty = MODELS.build(uncertainty, default_args=dict(dim=self.embed_dim)) if uncertainty else None
         self.crf_weight = float(crf_weight)
         self.crf = MODELS.build(crf) if crf and self.crf_weight else None
-
-    def check_sizes(self, teacher_size: int, student_size: int) -> None:
-        """Training needs images at the student size or larger (no high-resolution teacher);
-        validation compares with the backbone at ``student_size * factor``."""
-        if teacher_size < student_size:
-            raise ValueError(f"FeatUpObjective: teacher_size ({teacher_size}) must be at least student_size "
-                             f"({student_size}): training images arrive at teacher_size")
-
-    def project(self, x: torch.Tensor, proj: Optional[torch.Tensor]) -> torch.Tensor:
-        return x.float() if proj is None else self.projection(x, proj)
 
     def losses(self, distiller, image: torch.Tensor) -> Dict[str, torch.Tensor]:
         img = resize(image, distiller.student_size)

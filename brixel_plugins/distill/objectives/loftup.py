@@ -18,6 +18,7 @@ from ...images import resize
 from ..components.attention_downsampler import FEATUP as FEATUP_DOWNSAMPLER
 from ..registry import MODELS, TRANSFORMS
 from .base import DistillObjective
+from .featup import ViewReconstruction
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,7 +52,7 @@ def mask_adjust(feats: torch.Tensor, labels: torch.Tensor, alpha: float) -> torc
 
 
 @MODELS.register_module()
-class LoftUpObjective(DistillObjective):
+class LoftUpObjective(ViewReconstruction, DistillObjective):
     """Stage 1: ``x`` = the batch at ``student_size`` (224 in the release), ``F`` the backbone's last
     layer, ``S`` = ``feature_space`` (ChannelNorm: the release compares ChannelNorm'd features),
     ``hr = up(x, F(x))`` (B, D, f*h, f*w), one random ``projection`` P (64-d) per step:
@@ -100,16 +101,6 @@ class LoftUpObjective(DistillObjective):
         self.projection = MODELS.build(projection) if projection else None
         self.tv_weight, self.pseudo_weight, self.alpha = float(tv_weight), float(pseudo_weight), float(alpha)
         self.superpixels = int(superpixels)
-
-    def check_sizes(self, teacher_size: int, student_size: int) -> None:
-        """Training needs images at the student size or larger (no high-resolution teacher);
-        validation compares with the backbone at ``student_size * factor``."""
-        if teacher_size < student_size:
-            raise ValueError(f"LoftUpObjective: teacher_size ({teacher_size}) must be at least student_size "
-                             f"({student_size}): training images arrive at teacher_size")
-
-    def project(self, x: torch.Tensor, proj: Optional[torch.Tensor]) -> torch.Tensor:
-        return x.float() if proj is None else self.projection(x, proj)
 
     @staticmethod
     def total_variation(x: torch.Tensor) -> torch.Tensor:
